@@ -1,0 +1,2 @@
+#include <agenthost/agenthost.h>
+int main (int argc, char **argv) { return 0; }

@@ -1,0 +1,130 @@
+/* The event bus: subjects, subscriptions, mailboxes, workers.
+ *
+ * Internal to libagenthost. The bus knows nothing of plugins, manifests
+ * or dlopen: it moves AhMessages between endpoints (mailboxes with a
+ * handler function). The pools make each agent an endpoint.
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#pragma once
+
+#include <agenthost/agenthost.h>
+
+G_BEGIN_DECLS
+
+typedef struct _AhBus      AhBus;
+typedef struct _AhEndpoint AhEndpoint;   /* one agent's mailbox + handler */
+typedef struct _AhBusGroup AhBusGroup;   /* endpoints sharing subscriptions */
+typedef struct _AhBusCall  AhBusCall;    /* one handler invocation, on a worker */
+
+typedef struct {
+  guint      n_workers;          /* 0: number of online CPUs */
+  guint      publish_batch;      /* outbox size before a mid-call flush; 0: 256 */
+  guint      handler_batch;      /* messages per handler call; 0: 32 */
+  guint      mailbox_capacity;   /* normal-priority messages per mailbox; 0: 1024 */
+  AhOverflow overflow;
+} AhBusConfig;
+
+typedef struct {
+  guint64 published, accepted, delivered, dead_lettered, failed, in_flight;
+  guint64 batches, requests, request_timeouts;
+  gdouble latency_p50_us, latency_p95_us, latency_p99_us, latency_max_us;
+  guint   n_workers;
+} AhBusCounters;
+
+typedef enum {
+  AH_DEAD_LETTER_NO_ROUTE,        /* nobody subscribed to the subject */
+  AH_DEAD_LETTER_NO_AGENT,        /* direct send to an id that does not exist */
+  AH_DEAD_LETTER_AGENT_STOPPED,   /* still in a mailbox when its endpoint closed */
+  AH_DEAD_LETTER_LATE_REPLY,      /* reply to a request that is complete or timed out */
+  AH_DEAD_LETTER_OVERFLOW,        /* full mailbox under AH_OVERFLOW_FAIL (counted failed) */
+  AH_DEAD_LETTER_HANDLER_FAILED,  /* the handler returned FALSE (counted failed) */
+  AH_DEAD_LETTER_SHUTDOWN,        /* still queued when the bus stopped */
+} AhDeadLetterReason;
+
+/* Runs on a worker. The messages are borrowed for the call. */
+typedef gboolean (*AhEndpointFunc)   (AhBusCall *call, const AhMessage * const *messages,
+                                      guint n_messages, gpointer user_data, GError **error);
+/* Every dead letter, on the thread that dead-lettered it. Must not block
+ * or publish. */
+typedef void     (*AhDeadLetterFunc) (const AhMessage *message, AhAgentId intended,
+                                      AhDeadLetterReason reason, gpointer user_data);
+/* Called each time the bus becomes idle (nothing in flight, no request
+ * pending), from whichever thread made it so. Must not block. */
+typedef void     (*AhBusIdleFunc)    (gpointer user_data);
+
+const char *ah_dead_letter_reason_to_string (AhDeadLetterReason reason);
+
+/* Subjects: dot-separated non-empty tokens of printable ASCII without
+ * spaces, at most 255 bytes; '*' and '>' only in patterns, as whole
+ * tokens, '>' last. */
+gboolean    ah_subject_is_valid       (const char *subject);
+gboolean    ah_pattern_is_valid       (const char *pattern);
+gboolean    ah_pattern_matches        (const char *pattern, const char *subject);
+
+AhBus      *ah_bus_new                (const AhBusConfig *config);
+/* Starts the workers. Messages published before are queued and handled
+ * once the workers run. */
+void        ah_bus_start              (AhBus *self);
+/* Waits up to @drain_timeout_us for the bus to go idle, stops the
+ * workers, and dead-letters (AH_DEAD_LETTER_SHUTDOWN) what is left, so
+ * the account stays exact. Pending requests are cancelled. Publishing
+ * after this fails. */
+void        ah_bus_stop               (AhBus *self, gint64 drain_timeout_us);
+void        ah_bus_free               (AhBus *self);
+const AhBusConfig *ah_bus_get_config  (AhBus *self);
+
+void        ah_bus_set_dead_letter_func (AhBus *self, AhDeadLetterFunc func, gpointer user_data);
+void        ah_bus_set_idle_func      (AhBus *self, AhBusIdleFunc func, gpointer user_data);
+gboolean    ah_bus_wait_idle          (AhBus *self, gint64 timeout_us);
+gboolean    ah_bus_is_idle            (AhBus *self);
+void        ah_bus_get_counters       (AhBus *self, AhBusCounters *ret_counters);
+
+/* Endpoints. Ids come from one counter per bus and are never reused. */
+AhEndpoint *ah_bus_endpoint_new       (AhBus *self, AhEndpointFunc func, gpointer user_data);
+AhAgentId   ah_endpoint_get_id        (AhEndpoint *endpoint);
+gpointer    ah_endpoint_get_user_data (AhEndpoint *endpoint);
+/* Removes the endpoint from its groups, waits until its handler is not
+ * running (unless called from that very handler: then the close
+ * completes when the handler returns), dead-letters what is left in its
+ * mailbox and frees it. Further sends to its id are dead-lettered. */
+void        ah_bus_endpoint_close     (AhBus *self, AhEndpoint *endpoint);
+
+/* Groups: the subscriptions of one agent type, in one delivery mode. */
+AhBusGroup *ah_bus_group_new          (AhBus *self, const char *name, AhDelivery delivery);
+void        ah_bus_group_add          (AhBusGroup *group, AhEndpoint *endpoint);
+void        ah_bus_group_remove       (AhBusGroup *group, AhEndpoint *endpoint);
+guint       ah_bus_group_get_size     (AhBusGroup *group);
+guint       ah_bus_subscribe          (AhBus *self, const char *pattern, AhBusGroup *group,
+                                       GError **error);
+/* Observers: @func runs on a worker for each matching message (host
+ * subscriptions, the test harness). Counted like an endpoint. */
+guint       ah_bus_subscribe_func     (AhBus *self, const char *pattern, AhDelivery delivery,
+                                       AhEndpointFunc func, gpointer user_data, GError **error);
+void        ah_bus_unsubscribe        (AhBus *self, guint subscription_id);
+
+/* Publishing from any thread outside a handler. @sender may be
+ * AH_AGENT_ID_NONE. Under AH_OVERFLOW_BLOCK these wait for room. */
+gboolean    ah_bus_publish            (AhBus *self, AhAgentId sender, const char *subject,
+                                       gconstpointer data, gsize size, AhPriority priority,
+                                       GError **error);
+gboolean    ah_bus_send               (AhBus *self, AhAgentId sender, AhAgentId to,
+                                       const char *subject, gconstpointer data, gsize size,
+                                       AhPriority priority, GError **error);
+
+/* Publishing from inside a handler: queued in the call's outbox and
+ * routed in order when the handler returns (or when the outbox holds
+ * publish_batch messages). Return FALSE when refused (counted failed). */
+gboolean    ah_bus_call_publish       (AhBusCall *call, const char *subject,
+                                       gconstpointer data, gsize size);
+gboolean    ah_bus_call_send          (AhBusCall *call, AhAgentId to, const char *subject,
+                                       gconstpointer data, gsize size);
+gboolean    ah_bus_call_reply         (AhBusCall *call, const AhMessage *request,
+                                       gconstpointer data, gsize size);
+guint64     ah_bus_call_request       (AhBusCall *call, const char *subject,
+                                       gconstpointer data, gsize size, guint timeout_ms);
+AhEndpoint *ah_bus_call_get_endpoint  (AhBusCall *call);
+AhBus      *ah_bus_call_get_bus       (AhBusCall *call);
+guint       ah_bus_call_get_worker    (AhBusCall *call);
+
+G_END_DECLS

@@ -1,0 +1,31 @@
+/* The plugin loader: internal part.
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#pragma once
+
+#include <agenthost/agenthost.h>
+
+G_BEGIN_DECLS
+
+struct _AhPlugin {
+  gint          ref_count;
+  char         *path;
+  void         *handle;        /* from dlopen */
+  /* The plugin's descriptor copied into this host's layout: fields past
+   * the plugin's struct_size are zero. */
+  AhPluginDesc  desc;
+  guint32       plugin_struct_size;
+};
+
+/* Finds the file of plugin @name (a path with a '/' is taken as is,
+ * relative to @base_dir). A bare name is looked up as NAME.so and
+ * NAME/NAME.so in @dirs, then in $AGENTHOST_PLUGIN_PATH (colon-separated),
+ * then in the built-in directories (the build tree's plugins/ when the
+ * running program is uninstalled, then the installed plugin directory).
+ * Returns a newly allocated path, or NULL with AH_PLUGIN_ERROR_NOT_FOUND
+ * naming every place looked in. */
+char     *ah_plugin_find             (const char *name, const char *base_dir,
+                                      const char * const *dirs, GError **error);
+
+G_END_DECLS

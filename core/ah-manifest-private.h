@@ -1,0 +1,72 @@
+/* Manifests as plain structs: what ah_manifest_load() produces.
+ *
+ * The manifest code only parses and validates; it never touches plugins
+ * or the bus. Positions are 1-based, for FILE:LINE:COL messages.
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#pragma once
+
+#include <agenthost/agenthost.h>
+
+G_BEGIN_DECLS
+
+typedef struct {
+  guint line;
+  guint column;
+} AhManifestPos;
+
+/* One scalar of an agent type's `config:` mapping. Nested mappings are
+ * flattened to dotted keys ("limits.max"), sequences to indices
+ * ("words.0", "words.1"). */
+typedef struct {
+  char          *key;
+  char          *value;
+  AhManifestPos  pos;          /* of the value */
+} AhManifestConfigEntry;
+
+typedef struct {
+  char          *pattern;      /* a valid subject pattern */
+  AhDelivery     delivery;
+  AhManifestPos  pos;
+} AhManifestSubscription;
+
+typedef struct {
+  char          *name;         /* the type's name: the key under `agents:` */
+  char          *plugin;       /* as written: a path (has a '/') or a bare plugin name */
+  guint          pool_size;    /* agents started with the system, >= 1 */
+  gboolean       prewarm;      /* create them before traffic starts (default TRUE) */
+  GPtrArray     *subscriptions;  /* (element-type AhManifestSubscription) */
+  GPtrArray     *config;       /* (element-type AhManifestConfigEntry) in file order */
+  AhManifestPos  pos;          /* of the type's key */
+  AhManifestPos  plugin_pos;   /* of the plugin value */
+} AhManifestAgentType;
+
+typedef struct {
+  guint          n_workers;          /* 0: one per CPU */
+  guint          publish_batch;      /* default 256 */
+  guint          handler_batch;      /* default 32 */
+  guint          mailbox_capacity;   /* default 1024 */
+  AhOverflow     overflow;           /* default AH_OVERFLOW_BLOCK */
+  guint          drain_timeout_ms;   /* default 5000 */
+} AhManifestBus;
+
+struct _AhManifest {
+  char          *path;               /* as given, for messages */
+  char          *base_dir;           /* absolute directory of the manifest */
+  char          *name;
+  char          *description;        /* may be NULL */
+  GPtrArray     *plugin_dirs;        /* (element-type utf8) absolute, from `plugin_path:` */
+  GPtrArray     *types;              /* (element-type AhManifestAgentType) in file order */
+  AhManifestBus  bus;
+  gboolean       stop_when_idle;     /* end the run when the system goes idle */
+  guint          run_timeout_ms;     /* 0: none; the run stops after this long */
+};
+
+const AhManifestAgentType *ah_manifest_get_type        (AhManifest *self, guint index);
+const AhManifestAgentType *ah_manifest_find_type       (AhManifest *self, const char *name);
+/* The raw value of a config key of @type, or NULL. */
+const AhManifestConfigEntry *ah_manifest_type_find_config (const AhManifestAgentType *type,
+                                                           const char *key);
+
+G_END_DECLS

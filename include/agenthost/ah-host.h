@@ -1,0 +1,127 @@
+/* agenthost: the embedding API. A program hosts a system of agents with
+ * this, exactly as the `agenthost` command does.
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#pragma once
+
+#if !defined (AH_INSIDE) && !defined (AH_COMPILATION)
+#error "Only <agenthost/agenthost.h> can be included directly."
+#endif
+
+#include <agenthost/ah-types.h>
+#include <agenthost/ah-plugin.h>
+#include <agenthost/ah-manifest.h>
+
+G_BEGIN_DECLS
+
+#define AH_HOST_ERROR (ah_host_error_quark ())
+typedef enum {
+  AH_HOST_ERROR_FAILED,
+  AH_HOST_ERROR_PLUGIN,        /* a plugin did not load; the message names it */
+  AH_HOST_ERROR_PREWARM,       /* an agent's init failed while pre-warming */
+  AH_HOST_ERROR_UNKNOWN_TYPE,
+  AH_HOST_ERROR_UNKNOWN_AGENT,
+  AH_HOST_ERROR_POOL_FULL,     /* the type already runs its pool's maximum */
+  AH_HOST_ERROR_STATE,         /* not allowed in the host's current state */
+  AH_HOST_ERROR_SUBJECT,       /* not a valid subject or pattern */
+  AH_HOST_ERROR_OVERFLOW,      /* a mailbox was full under the "fail" policy */
+} AhHostError;
+
+typedef struct _AhHost AhHost;
+
+/* Counters of a whole run. The four message counters always satisfy
+ * accepted == delivered + dead_lettered + failed + in_flight. One
+ * publish that reaches k agents is k accepted messages (one per
+ * recipient); one that reaches nobody is one, dead-lettered. */
+typedef struct {
+  guint64 published;       /* publish, send, request and reply calls */
+  guint64 accepted;
+  guint64 delivered;       /* handed to a handler that returned TRUE */
+  guint64 dead_lettered;   /* no recipient, recipient gone, late reply */
+  guint64 failed;          /* refused (full mailbox) or handler failure */
+  guint64 in_flight;
+  guint64 batches;         /* handler calls */
+  guint64 requests;
+  guint64 request_timeouts;
+  /* Time from publish to the start of the handler call, in microseconds. */
+  gdouble latency_p50_us;
+  gdouble latency_p95_us;
+  gdouble latency_p99_us;
+  gdouble latency_max_us;
+  gdouble prewarm_ms;      /* all pools, wall clock */
+  gdouble elapsed_s;       /* from the end of pre-warm to now, or to the stop */
+  guint   n_agents;        /* alive now */
+  guint   n_workers;
+  guint   n_types;
+  /*< private >*/
+  guint64 reserved[8];
+} AhHostStats;
+
+typedef struct {
+  const char *name;        /* owned by the host */
+  guint   n_agents;        /* alive now */
+  guint   pool_size;
+  guint64 spawned;         /* agents started, pre-warm included */
+  guint64 terminated;
+  guint64 init_failures;
+  guint64 handled;         /* messages handed to this type's handlers */
+  guint64 handler_failures;
+  gdouble prewarm_ms;      /* this pool alone, wall clock */
+  /*< private >*/
+  guint64 reserved[8];
+} AhTypeStats;
+
+/* Called on a bus worker for each message matching a host subscription.
+ * The message is borrowed for the call. Must not block. */
+typedef void (*AhHostMessageFunc) (const AhMessage *message, gpointer user_data);
+
+AH_API GQuark    ah_host_error_quark     (void);
+/* Creates a host for @manifest (transfer full). Loads every plugin; no
+ * agent starts yet. */
+AH_API AhHost   *ah_host_new             (AhManifest *manifest, GError **error);
+/* Pre-warms every pool (all pools in parallel), starts the bus workers,
+ * then publishes "$SYS.host.started" (system priority). */
+AH_API gboolean  ah_host_start           (AhHost *self, GError **error);
+/* Blocks until the run ends: ah_host_request_stop(), an agent's
+ * ah_context_request_stop(), or, when the manifest sets
+ * `stop_when_idle: true`, the system going idle (no message in flight,
+ * no request pending). Then drains and stops. Returns the exit code. */
+AH_API int       ah_host_run             (AhHost *self);
+/* Thread-safe, not async-signal-safe. */
+AH_API void      ah_host_request_stop    (AhHost *self, int exit_code);
+/* Waits until nothing is in flight and no request is pending, or until
+ * @timeout_us (-1: forever) passes. Returns TRUE when idle. */
+AH_API gboolean  ah_host_wait_idle       (AhHost *self, gint64 timeout_us);
+
+/* Publishing from outside any agent. Under the "block" overflow policy
+ * these wait for room in full mailboxes. */
+AH_API gboolean  ah_host_publish         (AhHost *self, const char *subject,
+                                          gconstpointer data, gsize size, GError **error);
+AH_API gboolean  ah_host_send            (AhHost *self, AhAgentId to, const char *subject,
+                                          gconstpointer data, gsize size, GError **error);
+/* Observes traffic: @func runs for every message on subjects matching
+ * @pattern, in addition to the agents subscribed. Returns an id > 0. */
+AH_API guint     ah_host_subscribe       (AhHost *self, const char *pattern,
+                                          AhHostMessageFunc func, gpointer user_data,
+                                          GError **error);
+
+/* Starts one more agent of @type_name: an idle pooled one if there is
+ * one, a new one otherwise. */
+AH_API AhAgentId ah_host_spawn           (AhHost *self, const char *type_name, GError **error);
+/* Stops an agent: messages still in its mailbox are dead-lettered, its
+ * finalize hook runs, and it goes back to its pool. */
+AH_API gboolean  ah_host_terminate       (AhHost *self, AhAgentId agent, GError **error);
+
+AH_API void      ah_host_get_stats       (AhHost *self, AhHostStats *ret_stats);
+AH_API guint     ah_host_get_n_types     (AhHost *self);
+AH_API gboolean  ah_host_get_type_stats  (AhHost *self, guint index, AhTypeStats *ret_stats);
+/* The end-of-run summary, as text for a terminal or as a JSON object. */
+AH_API char     *ah_host_format_summary  (AhHost *self);
+AH_API char     *ah_host_format_summary_json (AhHost *self);
+/* Stops the run if it is running and frees everything. */
+AH_API void      ah_host_free            (AhHost *self);
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (AhHost, ah_host_free)
+
+G_END_DECLS

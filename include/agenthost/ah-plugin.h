@@ -1,0 +1,224 @@
+/* agenthost: the plugin ABI. Everything a plugin author needs.
+ *
+ * A plugin is a shared object that exports exactly one symbol,
+ * AH_PLUGIN_ENTRY_SYMBOL, a function returning a pointer to a constant
+ * AhPluginDesc. AH_PLUGIN_DEFINE() writes that function.
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#pragma once
+
+#if !defined (AH_INSIDE) && !defined (AH_COMPILATION)
+#error "Only <agenthost/agenthost.h> can be included directly."
+#endif
+
+#include <agenthost/ah-types.h>
+
+G_BEGIN_DECLS
+
+/* ABI version: major << 16 | minor. The host refuses a plugin whose major
+ * differs from its own. A plugin built against a newer minor is refused
+ * too (it may rely on fields this host does not know); one built against
+ * an older minor is accepted and the fields it lacks read as unset. */
+#define AH_PLUGIN_ABI_MAJOR 1
+#define AH_PLUGIN_ABI_MINOR 0
+#define AH_PLUGIN_ABI_VERSION ((guint32) ((AH_PLUGIN_ABI_MAJOR << 16) | AH_PLUGIN_ABI_MINOR))
+#define AH_PLUGIN_ABI_VERSION_MAJOR(v) ((guint32) (v) >> 16)
+#define AH_PLUGIN_ABI_VERSION_MINOR(v) ((guint32) (v) & 0xffff)
+
+/* The one symbol a plugin exports. */
+#define AH_PLUGIN_ENTRY_SYMBOL "ah_plugin_entry"
+
+typedef struct _AhContext AhContext;   /* opaque; valid only during the hook call it is passed to */
+typedef struct _AhMessage AhMessage;   /* opaque, immutable; borrowed during a handler call */
+typedef struct _AhPluginDesc AhPluginDesc;
+
+/* Flags of AhPluginDesc.flags. */
+typedef enum {
+  AH_PLUGIN_FLAG_NONE = 0,
+  /* The state layout is unchanged from the previous version of this
+   * plugin: on hot reload, agent state is kept as is, without going
+   * through snapshot/restore. */
+  AH_PLUGIN_FLAG_STATE_LAYOUT_STABLE = 1 << 0,
+} AhPluginFlags;
+
+/**
+ * AhPluginDesc:
+ *
+ * Describes one agent type. The descriptor is constant data owned by the
+ * plugin; the host reads it and never writes it.
+ *
+ * Rules for evolving it (SQLite's rule for its extension table): fields
+ * are only ever appended; @struct_size tells the host which fields a
+ * plugin has. Optional hooks may be NULL.
+ */
+struct _AhPluginDesc {
+  /* Always first: AH_PLUGIN_ABI_VERSION when the plugin was built.
+   * Checked before any other field is read. */
+  guint32      abi_version;
+  /* Always second: sizeof (AhPluginDesc) when the plugin was built. The
+   * host accepts a smaller size and treats the missing fields as unset. */
+  guint32      struct_size;
+
+  /* Name of the agent type, [a-z0-9_-]+, at most 64 bytes. Required. */
+  const char  *name;
+  /* The plugin's own version, free-form ("1.2.0"). Required. */
+  const char  *version;
+  /* One line for `agenthost inspect`. May be NULL. */
+  const char  *description;
+
+  /* Bytes of state the host allocates, zeroed and 16-byte aligned, for
+   * each agent. The host owns that memory; the plugin never frees it.
+   * 0 means the agent keeps no state. */
+  gsize        state_size;
+
+  /* AhPluginFlags. */
+  guint32      flags;
+  /* Version of the snapshot format state_snapshot writes, so a newer
+   * plugin can migrate an older snapshot or refuse it. */
+  guint32      state_format;
+
+  /* Called once per agent before it receives any message, on a host
+   * thread (pre-warm runs several at once, for different agents). @state
+   * is zeroed. Read configuration through ah_config_*(). Must not publish.
+   * Return FALSE and set @error to refuse to start: the agent is not
+   * created and the failure is reported as "init failed: <message>".
+   * Optional. */
+  gboolean   (*agent_init)     (AhContext *ctx, gpointer state, GError **error);
+
+  /* Called once per agent when it stops, after its last batch. Releases
+   * what agent_init acquired; the state memory itself belongs to the
+   * host. Optional. */
+  void       (*agent_finalize) (AhContext *ctx, gpointer state);
+
+  /* Handles up to the configured handler batch of messages (32 by
+   * default), oldest first, system messages before normal ones. Runs on
+   * one bus worker at a time for a given agent, so @state needs no lock.
+   * Must not block: offload blocking work. The messages are borrowed for
+   * the call; copy what must outlive it. Messages published from here are
+   * delivered after the call returns, in publish order.
+   * Return FALSE and set @error to report that the agent failed: the
+   * failure is logged and counted, and the batch's messages are counted
+   * failed. Required. */
+  gboolean   (*handle_batch)   (AhContext *ctx, gpointer state,
+                                const AhMessage * const *messages, guint n_messages,
+                                GError **error);
+
+  /* Hot reload: serialize the agent's state into a buffer the next
+   * version of the plugin will restore from, tagged with state_format.
+   * Called between batches on the agent's worker. Optional. */
+  GBytes    *(*state_snapshot) (AhContext *ctx, gconstpointer state, GError **error);
+
+  /* Hot reload: rebuild @state (zeroed, of this version's state_size)
+   * from a snapshot written by a version whose state_format was @format.
+   * Return FALSE to refuse it (for example an unknown format): the reload
+   * is rolled back and the agent keeps running the old version. Optional. */
+  gboolean   (*state_restore)  (AhContext *ctx, gpointer state, guint32 format,
+                                GBytes *snapshot, GError **error);
+
+  /*< private >*/
+  /* Reserved for optional fields of later minor versions (configuration
+   * schema, offload hooks). Leave zeroed. */
+  gpointer     reserved[8];
+};
+
+/**
+ * AH_PLUGIN_DEFINE:
+ * @id: the agent type's name, a C identifier
+ * @...: designated initializers for the other fields
+ *
+ * Defines the plugin's entry point and its descriptor:
+ *
+ *   AH_PLUGIN_DEFINE (echo,
+ *     .version      = "1.0.0",
+ *     .state_size   = sizeof (EchoState),
+ *     .handle_batch = echo_handle_batch)
+ */
+#define AH_PLUGIN_DEFINE(id, ...)                                          \
+  AH_PLUGIN_EXPORT const AhPluginDesc *ah_plugin_entry (void);             \
+  const AhPluginDesc *                                                     \
+  ah_plugin_entry (void)                                                   \
+  {                                                                        \
+    static const AhPluginDesc desc = {                                     \
+      .abi_version = AH_PLUGIN_ABI_VERSION,                                \
+      .struct_size = sizeof (AhPluginDesc),                                \
+      .name = #id,                                                         \
+      __VA_ARGS__                                                          \
+    };                                                                     \
+    return &desc;                                                          \
+  }
+
+typedef const AhPluginDesc *(*AhPluginGetDescFunc) (void);
+
+/* Error domain plugins use for their own failures. */
+#define AH_AGENT_ERROR (ah_agent_error_quark ())
+typedef enum {
+  AH_AGENT_ERROR_FAILED,
+  AH_AGENT_ERROR_INVALID_MESSAGE,
+  AH_AGENT_ERROR_CONFIG,
+} AhAgentError;
+AH_API GQuark        ah_agent_error_quark        (void);
+
+/* ---- Messages (borrowed, read-only) --------------------------------- */
+
+AH_API const char   *ah_message_get_subject      (const AhMessage *message);
+/* The payload: @ret_size receives its length. Never NULL (an empty
+ * payload is a zero-length buffer). Not NUL-terminated by contract,
+ * though the host does put a NUL after it for convenience. */
+AH_API gconstpointer ah_message_get_data         (const AhMessage *message, gsize *ret_size);
+AH_API AhMessageKind ah_message_get_kind         (const AhMessage *message);
+AH_API AhPriority    ah_message_get_priority     (const AhMessage *message);
+/* The agent that sent it, or AH_AGENT_ID_NONE for the host itself. */
+AH_API AhAgentId     ah_message_get_sender       (const AhMessage *message);
+/* For REQUEST, REPLY, TIMEOUT and NO_RESPONDERS: the correlation id
+ * ah_request() returned. 0 for the other kinds. */
+AH_API guint64       ah_message_get_correlation  (const AhMessage *message);
+
+/* ---- The context: what an agent can do ------------------------------ */
+
+/* Messages from a handler are queued in the calling worker's batch and
+ * routed when the handler returns. All return FALSE when the message
+ * could not be accepted (invalid subject, full mailbox under the "fail"
+ * overflow policy, called from agent_init); it is then counted failed. */
+AH_API gboolean      ah_publish                  (AhContext *ctx, const char *subject,
+                                                  gconstpointer data, gsize size);
+AH_API gboolean      ah_publish_string           (AhContext *ctx, const char *subject,
+                                                  const char *text);
+/* Sends to one agent. An id of an agent that does not exist (or no longer
+ * does) dead-letters the message; the call still returns TRUE because
+ * the bus accepted it. */
+AH_API gboolean      ah_send                     (AhContext *ctx, AhAgentId to, const char *subject,
+                                                  gconstpointer data, gsize size);
+/* Answers @request (a message of kind REQUEST) to the agent that made it.
+ * Only the first reply to a request is delivered; later ones, and replies
+ * after the requester's timeout, are dead-lettered. */
+AH_API gboolean      ah_reply                    (AhContext *ctx, const AhMessage *request,
+                                                  gconstpointer data, gsize size);
+/* Publishes a request on @subject. Returns its correlation id (never 0),
+ * or 0 on failure. Exactly one of REPLY, TIMEOUT (after @timeout_ms) or
+ * NO_RESPONDERS then comes back to this agent with that correlation id. */
+AH_API guint64       ah_request                  (AhContext *ctx, const char *subject,
+                                                  gconstpointer data, gsize size,
+                                                  guint timeout_ms);
+
+AH_API AhAgentId     ah_context_get_self         (AhContext *ctx);
+/* The agent type's name (the manifest's name for it). */
+AH_API const char   *ah_context_get_type_name    (AhContext *ctx);
+/* 0-based index of this agent within its pool, stable for its life. */
+AH_API guint         ah_context_get_index        (AhContext *ctx);
+/* Asks the host to stop the run with @exit_code once the messages now in
+ * flight are handled. */
+AH_API void          ah_context_request_stop     (AhContext *ctx, int exit_code);
+
+/* ---- Configuration: the agent type's `config:` mapping -------------- */
+
+/* Scalars of the manifest's `config:` block, by key. Nested mappings are
+ * addressed with dots ("limits.max"). Returns @default_value when the
+ * key is absent. A value that does not parse as the asked type is
+ * reported by validate; at run time the default is returned. */
+AH_API const char   *ah_config_get_string        (AhContext *ctx, const char *key, const char *default_value);
+AH_API gint64        ah_config_get_int           (AhContext *ctx, const char *key, gint64 default_value);
+AH_API gdouble       ah_config_get_double        (AhContext *ctx, const char *key, gdouble default_value);
+AH_API gboolean      ah_config_get_bool          (AhContext *ctx, const char *key, gboolean default_value);
+
+G_END_DECLS
