@@ -1,1 +1,731 @@
-/* SPDX-License-Identifier: MIT */
+/* The host: one manifest's system, running.
+ *
+ * Ties the parts together and owns their order: load every plugin (and
+ * fail before anything starts if one is bad), make a pool per agent type
+ * with its subscriptions, pre-warm all pools at once, start the bus
+ * workers, announce "$SYS.host.started", then wait - on a condition
+ * variable, never polling - for a stop request, the idle system or the
+ * run timeout; then drain the bus and stop every agent.
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#include "ah-pool-private.h"
+#include "ah-loader-private.h"
+
+#include <string.h>
+
+#define AH_SUBJECT_HOST_STARTED "$SYS.host.started"
+
+G_DEFINE_QUARK (ah-host-error-quark, ah_host_error)
+
+typedef enum {
+  HOST_NEW,
+  HOST_STARTED,     /* pools warm, bus running */
+  HOST_STOPPING,    /* no longer accepting outside publishes; draining */
+  HOST_STOPPED,
+} HostState;
+
+typedef enum {
+  STOP_NONE,
+  STOP_IDLE,        /* stop_when_idle and nothing left to do */
+  STOP_AGENT,       /* an agent called ah_context_request_stop() */
+  STOP_HOST,        /* ah_host_request_stop(): the embedding program, a signal */
+  STOP_TIMEOUT,     /* the manifest's run_timeout_ms */
+} StopReason;
+
+static const char * const stop_reason_names[] = {
+  [STOP_NONE] = "not stopped",
+  [STOP_IDLE] = "idle",
+  [STOP_AGENT] = "agent request",
+  [STOP_HOST] = "host request",
+  [STOP_TIMEOUT] = "run timeout",
+};
+
+typedef struct {
+  AhHostMessageFunc func;
+  gpointer          user_data;
+} HostObserver;
+
+struct _AhHost {
+  AhManifest  *manifest;          /* (owned) */
+  GHashTable  *plugins;           /* path -> AhPlugin (owned) */
+  AhBus       *bus;
+  AhPool     **pools;
+  guint        n_pools;
+  GPtrArray   *observers;         /* (element-type HostObserver) (owned) */
+
+  GMutex       lock;
+  GCond        cond;              /* stop requested, idle, or the run ended */
+  HostState    state;
+  StopReason   stop_reason;
+  int          exit_code;
+  gdouble      prewarm_ms;
+  gint64       run_start_us;      /* the bus started */
+  gint64       run_end_us;        /* the bus stopped; 0 while running */
+};
+
+/* ---- plugins -------------------------------------------------------------- */
+
+/* Finds and opens the plugin of @type, once per file: two agent types on
+ * one plugin share one loaded module. The error is one manifest line. */
+static AhPlugin *
+host_load_plugin (AhManifest                *manifest,
+                  const AhManifestAgentType *type,
+                  GHashTable                *cache,
+                  GError                   **error)
+{
+  g_autoptr(GError) local_error = NULL;
+  g_autofree char *path = NULL;
+  g_autofree const char **dirs = NULL;
+  guint n_dirs = manifest->plugin_dirs != NULL ? manifest->plugin_dirs->len : 0;
+  AhPlugin *plugin;
+
+  dirs = g_new0 (const char *, n_dirs + 1);
+  for (guint i = 0; i < n_dirs; i++)
+    dirs[i] = g_ptr_array_index (manifest->plugin_dirs, i);
+
+  path = ah_plugin_find (type->plugin, manifest->base_dir, dirs, &local_error);
+  if (path != NULL)
+    {
+      plugin = g_hash_table_lookup (cache, path);
+      if (plugin != NULL)
+        return plugin;
+      plugin = ah_plugin_open (path, &local_error);
+      if (plugin != NULL)
+        {
+          g_hash_table_insert (cache, g_steal_pointer (&path), plugin);
+          return plugin;
+        }
+    }
+
+  g_set_error (error, AH_MANIFEST_ERROR, AH_MANIFEST_ERROR_PLUGIN,
+               "%s:%u:%u: error: agent type '%s': %s", manifest->path,
+               type->plugin_pos.line, type->plugin_pos.column, type->name,
+               local_error->message);
+  return NULL;
+}
+
+static GHashTable *
+host_plugin_cache_new (void)
+{
+  return g_hash_table_new_full (g_str_hash, g_str_equal, g_free,
+                                (GDestroyNotify) ah_plugin_unref);
+}
+
+gboolean
+ah_manifest_check_plugins (AhManifest *self,
+                           GError    **error)
+{
+  g_autoptr(GHashTable) cache = NULL;
+
+  g_return_val_if_fail (self != NULL, FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  cache = host_plugin_cache_new ();
+  for (guint i = 0; i < self->types->len; i++)
+    if (host_load_plugin (self, g_ptr_array_index (self->types, i), cache, error) == NULL)
+      return FALSE;
+
+  return TRUE;
+}
+
+/* ---- lifecycle -------------------------------------------------------------- */
+
+static void
+host_on_idle (gpointer user_data)
+{
+  AhHost *self = user_data;
+
+  g_mutex_lock (&self->lock);
+  g_cond_broadcast (&self->cond);
+  g_mutex_unlock (&self->lock);
+}
+
+/* Records the first stop request; later ones change nothing. */
+static void
+host_request_stop (AhHost     *self,
+                   StopReason  reason,
+                   int         exit_code)
+{
+  g_mutex_lock (&self->lock);
+  if (self->stop_reason == STOP_NONE)
+    {
+      self->stop_reason = reason;
+      self->exit_code = exit_code;
+    }
+  g_cond_broadcast (&self->cond);
+  g_mutex_unlock (&self->lock);
+}
+
+static void
+host_on_agent_stop (int      exit_code,
+                    gpointer user_data)
+{
+  host_request_stop (user_data, STOP_AGENT, exit_code);
+}
+
+void
+ah_host_request_stop (AhHost *self,
+                      int     exit_code)
+{
+  g_return_if_fail (self != NULL);
+
+  host_request_stop (self, STOP_HOST, exit_code);
+}
+
+AhHost *
+ah_host_new (AhManifest *manifest,
+             GError    **error)
+{
+  g_autoptr(AhHost) self = NULL;
+  AhBusConfig config = { 0 };
+
+  g_return_val_if_fail (manifest != NULL, NULL);
+  g_return_val_if_fail (error == NULL || *error == NULL, NULL);
+
+  self = g_new0 (AhHost, 1);
+  self->manifest = manifest;
+  self->plugins = host_plugin_cache_new ();
+  self->observers = g_ptr_array_new_with_free_func (g_free);
+  g_mutex_init (&self->lock);
+  g_cond_init (&self->cond);
+
+  /* Every plugin loads before anything else happens, so a bad one stops
+   * the start with nothing to undo. */
+  for (guint i = 0; i < manifest->types->len; i++)
+    {
+      g_autoptr(GError) local_error = NULL;
+
+      if (host_load_plugin (manifest, g_ptr_array_index (manifest->types, i),
+                            self->plugins, &local_error) == NULL)
+        {
+          g_set_error_literal (error, AH_HOST_ERROR, AH_HOST_ERROR_PLUGIN, local_error->message);
+          return NULL;
+        }
+    }
+
+  config.n_workers = manifest->bus.n_workers;
+  config.publish_batch = manifest->bus.publish_batch;
+  config.handler_batch = manifest->bus.handler_batch;
+  config.mailbox_capacity = manifest->bus.mailbox_capacity;
+  config.overflow = manifest->bus.overflow;
+  self->bus = ah_bus_new (&config);
+  ah_bus_set_idle_func (self->bus, host_on_idle, self);
+
+  self->pools = g_new0 (AhPool *, manifest->types->len);
+  for (guint i = 0; i < manifest->types->len; i++)
+    {
+      const AhManifestAgentType *type = g_ptr_array_index (manifest->types, i);
+      AhPlugin *plugin = host_load_plugin (manifest, type, self->plugins, error);
+
+      g_assert (plugin != NULL);   /* loaded above, now from the cache */
+      self->pools[i] = ah_pool_new (self->bus, type, plugin, host_on_agent_stop, self, error);
+      if (self->pools[i] == NULL)
+        return NULL;
+      self->n_pools++;
+    }
+
+  return g_steal_pointer (&self);
+}
+
+gboolean
+ah_host_start (AhHost  *self,
+               GError **error)
+{
+  g_return_val_if_fail (self != NULL, FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  if (self->state != HOST_NEW)
+    {
+      g_set_error_literal (error, AH_HOST_ERROR, AH_HOST_ERROR_STATE, "the host was already started");
+      return FALSE;
+    }
+
+  if (!ah_pools_prewarm (self->pools, self->n_pools, &self->prewarm_ms, error))
+    return FALSE;
+  g_debug ("pre-warmed %u agent types in %.3f ms", self->n_pools, self->prewarm_ms);
+
+  g_mutex_lock (&self->lock);
+  self->state = HOST_STARTED;
+  self->run_start_us = g_get_monotonic_time ();
+  g_mutex_unlock (&self->lock);
+  ah_bus_start (self->bus);
+
+  /* System priority: the start signal overtakes any data already queued. */
+  if (!ah_bus_publish (self->bus, AH_AGENT_ID_NONE, AH_SUBJECT_HOST_STARTED, "", 0,
+                       AH_PRIORITY_SYSTEM, error))
+    return FALSE;
+
+  return TRUE;
+}
+
+/* Drains, stops the workers and every agent. Idempotent. */
+static void
+host_stop (AhHost *self)
+{
+  g_mutex_lock (&self->lock);
+  if (self->state != HOST_STARTED)
+    {
+      g_mutex_unlock (&self->lock);
+      return;
+    }
+  self->state = HOST_STOPPING;
+  g_mutex_unlock (&self->lock);
+
+  ah_bus_stop (self->bus, (gint64) self->manifest->bus.drain_timeout_ms * 1000);
+  for (guint i = 0; i < self->n_pools; i++)
+    ah_pool_terminate_all (self->pools[i]);
+
+  g_mutex_lock (&self->lock);
+  self->run_end_us = g_get_monotonic_time ();
+  self->state = HOST_STOPPED;
+  g_cond_broadcast (&self->cond);
+  g_mutex_unlock (&self->lock);
+}
+
+int
+ah_host_run (AhHost *self)
+{
+  gint64 deadline = G_MAXINT64;
+  int exit_code;
+
+  g_return_val_if_fail (self != NULL, 1);
+  g_return_val_if_fail (self->state == HOST_STARTED, 1);
+
+  if (self->manifest->run_timeout_ms > 0)
+    deadline = self->run_start_us + (gint64) self->manifest->run_timeout_ms * 1000;
+
+  g_mutex_lock (&self->lock);
+  while (self->stop_reason == STOP_NONE)
+    {
+      /* Checked under the lock the idle func takes, so a transition to
+       * idle cannot slip between the check and the wait. */
+      if (self->manifest->stop_when_idle && ah_bus_is_idle (self->bus))
+        self->stop_reason = STOP_IDLE;
+      else if (deadline == G_MAXINT64)
+        g_cond_wait (&self->cond, &self->lock);
+      else if (!g_cond_wait_until (&self->cond, &self->lock, deadline)
+               && self->stop_reason == STOP_NONE)
+        self->stop_reason = STOP_TIMEOUT;
+    }
+  g_mutex_unlock (&self->lock);
+
+  g_debug ("stopping: %s", stop_reason_names[self->stop_reason]);
+  host_stop (self);
+  exit_code = self->exit_code;
+
+  return exit_code;
+}
+
+gboolean
+ah_host_wait_idle (AhHost *self,
+                   gint64  timeout_us)
+{
+  g_return_val_if_fail (self != NULL, FALSE);
+
+  return ah_bus_wait_idle (self->bus, timeout_us);
+}
+
+void
+ah_host_free (AhHost *self)
+{
+  if (self == NULL)
+    return;
+
+  if (self->bus != NULL)
+    {
+      host_stop (self);
+      /* A host that never started still has to close what it set up. */
+      if (self->state == HOST_NEW)
+        ah_bus_stop (self->bus, 0);
+    }
+  for (guint i = 0; i < self->n_pools; i++)
+    ah_pool_terminate_all (self->pools[i]);
+  if (self->bus != NULL)
+    ah_bus_free (self->bus);
+  for (guint i = 0; i < self->n_pools; i++)
+    ah_pool_free (self->pools[i]);
+  g_free (self->pools);
+  g_ptr_array_unref (self->observers);
+  g_hash_table_unref (self->plugins);
+  ah_manifest_free (self->manifest);
+  g_mutex_clear (&self->lock);
+  g_cond_clear (&self->cond);
+  g_free (self);
+}
+
+/* ---- traffic from outside ------------------------------------------------ */
+
+static gboolean
+host_check_running (AhHost  *self,
+                    GError **error)
+{
+  gboolean running;
+
+  g_mutex_lock (&self->lock);
+  running = self->state == HOST_STARTED && self->stop_reason == STOP_NONE;
+  g_mutex_unlock (&self->lock);
+
+  if (!running)
+    g_set_error_literal (error, AH_HOST_ERROR, AH_HOST_ERROR_STATE,
+                         "the host is not running (not started yet, or stopping)");
+  return running;
+}
+
+gboolean
+ah_host_publish (AhHost       *self,
+                 const char   *subject,
+                 gconstpointer data,
+                 gsize         size,
+                 GError      **error)
+{
+  g_return_val_if_fail (self != NULL, FALSE);
+  g_return_val_if_fail (subject != NULL, FALSE);
+  g_return_val_if_fail (data != NULL || size == 0, FALSE);
+
+  if (!host_check_running (self, error))
+    return FALSE;
+  if (!ah_subject_is_valid (subject))
+    {
+      g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_SUBJECT, "'%s' is not a valid subject", subject);
+      return FALSE;
+    }
+
+  return ah_bus_publish (self->bus, AH_AGENT_ID_NONE, subject, data, size,
+                         AH_PRIORITY_NORMAL, error);
+}
+
+gboolean
+ah_host_send (AhHost       *self,
+              AhAgentId     to,
+              const char   *subject,
+              gconstpointer data,
+              gsize         size,
+              GError      **error)
+{
+  g_return_val_if_fail (self != NULL, FALSE);
+  g_return_val_if_fail (subject != NULL, FALSE);
+  g_return_val_if_fail (data != NULL || size == 0, FALSE);
+
+  if (!host_check_running (self, error))
+    return FALSE;
+  if (!ah_subject_is_valid (subject))
+    {
+      g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_SUBJECT, "'%s' is not a valid subject", subject);
+      return FALSE;
+    }
+
+  return ah_bus_send (self->bus, AH_AGENT_ID_NONE, to, subject, data, size,
+                      AH_PRIORITY_NORMAL, error);
+}
+
+static gboolean
+host_observer_handle (AhBusCall               *call,
+                      const AhMessage * const *messages,
+                      guint                    n_messages,
+                      gpointer                 user_data,
+                      GError                 **error)
+{
+  HostObserver *observer = user_data;
+
+  for (guint i = 0; i < n_messages; i++)
+    observer->func (messages[i], observer->user_data);
+
+  return TRUE;
+}
+
+guint
+ah_host_subscribe (AhHost           *self,
+                   const char       *pattern,
+                   AhHostMessageFunc func,
+                   gpointer          user_data,
+                   GError          **error)
+{
+  HostObserver *observer;
+  guint id;
+
+  g_return_val_if_fail (self != NULL, 0);
+  g_return_val_if_fail (pattern != NULL, 0);
+  g_return_val_if_fail (func != NULL, 0);
+
+  if (!ah_pattern_is_valid (pattern))
+    {
+      g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_SUBJECT, "'%s' is not a valid subject pattern", pattern);
+      return 0;
+    }
+
+  observer = g_new0 (HostObserver, 1);
+  observer->func = func;
+  observer->user_data = user_data;
+  id = ah_bus_subscribe_func (self->bus, pattern, AH_DELIVERY_BROADCAST,
+                              host_observer_handle, observer, error);
+  if (id == 0)
+    {
+      g_free (observer);
+      return 0;
+    }
+  g_ptr_array_add (self->observers, observer);
+
+  return id;
+}
+
+/* ---- agents ------------------------------------------------------------------ */
+
+AhAgentId
+ah_host_spawn (AhHost     *self,
+               const char *type_name,
+               GError    **error)
+{
+  g_return_val_if_fail (self != NULL, AH_AGENT_ID_NONE);
+  g_return_val_if_fail (type_name != NULL, AH_AGENT_ID_NONE);
+
+  if (!host_check_running (self, error))
+    return AH_AGENT_ID_NONE;
+
+  for (guint i = 0; i < self->n_pools; i++)
+    if (g_str_equal (ah_pool_get_name (self->pools[i]), type_name))
+      return ah_pool_spawn (self->pools[i], error);
+
+  g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_UNKNOWN_TYPE,
+               "no agent type '%s' in manifest '%s'", type_name, self->manifest->name);
+  return AH_AGENT_ID_NONE;
+}
+
+gboolean
+ah_host_terminate (AhHost   *self,
+                   AhAgentId agent,
+                   GError  **error)
+{
+  g_return_val_if_fail (self != NULL, FALSE);
+
+  if (!host_check_running (self, error))
+    return FALSE;
+
+  for (guint i = 0; i < self->n_pools; i++)
+    if (ah_pool_owns (self->pools[i], agent))
+      return ah_pool_terminate (self->pools[i], agent, error);
+
+  g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_UNKNOWN_AGENT,
+               "no live agent %" G_GUINT64_FORMAT, agent);
+  return FALSE;
+}
+
+/* ---- accounting ---------------------------------------------------------- */
+
+void
+ah_host_get_stats (AhHost      *self,
+                   AhHostStats *ret_stats)
+{
+  AhBusCounters counters;
+  gint64 end;
+
+  g_return_if_fail (self != NULL);
+  g_return_if_fail (ret_stats != NULL);
+
+  memset (ret_stats, 0, sizeof *ret_stats);
+  ah_bus_get_counters (self->bus, &counters);
+  ret_stats->published = counters.published;
+  ret_stats->accepted = counters.accepted;
+  ret_stats->delivered = counters.delivered;
+  ret_stats->dead_lettered = counters.dead_lettered;
+  ret_stats->failed = counters.failed;
+  ret_stats->in_flight = counters.in_flight;
+  ret_stats->batches = counters.batches;
+  ret_stats->requests = counters.requests;
+  ret_stats->request_timeouts = counters.request_timeouts;
+  ret_stats->latency_p50_us = counters.latency_p50_us;
+  ret_stats->latency_p95_us = counters.latency_p95_us;
+  ret_stats->latency_p99_us = counters.latency_p99_us;
+  ret_stats->latency_max_us = counters.latency_max_us;
+  ret_stats->n_workers = counters.n_workers;
+  ret_stats->n_types = self->n_pools;
+  ret_stats->prewarm_ms = self->prewarm_ms;
+
+  g_mutex_lock (&self->lock);
+  end = self->run_end_us != 0 ? self->run_end_us : g_get_monotonic_time ();
+  if (self->run_start_us != 0)
+    ret_stats->elapsed_s = (end - self->run_start_us) / 1e6;
+  g_mutex_unlock (&self->lock);
+
+  for (guint i = 0; i < self->n_pools; i++)
+    {
+      AhTypeStats type_stats;
+
+      ah_pool_get_stats (self->pools[i], &type_stats);
+      ret_stats->n_agents += type_stats.n_agents;
+    }
+}
+
+guint
+ah_host_get_n_types (AhHost *self)
+{
+  g_return_val_if_fail (self != NULL, 0);
+
+  return self->n_pools;
+}
+
+gboolean
+ah_host_get_type_stats (AhHost      *self,
+                        guint        index,
+                        AhTypeStats *ret_stats)
+{
+  g_return_val_if_fail (self != NULL, FALSE);
+  g_return_val_if_fail (ret_stats != NULL, FALSE);
+
+  if (index >= self->n_pools)
+    return FALSE;
+  ah_pool_get_stats (self->pools[index], ret_stats);
+  return TRUE;
+}
+
+static gdouble
+host_throughput (const AhHostStats *stats)
+{
+  return stats->elapsed_s > 0 ? stats->delivered / stats->elapsed_s : 0;
+}
+
+char *
+ah_host_format_summary (AhHost *self)
+{
+  GString *out = g_string_new (NULL);
+  AhHostStats stats;
+  guint64 agents_started = 0;
+
+  g_return_val_if_fail (self != NULL, NULL);
+
+  ah_host_get_stats (self, &stats);
+  for (guint i = 0; i < self->n_pools; i++)
+    {
+      AhTypeStats type_stats;
+
+      ah_pool_get_stats (self->pools[i], &type_stats);
+      agents_started += type_stats.spawned;
+    }
+
+  g_string_append_printf (out, "agenthost: '%s' ran %.3f s, stopped by %s, exit code %d\n",
+                          self->manifest->name, stats.elapsed_s,
+                          stop_reason_names[self->stop_reason], self->exit_code);
+  g_string_append_printf (out, "  agents      %" G_GUINT64_FORMAT " started (%u types, %u alive), %u workers, pre-warmed in %.3f ms\n",
+                          agents_started, stats.n_types, stats.n_agents, stats.n_workers, stats.prewarm_ms);
+  g_string_append_printf (out, "  messages    %" G_GUINT64_FORMAT " published, %" G_GUINT64_FORMAT " accepted = %"
+                          G_GUINT64_FORMAT " delivered + %" G_GUINT64_FORMAT " dead-lettered + %"
+                          G_GUINT64_FORMAT " failed + %" G_GUINT64_FORMAT " in flight\n",
+                          stats.published, stats.accepted, stats.delivered, stats.dead_lettered,
+                          stats.failed, stats.in_flight);
+  g_string_append_printf (out, "  throughput  %.0f msgs/s delivered in %" G_GUINT64_FORMAT " handler batches\n",
+                          host_throughput (&stats), stats.batches);
+  g_string_append_printf (out, "  latency     p50 %.1f us, p95 %.1f us, p99 %.1f us, max %.1f us (publish to handler)\n",
+                          stats.latency_p50_us, stats.latency_p95_us, stats.latency_p99_us,
+                          stats.latency_max_us);
+  g_string_append_printf (out, "  requests    %" G_GUINT64_FORMAT " (%" G_GUINT64_FORMAT " timed out)\n",
+                          stats.requests, stats.request_timeouts);
+  g_string_append (out, "  type                 agents  spawned  handled  failed  pre-warm\n");
+  for (guint i = 0; i < self->n_pools; i++)
+    {
+      AhTypeStats type_stats;
+
+      ah_pool_get_stats (self->pools[i], &type_stats);
+      g_string_append_printf (out, "  %-20s %6u  %7" G_GUINT64_FORMAT "  %7" G_GUINT64_FORMAT
+                              "  %6" G_GUINT64_FORMAT "  %.3f ms\n",
+                              type_stats.name, type_stats.n_agents, type_stats.spawned,
+                              type_stats.handled, type_stats.handler_failures + type_stats.init_failures,
+                              type_stats.prewarm_ms);
+    }
+
+  return g_string_free (out, FALSE);
+}
+
+/* JSON strings: our names are validated ASCII, but a manifest name or a
+ * description may hold anything, so escape properly. */
+static void
+json_append_string (GString    *out,
+                    const char *text)
+{
+  g_string_append_c (out, '"');
+  for (const guchar *p = (const guchar *) text; *p != '\0'; p++)
+    {
+      switch (*p)
+        {
+        case '"':  g_string_append (out, "\\\""); break;
+        case '\\': g_string_append (out, "\\\\"); break;
+        case '\n': g_string_append (out, "\\n"); break;
+        case '\r': g_string_append (out, "\\r"); break;
+        case '\t': g_string_append (out, "\\t"); break;
+        default:
+          if (*p < 0x20)
+            g_string_append_printf (out, "\\u%04x", *p);
+          else
+            g_string_append_c (out, (char) *p);
+        }
+    }
+  g_string_append_c (out, '"');
+}
+
+static void
+json_append_double (GString *out,
+                    gdouble  value)
+{
+  char buffer[G_ASCII_DTOSTR_BUF_SIZE];
+
+  /* Locale-independent: a comma decimal separator is not JSON. */
+  g_string_append (out, g_ascii_formatd (buffer, sizeof buffer, "%.3f", value));
+}
+
+char *
+ah_host_format_summary_json (AhHost *self)
+{
+  GString *out = g_string_new (NULL);
+  AhHostStats stats;
+
+  g_return_val_if_fail (self != NULL, NULL);
+
+  ah_host_get_stats (self, &stats);
+  g_string_append (out, "{\n  \"manifest\": ");
+  json_append_string (out, self->manifest->name);
+  g_string_append (out, ",\n  \"stopped_by\": ");
+  json_append_string (out, stop_reason_names[self->stop_reason]);
+  g_string_append_printf (out, ",\n  \"exit_code\": %d,\n  \"elapsed_s\": ", self->exit_code);
+  json_append_double (out, stats.elapsed_s);
+  g_string_append_printf (out, ",\n  \"agents\": %u,\n  \"types\": %u,\n  \"workers\": %u,\n  \"prewarm_ms\": ",
+                          stats.n_agents, stats.n_types, stats.n_workers);
+  json_append_double (out, stats.prewarm_ms);
+  g_string_append_printf (out, ",\n  \"messages\": {\"published\": %" G_GUINT64_FORMAT
+                          ", \"accepted\": %" G_GUINT64_FORMAT ", \"delivered\": %" G_GUINT64_FORMAT
+                          ", \"dead_lettered\": %" G_GUINT64_FORMAT ", \"failed\": %" G_GUINT64_FORMAT
+                          ", \"in_flight\": %" G_GUINT64_FORMAT ", \"batches\": %" G_GUINT64_FORMAT "}",
+                          stats.published, stats.accepted, stats.delivered, stats.dead_lettered,
+                          stats.failed, stats.in_flight, stats.batches);
+  g_string_append (out, ",\n  \"throughput_msgs_per_s\": ");
+  json_append_double (out, host_throughput (&stats));
+  g_string_append (out, ",\n  \"latency_us\": {\"p50\": ");
+  json_append_double (out, stats.latency_p50_us);
+  g_string_append (out, ", \"p95\": ");
+  json_append_double (out, stats.latency_p95_us);
+  g_string_append (out, ", \"p99\": ");
+  json_append_double (out, stats.latency_p99_us);
+  g_string_append (out, ", \"max\": ");
+  json_append_double (out, stats.latency_max_us);
+  g_string_append_printf (out, "},\n  \"requests\": {\"total\": %" G_GUINT64_FORMAT
+                          ", \"timeouts\": %" G_GUINT64_FORMAT "},\n  \"per_type\": [",
+                          stats.requests, stats.request_timeouts);
+  for (guint i = 0; i < self->n_pools; i++)
+    {
+      AhTypeStats type_stats;
+
+      ah_pool_get_stats (self->pools[i], &type_stats);
+      g_string_append (out, i == 0 ? "\n    {\"name\": " : ",\n    {\"name\": ");
+      json_append_string (out, type_stats.name);
+      g_string_append_printf (out, ", \"agents\": %u, \"pool_size\": %u, \"spawned\": %" G_GUINT64_FORMAT
+                              ", \"terminated\": %" G_GUINT64_FORMAT ", \"init_failures\": %" G_GUINT64_FORMAT
+                              ", \"handled\": %" G_GUINT64_FORMAT ", \"handler_failures\": %" G_GUINT64_FORMAT
+                              ", \"prewarm_ms\": ",
+                              type_stats.n_agents, type_stats.pool_size, type_stats.spawned,
+                              type_stats.terminated, type_stats.init_failures, type_stats.handled,
+                              type_stats.handler_failures);
+      json_append_double (out, type_stats.prewarm_ms);
+      g_string_append_c (out, '}');
+    }
+  g_string_append (out, "\n  ]\n}\n");
+
+  return g_string_free (out, FALSE);
+}
