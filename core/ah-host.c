@@ -729,3 +729,143 @@ ah_host_format_summary_json (AhHost *self)
 
   return g_string_free (out, FALSE);
 }
+
+/* ---- requests from outside ----------------------------------------------- */
+
+/* Only a handler can make a request on the bus, so an outside request
+ * borrows one: a temporary endpoint is kicked with a direct message, makes
+ * the request from its handler, and receives the outcome there. */
+#define AH_SUBJECT_HOST_REQUEST "$SYS.host.request"
+
+typedef struct {
+  const char   *subject;
+  gconstpointer data;
+  gsize         size;
+  guint         timeout_ms;
+  guint64       correlation;  /* worker-only */
+  GMutex        lock;
+  GCond         cond;
+  gboolean      done;
+  AhMessageKind outcome;
+  GBytes       *reply;
+} HostRequest;
+
+static void
+host_request_finish (HostRequest  *request,
+                     AhMessageKind outcome,
+                     GBytes       *reply)
+{
+  g_mutex_lock (&request->lock);
+  request->outcome = outcome;
+  request->reply = reply;
+  request->done = TRUE;
+  g_cond_signal (&request->cond);
+  g_mutex_unlock (&request->lock);
+}
+
+static gboolean
+host_request_handle (AhBusCall               *call,
+                     const AhMessage * const *messages,
+                     guint                    n_messages,
+                     gpointer                 user_data,
+                     GError                 **error)
+{
+  HostRequest *request = user_data;
+
+  for (guint i = 0; i < n_messages; i++)
+    {
+      const AhMessage *message = messages[i];
+      AhMessageKind kind = ah_message_get_kind (message);
+
+      if (kind == AH_MESSAGE_DIRECT)
+        {
+          request->correlation = ah_bus_call_request (call, request->subject, request->data,
+                                                      request->size, request->timeout_ms);
+          if (request->correlation == 0)
+            host_request_finish (request, AH_MESSAGE_NO_RESPONDERS, NULL);
+        }
+      else if (ah_message_get_correlation (message) == request->correlation)
+        {
+          gsize size;
+          gconstpointer data = ah_message_get_data (message, &size);
+
+          host_request_finish (request, kind,
+                               kind == AH_MESSAGE_REPLY ? g_bytes_new (data, size) : NULL);
+        }
+    }
+
+  return TRUE;
+}
+
+GBytes *
+ah_host_request (AhHost       *self,
+                 const char   *subject,
+                 gconstpointer data,
+                 gsize         size,
+                 guint         timeout_ms,
+                 GError      **error)
+{
+  HostRequest request = { subject, data, size, timeout_ms, 0 };
+  AhEndpoint *endpoint;
+  gint64 deadline;
+
+  g_return_val_if_fail (self != NULL, NULL);
+  g_return_val_if_fail (subject != NULL, NULL);
+  g_return_val_if_fail (data != NULL || size == 0, NULL);
+  g_return_val_if_fail (timeout_ms > 0, NULL);
+
+  if (!host_check_running (self, error))
+    return NULL;
+  if (!ah_subject_is_valid (subject))
+    {
+      g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_SUBJECT, "'%s' is not a valid subject", subject);
+      return NULL;
+    }
+
+  g_mutex_init (&request.lock);
+  g_cond_init (&request.cond);
+  endpoint = ah_bus_endpoint_new (self->bus, host_request_handle, &request);
+  if (!ah_bus_send (self->bus, AH_AGENT_ID_NONE, ah_endpoint_get_id (endpoint),
+                    AH_SUBJECT_HOST_REQUEST, "", 0, AH_PRIORITY_SYSTEM, error))
+    {
+      ah_bus_endpoint_close (self->bus, endpoint);
+      g_mutex_clear (&request.lock);
+      g_cond_clear (&request.cond);
+      return NULL;
+    }
+
+  /* The bus guarantees an outcome - a reply, a TIMEOUT or NO_RESPONDERS -
+   * unless it stops meanwhile and cancels the request; the deadline
+   * covers that case. Closing the endpoint waits out a running handler,
+   * so nothing touches @request after it. */
+  deadline = g_get_monotonic_time () + (gint64) timeout_ms * 1000 + G_USEC_PER_SEC;
+  g_mutex_lock (&request.lock);
+  while (!request.done)
+    if (!g_cond_wait_until (&request.cond, &request.lock, deadline))
+      break;
+  g_mutex_unlock (&request.lock);
+
+  ah_bus_endpoint_close (self->bus, endpoint);
+  if (!request.done)
+    request.outcome = AH_MESSAGE_TIMEOUT;
+  g_mutex_clear (&request.lock);
+  g_cond_clear (&request.cond);
+
+  switch (request.outcome)
+    {
+    case AH_MESSAGE_REPLY:
+      return request.reply;
+    case AH_MESSAGE_TIMEOUT:
+      g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_TIMEOUT,
+                   "request on '%s' got no reply within %u ms", subject, timeout_ms);
+      return NULL;
+    case AH_MESSAGE_PUBLISH:
+    case AH_MESSAGE_DIRECT:
+    case AH_MESSAGE_REQUEST:
+    case AH_MESSAGE_NO_RESPONDERS:
+    default:
+      g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_NO_RESPONDERS,
+                   "request on '%s' had no responders", subject);
+      return NULL;
+    }
+}

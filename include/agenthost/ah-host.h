@@ -26,6 +26,8 @@ typedef enum {
   AH_HOST_ERROR_STATE,         /* not allowed in the host's current state */
   AH_HOST_ERROR_SUBJECT,       /* not a valid subject or pattern */
   AH_HOST_ERROR_OVERFLOW,      /* a mailbox was full under the "fail" policy */
+  AH_HOST_ERROR_TIMEOUT,       /* a request got no reply in time */
+  AH_HOST_ERROR_NO_RESPONDERS, /* a request had nobody to go to */
 } AhHostError;
 
 typedef struct _AhHost AhHost;
@@ -100,6 +102,13 @@ AH_API gboolean  ah_host_publish         (AhHost *self, const char *subject,
                                           gconstpointer data, gsize size, GError **error);
 AH_API gboolean  ah_host_send            (AhHost *self, AhAgentId to, const char *subject,
                                           gconstpointer data, gsize size, GError **error);
+/* Makes a request from outside any agent and waits for its outcome:
+ * the reply's payload, or NULL with AH_HOST_ERROR_TIMEOUT or
+ * AH_HOST_ERROR_NO_RESPONDERS. Blocks the calling thread: never call it
+ * from a handler. */
+AH_API GBytes   *ah_host_request         (AhHost *self, const char *subject,
+                                          gconstpointer data, gsize size,
+                                          guint timeout_ms, GError **error);
 /* Observes traffic: @func runs for every message on subjects matching
  * @pattern, in addition to the agents subscribed. Returns an id > 0. */
 AH_API guint     ah_host_subscribe       (AhHost *self, const char *pattern,
