@@ -1,2 +1,865 @@
+/* agenthost: the command-line host.
+ *
+ * Built on the public API only (<agenthost/agenthost.h>), exactly as any
+ * other embedding program would be: if the command needs something the
+ * headers do not offer, the embedding API is missing it.
+ *
+ * SPDX-License-Identifier: MIT
+ */
 #include <agenthost/agenthost.h>
-int main (int argc, char **argv) { return 0; }
+
+#include <glib-unix.h>
+#include <errno.h>
+#include <locale.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+/* The exit statuses, documented in docs/cli.md and in `--help`. Scripts
+ * branch on them, so they never change meaning. */
+typedef enum {
+  AGENTHOST_EXIT_OK = 0,
+  AGENTHOST_EXIT_RUN_FAILED = 1,
+  AGENTHOST_EXIT_USAGE = 2,
+  AGENTHOST_EXIT_INVALID_MANIFEST = 3,
+  AGENTHOST_EXIT_PLUGIN = 4,
+  AGENTHOST_EXIT_FORCED = 130,   /* 128 + SIGINT, as shells report it */
+} AgenthostExit;
+
+/* g_timeout_add() counts in guint milliseconds. */
+#define AGENTHOST_TIMEOUT_MAX_S ((gdouble) G_MAXUINT / 1000.0)
+
+#define AGENTHOST_EXIT_STATUS_HELP                                             \
+  "Exit status:\n"                                                             \
+  "  0    success; also a clean stop by SIGINT, SIGTERM or --timeout\n"        \
+  "  1    the run failed (the host did not start, e.g. an agent's init\n"     \
+  "       failed, or the run ended with an error)\n"                           \
+  "  2    usage error (unknown command or option, bad argument)\n"            \
+  "  3    invalid manifest\n"                                                  \
+  "  4    a plugin failed to load\n"                                           \
+  "  130  forced exit by a second SIGINT while draining\n"                     \
+  "  N    an agent stopped the run with exit code N (1-255)\n"
+
+typedef struct _Command Command;
+
+/* @args holds the command's own name first, then its arguments; the
+ * command may rewrite it (option parsing removes what it consumes). */
+typedef int (*CommandFunc) (const Command *command, GStrv *args);
+
+struct _Command {
+  const char  *name;
+  const char  *parameter_string;   /* after "[OPTION...]" in the usage line */
+  const char  *summary;            /* one line, for the command list */
+  const char  *description;        /* what --help shows under the options */
+  CommandFunc  func;
+};
+
+static int command_run      (const Command *command, GStrv *args);
+static int command_validate (const Command *command, GStrv *args);
+static int command_inspect  (const Command *command, GStrv *args);
+static int command_help     (const Command *command, GStrv *args);
+
+static const Command commands[] = {
+  {
+    "run", "[MANIFEST]",
+    "Run a system until it stops (the built-in default system without MANIFEST)",
+    "Loads MANIFEST (or the built-in default system), loads its plugins,\n"
+    "pre-warms every pool, runs until the system stops (an agent asks for\n"
+    "it, the system goes idle when the manifest sets stop_when_idle, the\n"
+    "manifest's run_timeout_ms or --timeout passes, or SIGINT/SIGTERM\n"
+    "arrives), drains, and prints the run's summary on stdout.\n"
+    "\n"
+    "A first SIGINT or SIGTERM stops the run cleanly: no new message is\n"
+    "accepted, what is in flight is handled, the summary is printed and\n"
+    "the exit status is 0. A second SIGINT while draining exits at once\n"
+    "with status 130.\n"
+    "\n"
+    "With --json -, the JSON summary goes to stdout instead of the text\n"
+    "summary, and what agents print goes to stderr, so stdout is exactly\n"
+    "one JSON document.\n"
+    "\n"
+    AGENTHOST_EXIT_STATUS_HELP,
+    command_run,
+  },
+  {
+    "validate", "FILE...",
+    "Check manifests and load the plugins they name, starting no agent",
+    "For each FILE: parses and checks the manifest, then loads (and\n"
+    "unloads) every plugin it names and checks it against its agent type.\n"
+    "No agent is started. Prints \"FILE: ok (N agent types, M agents)\" on\n"
+    "stdout for each good file and the error on stderr for each bad one;\n"
+    "all files are checked even after a bad one. The exit status is that\n"
+    "of the first bad file (3 invalid manifest, 4 plugin failed to load).\n"
+    "\n"
+    AGENTHOST_EXIT_STATUS_HELP,
+    command_validate,
+  },
+  {
+    "inspect", "PLUGIN.so...",
+    "Describe plugin files: name, version, ABI, state size, hooks",
+    "Loads each plugin file and prints its descriptor, without starting\n"
+    "an agent (nothing of the plugin runs but its entry function).\n"
+    "Errors go to stderr; the exit status is 4 if any file failed to load.\n"
+    "\n"
+    AGENTHOST_EXIT_STATUS_HELP,
+    command_inspect,
+  },
+  {
+    "help", "[COMMAND]",
+    "Show the list of commands, or one command's help",
+    "Without COMMAND, the same as 'agenthost --help'. With COMMAND, the\n"
+    "same as 'agenthost COMMAND --help'.",
+    command_help,
+  },
+};
+
+/* ---- Errors and exit statuses ---------------------------------------- */
+
+static int
+exit_status_for_error (const GError *error)
+{
+  if (error->domain == AH_PLUGIN_ERROR)
+    return AGENTHOST_EXIT_PLUGIN;
+  if (g_error_matches (error, AH_MANIFEST_ERROR, AH_MANIFEST_ERROR_PLUGIN)
+      || g_error_matches (error, AH_HOST_ERROR, AH_HOST_ERROR_PLUGIN))
+    return AGENTHOST_EXIT_PLUGIN;
+  if (error->domain == AH_MANIFEST_ERROR)
+    return AGENTHOST_EXIT_INVALID_MANIFEST;
+  return AGENTHOST_EXIT_RUN_FAILED;
+}
+
+/* Manifest and plugin errors already read "FILE:LINE:COL: error: ..." or
+ * "PATH: reason", the form editors and compilers use, so they are printed
+ * as they are (the host's plugin error is the manifest's, passed on);
+ * anything else gets the program's name, as usual for a command-line
+ * tool. Returns the exit status the error stands for. */
+static int
+report_error (const GError *error)
+{
+  if (error->domain == AH_MANIFEST_ERROR || error->domain == AH_PLUGIN_ERROR
+      || g_error_matches (error, AH_HOST_ERROR, AH_HOST_ERROR_PLUGIN))
+    g_printerr ("%s\n", error->message);
+  else
+    g_printerr ("%s: %s\n", g_get_prgname (), error->message);
+  return exit_status_for_error (error);
+}
+
+/* ---- Option parsing shared by the commands ---------------------------- */
+
+static char *
+command_get_help (const Command *command, GOptionContext *context)
+{
+  g_autofree char *program = g_strdup (g_get_prgname ());
+  g_autofree char *usage_name = g_strdup_printf ("%s %s", program, command->name);
+  char *help;
+
+  /* GOption writes the usage line as "PRGNAME [OPTION...] PARAMETERS";
+   * the command's name belongs between the program and the options. */
+  g_set_prgname (usage_name);
+  help = g_option_context_get_help (context, TRUE, NULL);
+  g_set_prgname (program);
+  return help;
+}
+
+static void
+print_usage_error (const char *command_name, const char *message)
+{
+  g_autofree char *program = command_name != NULL
+    ? g_strdup_printf ("%s %s", g_get_prgname (), command_name)
+    : g_strdup (g_get_prgname ());
+
+  g_printerr ("%s: %s\n", program, message);
+  g_printerr ("Try '%s --help' for more information.\n", program);
+}
+
+/* Parses the options of @command out of @args. Returns TRUE when the
+ * command should go on; FALSE when it is done, with @ret_status set: its
+ * help was shown (0) or the options were wrong (2). On TRUE, @args keeps
+ * the command's name first and the positional arguments after it. */
+static gboolean
+command_parse_options (const Command *command, const GOptionEntry *entries,
+                       GStrv *args, int *ret_status)
+{
+  g_autoptr(GOptionContext) context = g_option_context_new (command->parameter_string);
+  g_autoptr(GError) error = NULL;
+  gboolean show_help = FALSE;
+  const GOptionEntry help_entries[] = {
+    { "help", 'h', 0, G_OPTION_ARG_NONE, &show_help, "Show this help", NULL },
+    G_OPTION_ENTRY_NULL
+  };
+
+  g_option_context_set_summary (context, command->summary);
+  g_option_context_set_description (context, command->description);
+  /* Our own --help entry: GOption's would print and exit() from inside
+   * the parser, and "agenthost help CMD" needs the same text. */
+  g_option_context_set_help_enabled (context, FALSE);
+  if (entries != NULL)
+    g_option_context_add_main_entries (context, entries, NULL);
+  g_option_context_add_main_entries (context, help_entries, NULL);
+
+  if (!g_option_context_parse_strv (context, args, &error))
+    {
+      print_usage_error (command->name, error->message);
+      *ret_status = AGENTHOST_EXIT_USAGE;
+      return FALSE;
+    }
+  if (show_help)
+    {
+      g_autofree char *help = command_get_help (command, context);
+
+      g_print ("%s", help);
+      *ret_status = AGENTHOST_EXIT_OK;
+      return FALSE;
+    }
+  return TRUE;
+}
+
+static const Command *
+find_command (const char *name)
+{
+  for (gsize i = 0; i < G_N_ELEMENTS (commands); i++)
+    if (g_str_equal (commands[i].name, name))
+      return &commands[i];
+  return NULL;
+}
+
+/* Levenshtein distance, bounded: command names are a few bytes, and a
+ * typo worth a suggestion is at most two edits away. */
+static guint
+edit_distance (const char *a, const char *b)
+{
+  gsize len_a = strlen (a), len_b = strlen (b);
+  g_autofree guint *row = NULL;
+
+  if (len_a > 32 || len_b > 32)
+    return G_MAXUINT;
+  row = g_new (guint, len_b + 1);
+  for (gsize j = 0; j <= len_b; j++)
+    row[j] = j;
+  for (gsize i = 1; i <= len_a; i++)
+    {
+      guint diagonal = row[0];
+
+      row[0] = i;
+      for (gsize j = 1; j <= len_b; j++)
+        {
+          guint above = row[j];
+          guint best = diagonal + (a[i - 1] == b[j - 1] ? 0 : 1);
+
+          best = MIN (best, above + 1);
+          best = MIN (best, row[j - 1] + 1);
+          row[j] = best;
+          diagonal = above;
+        }
+    }
+  return row[len_b];
+}
+
+static int
+report_unknown_command (const char *name)
+{
+  const Command *closest = NULL;
+  guint closest_distance = 3;
+
+  for (gsize i = 0; i < G_N_ELEMENTS (commands); i++)
+    {
+      guint distance = edit_distance (name, commands[i].name);
+
+      if (distance < closest_distance)
+        {
+          closest = &commands[i];
+          closest_distance = distance;
+        }
+    }
+
+  g_printerr ("%s: unknown command '%s'\n", g_get_prgname (), name);
+  if (closest != NULL)
+    g_printerr ("Did you mean '%s'?\n", closest->name);
+  g_printerr ("Try '%s --help' for the list of commands.\n", g_get_prgname ());
+  return AGENTHOST_EXIT_USAGE;
+}
+
+static void
+print_main_help (void)
+{
+  g_autoptr(GString) help = g_string_new (NULL);
+  const char *program = g_get_prgname ();
+
+  g_string_append_printf (help,
+                          "Usage:\n"
+                          "  %s COMMAND [OPTION...] [ARGUMENT...]\n"
+                          "  %s --version\n"
+                          "\n"
+                          "Hosts a system of agents declared in a YAML manifest: agent types are\n"
+                          "plugins (shared objects), agents exchange messages on an in-process bus.\n"
+                          "\n"
+                          "Commands:\n",
+                          program, program);
+  for (gsize i = 0; i < G_N_ELEMENTS (commands); i++)
+    {
+      g_autofree char *usage = g_strdup_printf ("%s %s", commands[i].name,
+                                                commands[i].parameter_string);
+
+      g_string_append_printf (help, "  %-23s %s\n", usage, commands[i].summary);
+    }
+  g_string_append_printf (help,
+                          "\n"
+                          "Options:\n"
+                          "  -h, --help              Show this help\n"
+                          "  --version               Show the version and the plugin ABI\n"
+                          "\n"
+                          "%s"
+                          "\n"
+                          "Run '%s help COMMAND' or '%s COMMAND --help' for a command's options.\n",
+                          AGENTHOST_EXIT_STATUS_HELP, program, program);
+  g_print ("%s", help->str);
+}
+
+/* ---- help ------------------------------------------------------------- */
+
+static int
+command_help (const Command *command, GStrv *args)
+{
+  const Command *target;
+  g_auto(GStrv) target_args = NULL;
+  int status;
+
+  if (!command_parse_options (command, NULL, args, &status))
+    return status;
+
+  if (g_strv_length (*args) == 1)
+    {
+      print_main_help ();
+      return AGENTHOST_EXIT_OK;
+    }
+  if (g_strv_length (*args) > 2)
+    {
+      print_usage_error (command->name, "expected at most one COMMAND");
+      return AGENTHOST_EXIT_USAGE;
+    }
+
+  target = find_command ((*args)[1]);
+  if (target == NULL)
+    return report_unknown_command ((*args)[1]);
+
+  /* "help CMD" is "CMD --help": one text, one code path. */
+  target_args = g_new0 (char *, 3);
+  target_args[0] = g_strdup (target->name);
+  target_args[1] = g_strdup ("--help");
+  return target->func (target, &target_args);
+}
+
+/* ---- run -------------------------------------------------------------- */
+
+typedef enum {
+  RUN_PHASE_STARTING,    /* ah_host_start() is pre-warming */
+  RUN_PHASE_RUNNING,     /* ah_host_run() blocks the run thread */
+  RUN_PHASE_FINISHED,
+} RunPhase;
+
+/* Shared by the main thread (signals, --timeout, the GMainLoop) and the
+ * run thread (ah_host_start() then the blocking ah_host_run()). */
+typedef struct {
+  AhHost     *host;               /* (owned by command_run) */
+  const char *system_name;
+  GMainLoop  *loop;
+  gdouble     timeout_s;          /* 0: no --timeout */
+  guint       timeout_source_id;  /* main thread only */
+
+  GMutex      lock;
+  RunPhase    phase;              /* under @lock */
+  gboolean    stop_requested;     /* under @lock: by a signal or --timeout */
+
+  /* Written by the run thread before it finishes; read after the join. */
+  GError     *start_error;
+  int         run_status;
+} RunState;
+
+/* Asks the host to stop, once. A stop asked for during pre-warm is
+ * remembered and applied by the run thread as soon as the start is over,
+ * because the host only has a run to stop from then on. Returns FALSE
+ * when a stop had already been asked for. */
+static gboolean
+run_state_request_stop (RunState *run)
+{
+  gboolean first;
+
+  g_mutex_lock (&run->lock);
+  first = !run->stop_requested;
+  run->stop_requested = TRUE;
+  /* Under the lock, so the run thread cannot be between reading
+   * stop_requested and entering the running phase. */
+  if (first && run->phase == RUN_PHASE_RUNNING)
+    ah_host_request_stop (run->host, AGENTHOST_EXIT_OK);
+  g_mutex_unlock (&run->lock);
+  return first;
+}
+
+static gboolean
+run_on_signal (gpointer user_data, int signum)
+{
+  RunState *run = user_data;
+  const char *name = signum == SIGINT ? "SIGINT" : "SIGTERM";
+
+  if (run_state_request_stop (run))
+    {
+      g_printerr ("%s: %s received, stopping cleanly%s\n",
+                  g_get_prgname (), name,
+                  signum == SIGINT ? " (Ctrl-C again to exit at once)" : "");
+      return G_SOURCE_CONTINUE;
+    }
+
+  if (signum == SIGINT)
+    {
+      /* The run thread is still inside the host: exit() would run
+       * destructors under its feet, so leave without them. */
+      g_printerr ("%s: second SIGINT, exiting at once\n", g_get_prgname ());
+      _exit (AGENTHOST_EXIT_FORCED);
+    }
+  /* A repeated SIGTERM changes nothing: the drain is already bounded by
+   * the manifest's drain_timeout_ms. */
+  return G_SOURCE_CONTINUE;
+}
+
+static gboolean
+run_on_sigint (gpointer user_data)
+{
+  return run_on_signal (user_data, SIGINT);
+}
+
+static gboolean
+run_on_sigterm (gpointer user_data)
+{
+  return run_on_signal (user_data, SIGTERM);
+}
+
+static gboolean
+run_on_timeout (gpointer user_data)
+{
+  RunState *run = user_data;
+
+  run->timeout_source_id = 0;
+  if (run_state_request_stop (run))
+    g_printerr ("%s: --timeout of %g s reached, stopping\n", g_get_prgname (), run->timeout_s);
+  return G_SOURCE_REMOVE;
+}
+
+/* On the main thread, once pre-warm is over: --timeout limits the run
+ * itself, not the time it takes to get it going. */
+static gboolean
+run_on_started (gpointer user_data)
+{
+  RunState *run = user_data;
+
+  if (run->timeout_s > 0)
+    {
+      guint interval_ms = (guint) MAX (1.0, ceil (run->timeout_s * 1000.0));
+
+      run->timeout_source_id = g_timeout_add (interval_ms, run_on_timeout, run);
+    }
+  return G_SOURCE_REMOVE;
+}
+
+static gboolean
+run_on_finished (gpointer user_data)
+{
+  RunState *run = user_data;
+
+  g_main_loop_quit (run->loop);
+  return G_SOURCE_REMOVE;
+}
+
+static gpointer
+run_thread_main (gpointer user_data)
+{
+  RunState *run = user_data;
+  AhHostStats stats;
+  gboolean stop_early;
+
+  g_debug ("pre-warming the pools of '%s'", run->system_name);
+  if (!ah_host_start (run->host, &run->start_error))
+    {
+      g_mutex_lock (&run->lock);
+      run->phase = RUN_PHASE_FINISHED;
+      g_mutex_unlock (&run->lock);
+      /* g_idle_add() rather than g_main_loop_quit(): a quit that came
+       * before the loop runs would be lost, an idle source is not. */
+      g_idle_add (run_on_finished, run);
+      return NULL;
+    }
+
+  g_mutex_lock (&run->lock);
+  run->phase = RUN_PHASE_RUNNING;
+  stop_early = run->stop_requested;
+  g_mutex_unlock (&run->lock);
+  if (stop_early)
+    ah_host_request_stop (run->host, AGENTHOST_EXIT_OK);
+
+  ah_host_get_stats (run->host, &stats);
+  g_printerr ("%s: running '%s': %u agent types, %u agents, pre-warmed in %.1f ms (Ctrl-C to stop)\n",
+              g_get_prgname (), run->system_name, stats.n_types, stats.n_agents,
+              stats.prewarm_ms);
+  g_idle_add (run_on_started, run);
+
+  run->run_status = ah_host_run (run->host);
+  g_debug ("the run of '%s' ended with status %d", run->system_name, run->run_status);
+
+  g_mutex_lock (&run->lock);
+  run->phase = RUN_PHASE_FINISHED;
+  g_mutex_unlock (&run->lock);
+  g_idle_add (run_on_finished, run);
+  return NULL;
+}
+
+static void
+print_agent_output_to_stderr (const char *text)
+{
+  fputs (text, stderr);
+}
+
+/* Lets -v show the library's debug messages: GLib's default log writer
+ * prints those of the domains listed in G_MESSAGES_DEBUG. Called before
+ * any thread exists, as setenv() requires. */
+static void
+enable_debug_messages (void)
+{
+  const char *current = g_getenv ("G_MESSAGES_DEBUG");
+  g_autofree char *domains = NULL;
+
+  if (current != NULL && *current != '\0')
+    domains = g_strconcat (current, " ", G_LOG_DOMAIN, NULL);
+  else
+    domains = g_strdup (G_LOG_DOMAIN);
+  g_setenv ("G_MESSAGES_DEBUG", domains, TRUE);
+}
+
+static gboolean
+parse_timeout (const char *text, gdouble *ret_seconds, GError **error)
+{
+  char *end = NULL;
+  gdouble seconds;
+
+  seconds = g_ascii_strtod (text, &end);
+  if (end == text || *end != '\0' || !isfinite (seconds)
+      || seconds <= 0 || seconds > AGENTHOST_TIMEOUT_MAX_S)
+    {
+      g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                   "--timeout: '%s' is not a number of seconds greater than 0 and at most %.0f",
+                   text, floor (AGENTHOST_TIMEOUT_MAX_S));
+      return FALSE;
+    }
+  *ret_seconds = seconds;
+  return TRUE;
+}
+
+/* Writes the JSON summary to @path ("-" is stdout). */
+static gboolean
+write_json_summary (AhHost *host, const char *path, GError **error)
+{
+  g_autofree char *json = ah_host_format_summary_json (host);
+  g_autofree char *document = g_str_has_suffix (json, "\n")
+    ? g_strdup (json) : g_strconcat (json, "\n", NULL);
+
+  if (g_str_equal (path, "-"))
+    {
+      /* Bytes as they are: g_print() would convert them to the locale's
+       * charset, and the document is UTF-8 by definition. */
+      if (fputs (document, stdout) == EOF || fflush (stdout) != 0)
+        {
+          g_set_error (error, G_FILE_ERROR, G_FILE_ERROR_IO,
+                       "cannot write the JSON summary to stdout: %s", g_strerror (errno));
+          return FALSE;
+        }
+      return TRUE;
+    }
+  return g_file_set_contents (path, document, -1, error);
+}
+
+static int
+command_run (const Command *command, GStrv *args)
+{
+  g_autofree char *json_path = NULL;
+  g_autofree char *timeout_text = NULL;
+  gboolean verbose = FALSE;
+  gboolean quiet = FALSE;
+  const GOptionEntry entries[] = {
+    { "json", 0, 0, G_OPTION_ARG_FILENAME, &json_path,
+      "Write the summary as JSON to FILE ('-': to stdout, instead of the text summary)", "FILE" },
+    { "timeout", 0, 0, G_OPTION_ARG_STRING, &timeout_text,
+      "Stop the run after SECONDS (counted from the end of pre-warm)", "SECONDS" },
+    { "verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose,
+      "Print debug messages of the agenthost log domain on stderr", NULL },
+    { "quiet", 'q', 0, G_OPTION_ARG_NONE, &quiet,
+      "Do not print the text summary", NULL },
+    G_OPTION_ENTRY_NULL
+  };
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhManifest) manifest = NULL;
+  g_autoptr(AhHost) host = NULL;
+  g_autofree char *system_name = NULL;
+  g_autoptr(GMainLoop) loop = NULL;
+  RunState run = { 0 };
+  GThread *thread;
+  guint sigint_id, sigterm_id;
+  gboolean json_to_stdout;
+  int status;
+
+  if (!command_parse_options (command, entries, args, &status))
+    return status;
+  if (g_strv_length (*args) > 2)
+    {
+      print_usage_error (command->name, "expected at most one MANIFEST");
+      return AGENTHOST_EXIT_USAGE;
+    }
+  if (timeout_text != NULL && !parse_timeout (timeout_text, &run.timeout_s, &error))
+    {
+      print_usage_error (command->name, error->message);
+      return AGENTHOST_EXIT_USAGE;
+    }
+  if (json_path != NULL && *json_path == '\0')
+    {
+      print_usage_error (command->name, "--json: the file name is empty (use '-' for stdout)");
+      return AGENTHOST_EXIT_USAGE;
+    }
+  if (verbose)
+    enable_debug_messages ();
+  json_to_stdout = json_path != NULL && g_str_equal (json_path, "-");
+  if (json_to_stdout)
+    {
+      /* Agents report with g_print() (the default system's reporter
+       * does): sent to stderr, they cannot corrupt the JSON document.
+       * Plugins share this process's GLib, so this reaches them. */
+      g_set_print_handler (print_agent_output_to_stderr);
+    }
+
+  if ((*args)[1] != NULL)
+    manifest = ah_manifest_load ((*args)[1], &error);
+  else
+    manifest = ah_manifest_load_default (&error);
+  if (manifest == NULL)
+    return report_error (error);
+  g_debug ("loaded manifest %s", ah_manifest_get_path (manifest));
+
+  system_name = g_strdup (ah_manifest_get_name (manifest));
+  host = ah_host_new (g_steal_pointer (&manifest), &error);
+  if (host == NULL)
+    return report_error (error);
+
+  loop = g_main_loop_new (NULL, FALSE);
+  run.host = host;
+  run.system_name = system_name;
+  run.loop = loop;
+  run.phase = RUN_PHASE_STARTING;
+  g_mutex_init (&run.lock);
+
+  /* Installed before the run thread exists, so that no thread ever sees
+   * these signals with their default action (terminate). */
+  sigint_id = g_unix_signal_add (SIGINT, run_on_sigint, &run);
+  sigterm_id = g_unix_signal_add (SIGTERM, run_on_sigterm, &run);
+
+  thread = g_thread_new ("agenthost-run", run_thread_main, &run);
+  g_main_loop_run (loop);
+  g_thread_join (thread);
+
+  g_source_remove (sigint_id);
+  g_source_remove (sigterm_id);
+  if (run.timeout_source_id != 0)
+    g_source_remove (run.timeout_source_id);
+  g_mutex_clear (&run.lock);
+
+  if (run.start_error != NULL)
+    {
+      status = report_error (run.start_error);
+      g_clear_error (&run.start_error);
+      return status;
+    }
+
+  /* The run's own status: 0, or the code an agent stopped it with. A
+   * code the shell cannot carry (exit statuses are 8 bits) is a failure. */
+  status = run.run_status;
+  if (status < 0 || status > 255)
+    status = AGENTHOST_EXIT_RUN_FAILED;
+
+  if (!quiet && !json_to_stdout)
+    {
+      g_autofree char *summary = ah_host_format_summary (host);
+
+      g_print ("%s%s", summary, g_str_has_suffix (summary, "\n") ? "" : "\n");
+    }
+  if (json_path != NULL && !write_json_summary (host, json_path, &error))
+    {
+      g_printerr ("%s: %s\n", g_get_prgname (), error->message);
+      if (status == AGENTHOST_EXIT_OK)
+        status = AGENTHOST_EXIT_RUN_FAILED;
+    }
+  return status;
+}
+
+/* ---- validate --------------------------------------------------------- */
+
+/* The number of agents a system starts with is the sum of its pool
+ * sizes. The public API exposes those through a host's type statistics,
+ * and creating a host starts no agent. Takes @manifest (transfer full). */
+static gboolean
+count_agents (AhManifest *manifest, guint *ret_types, guint64 *ret_agents, GError **error)
+{
+  g_autoptr(AhHost) host = ah_host_new (manifest, error);
+  guint n_types;
+  guint64 n_agents = 0;
+
+  if (host == NULL)
+    return FALSE;
+  n_types = ah_host_get_n_types (host);
+  for (guint i = 0; i < n_types; i++)
+    {
+      AhTypeStats type_stats;
+
+      if (ah_host_get_type_stats (host, i, &type_stats))
+        n_agents += type_stats.pool_size;
+    }
+  *ret_types = n_types;
+  *ret_agents = n_agents;
+  return TRUE;
+}
+
+static int
+validate_one (const char *path)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhManifest) manifest = ah_manifest_load (path, &error);
+  guint n_types;
+  guint64 n_agents;
+
+  if (manifest == NULL)
+    return report_error (error);
+  if (!ah_manifest_check_plugins (manifest, &error))
+    return report_error (error);
+  if (!count_agents (g_steal_pointer (&manifest), &n_types, &n_agents, &error))
+    return report_error (error);
+
+  g_print ("%s: ok (%u agent type%s, %" G_GUINT64_FORMAT " agent%s)\n", path,
+           n_types, n_types == 1 ? "" : "s", n_agents, n_agents == 1 ? "" : "s");
+  return AGENTHOST_EXIT_OK;
+}
+
+static int
+command_validate (const Command *command, GStrv *args)
+{
+  int status = AGENTHOST_EXIT_OK;
+
+  if (!command_parse_options (command, NULL, args, &status))
+    return status;
+  if ((*args)[1] == NULL)
+    {
+      print_usage_error (command->name, "expected at least one FILE");
+      return AGENTHOST_EXIT_USAGE;
+    }
+
+  for (guint i = 1; (*args)[i] != NULL; i++)
+    {
+      int file_status = validate_one ((*args)[i]);
+
+      if (status == AGENTHOST_EXIT_OK)
+        status = file_status;
+    }
+  return status;
+}
+
+/* ---- inspect ---------------------------------------------------------- */
+
+static int
+command_inspect (const Command *command, GStrv *args)
+{
+  int status = AGENTHOST_EXIT_OK;
+  gboolean first_output = TRUE;
+
+  if (!command_parse_options (command, NULL, args, &status))
+    return status;
+  if ((*args)[1] == NULL)
+    {
+      print_usage_error (command->name, "expected at least one PLUGIN.so");
+      return AGENTHOST_EXIT_USAGE;
+    }
+
+  for (guint i = 1; (*args)[i] != NULL; i++)
+    {
+      g_autoptr(GError) error = NULL;
+      g_autoptr(AhPlugin) plugin = ah_plugin_open ((*args)[i], &error);
+      g_autofree char *description = NULL;
+
+      if (plugin == NULL)
+        {
+          int file_status = report_error (error);
+
+          if (status == AGENTHOST_EXIT_OK)
+            status = file_status;
+          continue;
+        }
+      description = ah_plugin_describe (plugin);
+      g_print ("%s%s%s", first_output ? "" : "\n", description,
+               g_str_has_suffix (description, "\n") ? "" : "\n");
+      first_output = FALSE;
+    }
+  return status;
+}
+
+/* ---- main ------------------------------------------------------------- */
+
+int
+main (int argc, char **argv)
+{
+  const Command *command;
+  g_auto(GStrv) args = NULL;
+
+  setlocale (LC_ALL, "");
+  /* Numbers in the summaries (text and JSON) are printed with printf:
+   * a locale with a decimal comma would make the JSON invalid. */
+  setlocale (LC_NUMERIC, "C");
+  g_set_prgname ("agenthost");
+  /* stdout carries the summaries (and JSON with --json -); every log
+   * message, debug included, belongs on stderr. */
+  g_log_writer_default_set_use_stderr (TRUE);
+
+  if (argc < 2)
+    {
+      g_printerr ("Usage: %s COMMAND [OPTION...] [ARGUMENT...]\n", g_get_prgname ());
+      g_printerr ("Try '%s --help' for the list of commands.\n", g_get_prgname ());
+      return AGENTHOST_EXIT_USAGE;
+    }
+
+  if (g_str_equal (argv[1], "--version") || g_str_equal (argv[1], "-h")
+      || g_str_equal (argv[1], "--help"))
+    {
+      if (argc > 2)
+        {
+          g_autofree char *message = g_strdup_printf ("%s takes no argument", argv[1]);
+
+          print_usage_error (NULL, message);
+          return AGENTHOST_EXIT_USAGE;
+        }
+      if (g_str_equal (argv[1], "--version"))
+        g_print ("%s %s (plugin ABI %d.%d)\n", g_get_prgname (), AH_VERSION_STRING,
+                 AH_PLUGIN_ABI_MAJOR, AH_PLUGIN_ABI_MINOR);
+      else
+        print_main_help ();
+      return AGENTHOST_EXIT_OK;
+    }
+
+  if (argv[1][0] == '-')
+    {
+      g_autofree char *message = g_strdup_printf ("unknown option '%s' (options go after the command)",
+                                                  argv[1]);
+
+      print_usage_error (NULL, message);
+      return AGENTHOST_EXIT_USAGE;
+    }
+
+  command = find_command (argv[1]);
+  if (command == NULL)
+    return report_unknown_command (argv[1]);
+
+  args = g_strdupv (argv + 1);
+  return command->func (command, &args);
+}

@@ -1,2 +1,834 @@
-#include <glib.h>
-int main (int argc, char **argv) { g_test_init (&argc, &argv, NULL); return g_test_run (); }
+/* End-to-end tests of the agenthost command: each test runs the built
+ * binary ($AGENTHOST) as a subprocess and checks its exit status, stdout
+ * and stderr, as a user or a script would see them.
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#include <agenthost/agenthost.h>
+#include <gio/gio.h>
+
+#include <signal.h>
+#include <string.h>
+
+/* What one finished run of the command left behind. */
+typedef struct {
+  int   status;       /* exit status; the test fails if it died by a signal */
+  char *out;
+  char *err;
+} CliResult;
+
+static void
+cli_result_clear (CliResult *result)
+{
+  g_clear_pointer (&result->out, g_free);
+  g_clear_pointer (&result->err, g_free);
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (CliResult, cli_result_clear)
+
+static const char *
+agenthost_path (void)
+{
+  const char *path = g_getenv ("AGENTHOST");
+
+  g_assert_nonnull (path);
+  return path;
+}
+
+static char *
+test_plugins_dir (void)
+{
+  return g_test_build_filename (G_TEST_BUILT, "plugins", NULL);
+}
+
+static char *
+fixture_path (const char *name)
+{
+  return g_test_build_filename (G_TEST_DIST, "cli", name, NULL);
+}
+
+/* A launcher whose children find the shipped plugins and the test
+ * plugins by bare name, as AGENTHOST_PLUGIN_PATH allows. */
+static GSubprocessLauncher *
+cli_launcher_new (GSubprocessFlags flags)
+{
+  GSubprocessLauncher *launcher = g_subprocess_launcher_new (flags);
+  g_autofree char *plugins = test_plugins_dir ();
+  const char *shipped = g_getenv ("AGENTHOST_PLUGIN_PATH");
+  g_autofree char *search_path = shipped != NULL
+    ? g_strconcat (shipped, ":", plugins, NULL) : g_strdup (plugins);
+
+  g_subprocess_launcher_setenv (launcher, "AGENTHOST_PLUGIN_PATH", search_path, TRUE);
+  /* The command's own debug output is only wanted where a test asks. */
+  g_subprocess_launcher_unsetenv (launcher, "G_MESSAGES_DEBUG");
+  return launcher;
+}
+
+static GPtrArray *
+cli_argv_new (const char *first_arg, va_list args)
+{
+  GPtrArray *argv = g_ptr_array_new ();
+  const char *arg;
+
+  g_ptr_array_add (argv, (gpointer) agenthost_path ());
+  for (arg = first_arg; arg != NULL; arg = va_arg (args, const char *))
+    g_ptr_array_add (argv, (gpointer) arg);
+  g_ptr_array_add (argv, NULL);
+  return argv;
+}
+
+static void
+assert_exited (GSubprocess *process)
+{
+  if (!g_subprocess_get_if_exited (process))
+    g_error ("agenthost was killed by signal %d", g_subprocess_get_term_sig (process));
+}
+
+/* Runs agenthost with the NULL-terminated arguments to the end. */
+G_GNUC_NULL_TERMINATED
+static void
+cli_run (CliResult *result, const char *first_arg, ...)
+{
+  g_autoptr(GSubprocessLauncher) launcher = cli_launcher_new (G_SUBPROCESS_FLAGS_STDOUT_PIPE
+                                                              | G_SUBPROCESS_FLAGS_STDERR_PIPE);
+  g_autoptr(GPtrArray) argv = NULL;
+  g_autoptr(GSubprocess) process = NULL;
+  g_autoptr(GError) error = NULL;
+  va_list args;
+
+  va_start (args, first_arg);
+  argv = cli_argv_new (first_arg, args);
+  va_end (args);
+
+  process = g_subprocess_launcher_spawnv (launcher, (const char * const *) argv->pdata, &error);
+  g_assert_no_error (error);
+  g_subprocess_communicate_utf8 (process, NULL, NULL, &result->out, &result->err, &error);
+  g_assert_no_error (error);
+  assert_exited (process);
+  result->status = g_subprocess_get_exit_status (process);
+}
+
+static guint
+count_lines (const char *text)
+{
+  guint n = 0;
+
+  for (const char *p = text; *p != '\0'; p++)
+    if (*p == '\n')
+      n++;
+  return n;
+}
+
+/* A place for files a test writes; G_TEST_OPTION_ISOLATE_DIRS makes it
+ * private to the test and removes it afterwards. */
+static char *
+scratch_path (const char *name)
+{
+  const char *dir = g_get_user_cache_dir ();
+
+  g_assert_cmpint (g_mkdir_with_parents (dir, 0700), ==, 0);
+  return g_build_filename (dir, name, NULL);
+}
+
+/* GLib has no JSON parser and the project adds no dependency: this checks
+ * the shape textually. One object, brackets balanced outside strings, no
+ * raw control characters in strings. */
+static void
+assert_json_object (const char *text)
+{
+  g_autofree char *trimmed = g_strstrip (g_strdup (text));
+  g_autoptr(GString) stack = g_string_new (NULL);
+  gboolean in_string = FALSE;
+
+  g_assert_true (g_str_has_prefix (trimmed, "{"));
+  g_assert_true (g_str_has_suffix (trimmed, "}"));
+  for (const char *p = trimmed; *p != '\0'; p++)
+    {
+      if (in_string)
+        {
+          g_assert_cmpint ((guchar) *p, >=, 0x20);
+          if (*p == '\\')
+            {
+              p++;
+              g_assert_cmpint (*p, !=, '\0');
+            }
+          else if (*p == '"')
+            in_string = FALSE;
+          continue;
+        }
+      switch (*p)
+        {
+        case '"':
+          in_string = TRUE;
+          break;
+        case '{':
+        case '[':
+          g_string_append_c (stack, *p);
+          break;
+        case '}':
+        case ']':
+          g_assert_cmpuint (stack->len, >, 0);
+          g_assert_cmpint (stack->str[stack->len - 1], ==, *p == '}' ? '{' : '[');
+          g_string_truncate (stack, stack->len - 1);
+          /* The one object closes at the very end, not before. */
+          g_assert_true (stack->len > 0 || p[1] == '\0');
+          break;
+        default:
+          break;
+        }
+    }
+  g_assert_false (in_string);
+  g_assert_cmpuint (stack->len, ==, 0);
+}
+
+static void
+assert_json_summary (const char *text)
+{
+  assert_json_object (text);
+  g_assert_nonnull (strstr (text, "\"messages\""));
+  g_assert_nonnull (strstr (text, "\"accepted\""));
+  g_assert_nonnull (strstr (text, "\"delivered\""));
+  g_assert_nonnull (strstr (text, "\"dead_lettered\""));
+  g_assert_nonnull (strstr (text, "\"failed\""));
+  g_assert_nonnull (strstr (text, "\"per_type\""));
+}
+
+/* ---- top level --------------------------------------------------------- */
+
+static void
+test_cli_version (void)
+{
+  g_auto(CliResult) result = { 0 };
+
+  g_test_summary ("--version prints the release and the plugin ABI on stdout");
+  cli_run (&result, "--version", NULL);
+  g_assert_cmpint (result.status, ==, 0);
+  g_assert_cmpstr (result.out, ==, "agenthost " AH_VERSION_STRING " (plugin ABI 1.0)\n");
+  g_assert_cmpstr (result.err, ==, "");
+}
+
+static void
+test_cli_help_main (void)
+{
+  g_auto(CliResult) result = { 0 };
+  const char * const expected[] = {
+    "Usage:", "run [MANIFEST]", "validate FILE...", "inspect PLUGIN.so...", "help [COMMAND]",
+    "--version", "Exit status:", "130",
+  };
+
+  g_test_summary ("--help lists every command and the exit statuses");
+  cli_run (&result, "--help", NULL);
+  g_assert_cmpint (result.status, ==, 0);
+  g_assert_cmpstr (result.err, ==, "");
+  for (gsize i = 0; i < G_N_ELEMENTS (expected); i++)
+    g_assert_nonnull (strstr (result.out, expected[i]));
+
+  /* "help" alone is the same text. */
+  {
+    g_auto(CliResult) help = { 0 };
+
+    cli_run (&help, "help", NULL);
+    g_assert_cmpint (help.status, ==, 0);
+    g_assert_cmpstr (help.out, ==, result.out);
+  }
+}
+
+static void
+test_cli_help_command (void)
+{
+  g_auto(CliResult) via_help = { 0 };
+  g_auto(CliResult) via_option = { 0 };
+  const char * const expected[] = {
+    "agenthost run [OPTION", "[MANIFEST]", "--json", "--timeout", "--verbose", "--quiet",
+    "SIGINT", "Exit status:",
+  };
+
+  g_test_summary ("'help run' and 'run --help' print the same help of the command");
+  cli_run (&via_help, "help", "run", NULL);
+  cli_run (&via_option, "run", "--help", NULL);
+  g_assert_cmpint (via_help.status, ==, 0);
+  g_assert_cmpint (via_option.status, ==, 0);
+  g_assert_cmpstr (via_help.out, ==, via_option.out);
+  for (gsize i = 0; i < G_N_ELEMENTS (expected); i++)
+    g_assert_nonnull (strstr (via_help.out, expected[i]));
+
+  {
+    g_auto(CliResult) validate = { 0 };
+    g_auto(CliResult) inspect = { 0 };
+
+    cli_run (&validate, "validate", "-h", NULL);
+    g_assert_cmpint (validate.status, ==, 0);
+    g_assert_nonnull (strstr (validate.out, "agenthost validate [OPTION"));
+    cli_run (&inspect, "help", "inspect", NULL);
+    g_assert_cmpint (inspect.status, ==, 0);
+    g_assert_nonnull (strstr (inspect.out, "agenthost inspect [OPTION"));
+  }
+}
+
+typedef struct {
+  const char *path;
+  const char *args[4];
+  const char *stderr_contains[3];
+} UsageCase;
+
+static const UsageCase usage_cases[] = {
+  { "no-command", { NULL }, { "Usage: agenthost COMMAND", "--help" } },
+  { "unknown-command", { "frobnicate", NULL },
+    { "agenthost: unknown command 'frobnicate'\n", "Try 'agenthost --help'" } },
+  { "typo", { "valdate", "x.yaml", NULL },
+    { "unknown command 'valdate'", "Did you mean 'validate'?" } },
+  { "unknown-option", { "--frobnicate", NULL }, { "unknown option '--frobnicate'", "--help" } },
+  { "run-bad-option", { "run", "--bogus", NULL },
+    { "agenthost run: ", "--bogus", "Try 'agenthost run --help'" } },
+  { "run-two-manifests", { "run", "a.yaml", "b.yaml", NULL }, { "at most one MANIFEST" } },
+  { "run-timeout-text", { "run", "--timeout", "soon", NULL },
+    { "--timeout: 'soon' is not a number of seconds" } },
+  { "run-timeout-zero", { "run", "--timeout", "0", NULL }, { "greater than 0" } },
+  { "run-timeout-huge", { "run", "--timeout", "1e12", NULL }, { "at most 4294967" } },
+  { "run-json-missing", { "run", "--json", NULL }, { "agenthost run: ", "--json" } },
+  { "validate-no-file", { "validate", NULL }, { "expected at least one FILE" } },
+  { "inspect-no-file", { "inspect", NULL }, { "expected at least one PLUGIN.so" } },
+  { "help-unknown", { "help", "frobnicate", NULL }, { "unknown command 'frobnicate'" } },
+  { "version-extra", { "--version", "now", NULL }, { "--version takes no argument" } },
+};
+
+static void
+test_cli_usage_error (gconstpointer data)
+{
+  const UsageCase *usage = data;
+  g_auto(CliResult) result = { 0 };
+
+  g_test_summary ("A usage error exits 2 with a message and a hint on stderr, nothing on stdout");
+  cli_run (&result, usage->args[0], usage->args[1], usage->args[2], usage->args[3], NULL);
+  g_assert_cmpint (result.status, ==, 2);
+  g_assert_cmpstr (result.out, ==, "");
+  for (gsize i = 0; i < G_N_ELEMENTS (usage->stderr_contains); i++)
+    if (usage->stderr_contains[i] != NULL)
+      g_assert_nonnull (strstr (result.err, usage->stderr_contains[i]));
+}
+
+/* ---- validate ---------------------------------------------------------- */
+
+static void
+test_cli_validate_ok (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *manifest = fixture_path ("echo-forever.yaml");
+  g_autofree char *expected = g_strdup_printf ("%s: ok (1 agent type, 2 agents)\n", manifest);
+
+  g_test_summary ("validate prints one ok line with the counts for a good manifest");
+  cli_run (&result, "validate", manifest, NULL);
+  g_assert_cmpint (result.status, ==, 0);
+  g_assert_cmpstr (result.out, ==, expected);
+  g_assert_cmpstr (result.err, ==, "");
+}
+
+typedef struct {
+  const char *fixture;
+  const char *message;   /* what follows the fixture's path */
+} InvalidManifestCase;
+
+static const InvalidManifestCase invalid_manifest_cases[] = {
+  { "pool-size-zero.yaml",
+    ":6:16: error: 'pool_size' must be an integer between 1 and 10000000, got 0" },
+  { "unknown-key.yaml",
+    ":6:5: error: unknown key 'pool' in agent type 'echo' "
+    "(expected plugin, pool_size, prewarm, subscribe, config)" },
+};
+
+static void
+test_cli_validate_invalid (gconstpointer data)
+{
+  const InvalidManifestCase *invalid = data;
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *manifest = fixture_path (invalid->fixture);
+  g_autofree char *expected = g_strconcat (manifest, invalid->message, "\n", NULL);
+
+  g_test_summary ("An invalid manifest exits 3 with its one error line, as the parser wrote it");
+  cli_run (&result, "validate", manifest, NULL);
+  g_assert_cmpint (result.status, ==, 3);
+  g_assert_cmpstr (result.out, ==, "");
+  g_assert_cmpstr (result.err, ==, expected);
+}
+
+static void
+test_cli_validate_not_found (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *manifest = scratch_path ("absent.yaml");
+
+  g_test_summary ("A manifest that does not exist is an invalid manifest (3), named on stderr");
+  cli_run (&result, "validate", manifest, NULL);
+  g_assert_cmpint (result.status, ==, 3);
+  g_assert_cmpuint (count_lines (result.err), ==, 1);
+  g_assert_true (g_str_has_prefix (result.err, manifest));
+}
+
+typedef struct {
+  const char *fixture;
+  const char *stderr_contains[3];
+} PluginFailureCase;
+
+static const PluginFailureCase plugin_failure_cases[] = {
+  { "missing-plugin.yaml", { ":6:13: error: agent type 'ghost': ", "no-such-plugin" } },
+  { "broken-plugin.yaml", { ":7:13: error: agent type 'future': ", "abi-major.so", "ABI 2.0" } },
+};
+
+static void
+test_cli_validate_plugin_failure (gconstpointer data)
+{
+  const PluginFailureCase *failure = data;
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *manifest = fixture_path (failure->fixture);
+
+  g_test_summary ("A manifest whose plugin is missing or broken exits 4, naming the plugin");
+  cli_run (&result, "validate", manifest, NULL);
+  g_assert_cmpint (result.status, ==, 4);
+  g_assert_cmpstr (result.out, ==, "");
+  g_assert_cmpuint (count_lines (result.err), ==, 1);
+  g_assert_true (g_str_has_prefix (result.err, manifest));
+  for (gsize i = 0; i < G_N_ELEMENTS (failure->stderr_contains); i++)
+    if (failure->stderr_contains[i] != NULL)
+      g_assert_nonnull (strstr (result.err, failure->stderr_contains[i]));
+}
+
+static void
+test_cli_validate_several (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *good = fixture_path ("echo-forever.yaml");
+  g_autofree char *plugin_bad = fixture_path ("missing-plugin.yaml");
+  g_autofree char *manifest_bad = fixture_path ("unknown-key.yaml");
+  g_autofree char *expected_out = g_strdup_printf ("%s: ok (1 agent type, 2 agents)\n", good);
+
+  g_test_summary ("validate checks every file after a bad one; the status is the first bad file's");
+  cli_run (&result, "validate", plugin_bad, good, manifest_bad, NULL);
+  g_assert_cmpint (result.status, ==, 4);
+  g_assert_cmpstr (result.out, ==, expected_out);
+  g_assert_cmpuint (count_lines (result.err), ==, 2);
+  g_assert_nonnull (strstr (result.err, "no-such-plugin"));
+  g_assert_nonnull (strstr (result.err, "unknown key 'pool'"));
+}
+
+/* ---- inspect ----------------------------------------------------------- */
+
+static void
+test_cli_inspect_good (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *plugins = test_plugins_dir ();
+  g_autofree char *good = g_build_filename (plugins, "good.so", NULL);
+  const char * const hooks[] = {
+    "agent_init", "agent_finalize", "handle_batch", "state_snapshot", "state_restore",
+  };
+
+  g_test_summary ("inspect describes a plugin: its name and every hook");
+  cli_run (&result, "inspect", good, NULL);
+  g_assert_cmpint (result.status, ==, 0);
+  g_assert_cmpstr (result.err, ==, "");
+  g_assert_nonnull (strstr (result.out, "good"));
+  g_assert_nonnull (strstr (result.out, good));
+  for (gsize i = 0; i < G_N_ELEMENTS (hooks); i++)
+    g_assert_nonnull (strstr (result.out, hooks[i]));
+}
+
+static void
+test_cli_inspect_shipped (void)
+{
+  g_auto(CliResult) result = { 0 };
+  const char *shipped = g_getenv ("AGENTHOST_PLUGIN_PATH");
+  g_autofree char *echo = NULL;
+  g_autofree char *reporter = NULL;
+
+  g_test_summary ("inspect takes several files and describes each");
+  g_assert_nonnull (shipped);
+  echo = g_build_filename (shipped, "echo.so", NULL);
+  reporter = g_build_filename (shipped, "reporter.so", NULL);
+  cli_run (&result, "inspect", echo, reporter, NULL);
+  g_assert_cmpint (result.status, ==, 0);
+  g_assert_cmpstr (result.err, ==, "");
+  g_assert_nonnull (strstr (result.out, echo));
+  g_assert_nonnull (strstr (result.out, reporter));
+  /* One blank line between two descriptions. */
+  g_assert_nonnull (strstr (result.out, "\n\n"));
+}
+
+static void
+test_cli_inspect_garbage (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *garbage = scratch_path ("garbage.so");
+  g_autofree char *empty = scratch_path ("empty.so");
+  g_autoptr(GError) error = NULL;
+  guint8 bytes[4096];
+  g_autofree char *expected_garbage = NULL;
+
+  g_test_summary ("inspect of files that are not ELF exits 4 with 'not an ELF file' for each");
+  for (gsize i = 0; i < sizeof bytes; i++)
+    bytes[i] = (guint8) g_test_rand_int_range (0, 256);
+  bytes[0] = 'G';   /* never the ELF magic, whatever the random bytes */
+  g_file_set_contents (garbage, (const char *) bytes, sizeof bytes, &error);
+  g_assert_no_error (error);
+  g_file_set_contents (empty, "", 0, &error);
+  g_assert_no_error (error);
+
+  cli_run (&result, "inspect", garbage, empty, NULL);
+  g_assert_cmpint (result.status, ==, 4);
+  g_assert_cmpstr (result.out, ==, "");
+  g_assert_cmpuint (count_lines (result.err), ==, 2);
+  expected_garbage = g_strdup_printf ("%s: not an ELF file", garbage);
+  g_assert_true (g_str_has_prefix (result.err, expected_garbage));
+  g_assert_nonnull (strstr (result.err, empty));
+}
+
+static void
+test_cli_inspect_missing (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *absent = scratch_path ("absent.so");
+
+  g_test_summary ("inspect of a file that does not exist exits 4 and names it");
+  cli_run (&result, "inspect", absent, NULL);
+  g_assert_cmpint (result.status, ==, 4);
+  g_assert_cmpuint (count_lines (result.err), ==, 1);
+  g_assert_true (g_str_has_prefix (result.err, absent));
+}
+
+/* ---- run ---------------------------------------------------------------- */
+
+static void
+assert_text_summary (const char *out, const char *system_name)
+{
+  g_autofree char *header = g_strdup_printf ("'%s' ran ", system_name);
+
+  g_assert_nonnull (strstr (out, header));
+  g_assert_nonnull (strstr (out, " delivered"));
+  g_assert_nonnull (strstr (out, " failed"));
+  g_assert_nonnull (strstr (out, " dead-lettered"));
+}
+
+static void
+test_cli_run_default (void)
+{
+  g_auto(CliResult) result = { 0 };
+
+  g_test_summary ("run without a manifest runs the built-in default system to its end, exit 0");
+  cli_run (&result, "run", NULL);
+  g_assert_cmpint (result.status, ==, 0);
+  assert_text_summary (result.out, "wordcount-demo");
+  /* The reporter's own report, proof the agents did their work. */
+  g_assert_nonnull (strstr (result.out, "validated: "));
+  g_assert_nonnull (strstr (result.err, "agenthost: running 'wordcount-demo': 4 agent types, 20 agents, pre-warmed in "));
+  g_assert_nonnull (strstr (result.err, " ms (Ctrl-C to stop)\n"));
+}
+
+static void
+test_cli_run_json_file (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *json_path = scratch_path ("summary.json");
+  g_autofree char *json = NULL;
+  g_autoptr(GError) error = NULL;
+
+  g_test_summary ("run --json FILE writes the JSON summary to FILE, the text one still on stdout");
+  cli_run (&result, "run", "--json", json_path, NULL);
+  g_assert_cmpint (result.status, ==, 0);
+  assert_text_summary (result.out, "wordcount-demo");
+  g_file_get_contents (json_path, &json, NULL, &error);
+  g_assert_no_error (error);
+  assert_json_summary (json);
+  g_assert_nonnull (strstr (json, "\"wordcount-demo\""));
+}
+
+static void
+test_cli_run_json_stdout (void)
+{
+  g_auto(CliResult) result = { 0 };
+
+  g_test_summary ("run --json - prints only the JSON document on stdout: no text summary, agents' output on stderr");
+  cli_run (&result, "run", "--json", "-", NULL);
+  g_assert_cmpint (result.status, ==, 0);
+  assert_json_summary (result.out);
+  g_assert_null (strstr (result.out, "validated: "));
+  g_assert_nonnull (strstr (result.err, "validated: "));
+}
+
+static void
+test_cli_run_quiet (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *json_path = scratch_path ("quiet.json");
+  g_autofree char *json = NULL;
+  g_autoptr(GError) error = NULL;
+
+  g_test_summary ("run -q prints no text summary; --json is still written");
+  cli_run (&result, "run", "-q", "--json", json_path, NULL);
+  g_assert_cmpint (result.status, ==, 0);
+  g_assert_null (strstr (result.out, " delivered"));
+  g_assert_nonnull (strstr (result.err, "agenthost: running "));
+  g_file_get_contents (json_path, &json, NULL, &error);
+  g_assert_no_error (error);
+  assert_json_summary (json);
+}
+
+static void
+test_cli_run_verbose (void)
+{
+  g_auto(CliResult) quiet = { 0 };
+  g_auto(CliResult) verbose = { 0 };
+  g_autofree char *manifest = fixture_path ("echo-forever.yaml");
+
+  g_test_summary ("run -v shows debug messages of the agenthost domain on stderr, without -v there are none");
+  cli_run (&quiet, "run", "--timeout", "0.05", manifest, NULL);
+  cli_run (&verbose, "run", "-v", "--timeout", "0.05", manifest, NULL);
+  g_assert_cmpint (quiet.status, ==, 0);
+  g_assert_cmpint (verbose.status, ==, 0);
+  g_assert_null (strstr (quiet.err, "agenthost-DEBUG"));
+  g_assert_nonnull (strstr (verbose.err, "agenthost-DEBUG"));
+  g_assert_nonnull (strstr (verbose.err, "loaded manifest "));
+  /* Debug output never mixes into the summary on stdout. */
+  g_assert_null (strstr (verbose.out, "DEBUG"));
+}
+
+static void
+test_cli_run_invalid_manifest (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *manifest = fixture_path ("unknown-key.yaml");
+
+  g_test_summary ("run of an invalid manifest exits 3 with the parser's error line");
+  cli_run (&result, "run", manifest, NULL);
+  g_assert_cmpint (result.status, ==, 3);
+  g_assert_cmpstr (result.out, ==, "");
+  g_assert_cmpuint (count_lines (result.err), ==, 1);
+  g_assert_true (g_str_has_prefix (result.err, manifest));
+}
+
+static void
+test_cli_run_plugin_failure (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *manifest = fixture_path ("broken-plugin.yaml");
+
+  g_test_summary ("run of a manifest whose plugin does not load exits 4, naming the plugin");
+  cli_run (&result, "run", manifest, NULL);
+  g_assert_cmpint (result.status, ==, 4);
+  g_assert_cmpstr (result.out, ==, "");
+  g_assert_cmpuint (count_lines (result.err), ==, 1);
+  g_assert_true (g_str_has_prefix (result.err, manifest));
+  g_assert_nonnull (strstr (result.err, "abi-major.so"));
+}
+
+static void
+test_cli_run_init_fails (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *manifest = fixture_path ("init-fails.yaml");
+
+  g_test_summary ("run exits 1 when an agent's init refuses to start, with the agent's reason");
+  cli_run (&result, "run", manifest, NULL);
+  g_assert_cmpint (result.status, ==, 1);
+  g_assert_cmpstr (result.out, ==, "");
+  g_assert_true (g_str_has_prefix (result.err, "agenthost: "));
+  g_assert_nonnull (strstr (result.err, "init failed: refusing to start (test)"));
+  g_assert_null (strstr (result.err, "agenthost: running"));
+}
+
+/* A run whose stderr the test reads line by line while it goes on, its
+ * stdout going to a file so the child can never block on a full pipe. */
+typedef struct {
+  GSubprocess      *process;
+  GDataInputStream *err;
+  GString          *err_seen;
+  char             *out_path;
+} LiveRun;
+
+G_GNUC_NULL_TERMINATED
+static void
+live_run_start (LiveRun *live, const char *first_arg, ...)
+{
+  g_autoptr(GSubprocessLauncher) launcher = cli_launcher_new (G_SUBPROCESS_FLAGS_STDERR_PIPE);
+  g_autoptr(GPtrArray) argv = NULL;
+  g_autoptr(GError) error = NULL;
+  va_list args;
+
+  va_start (args, first_arg);
+  argv = cli_argv_new (first_arg, args);
+  va_end (args);
+
+  live->out_path = scratch_path ("live-stdout.txt");
+  g_subprocess_launcher_set_stdout_file_path (launcher, live->out_path);
+  live->process = g_subprocess_launcher_spawnv (launcher, (const char * const *) argv->pdata, &error);
+  g_assert_no_error (error);
+  live->err = g_data_input_stream_new (g_subprocess_get_stderr_pipe (live->process));
+  live->err_seen = g_string_new (NULL);
+}
+
+/* Reads stderr until a line starting with @prefix; fails the test if the
+ * process ends first. */
+static void
+live_run_wait_for_line (LiveRun *live, const char *prefix)
+{
+  for (;;)
+    {
+      g_autoptr(GError) error = NULL;
+      g_autofree char *line = g_data_input_stream_read_line_utf8 (live->err, NULL, NULL, &error);
+
+      g_assert_no_error (error);
+      if (line == NULL)
+        g_error ("agenthost ended before printing '%s'; its stderr:\n%s", prefix, live->err_seen->str);
+      g_string_append_printf (live->err_seen, "%s\n", line);
+      if (g_str_has_prefix (line, prefix))
+        return;
+    }
+}
+
+/* Reads the rest of stderr, waits for the exit; returns the status. */
+static int
+live_run_finish (LiveRun *live, char **ret_out)
+{
+  g_autoptr(GError) error = NULL;
+  char *line;
+  int status;
+
+  while ((line = g_data_input_stream_read_line_utf8 (live->err, NULL, NULL, &error)) != NULL)
+    {
+      g_string_append_printf (live->err_seen, "%s\n", line);
+      g_free (line);
+    }
+  g_assert_no_error (error);
+  g_subprocess_wait (live->process, NULL, &error);
+  g_assert_no_error (error);
+  assert_exited (live->process);
+  status = g_subprocess_get_exit_status (live->process);
+
+  g_file_get_contents (live->out_path, ret_out, NULL, &error);
+  g_assert_no_error (error);
+
+  g_clear_object (&live->err);
+  g_clear_object (&live->process);
+  g_free (live->out_path);
+  return status;
+}
+
+static void
+test_cli_run_sigterm (void)
+{
+  LiveRun live = { 0 };
+  g_autofree char *manifest = fixture_path ("echo-forever.yaml");
+  g_autofree char *out = NULL;
+  g_autoptr(GString) err = NULL;
+  int status;
+
+  g_test_summary ("SIGTERM stops a run that would go on forever: it drains, prints the summary, exits 0");
+  live_run_start (&live, "run", manifest, NULL);
+  live_run_wait_for_line (&live, "agenthost: running 'echo-forever': 1 agent types, 2 agents");
+  g_subprocess_send_signal (live.process, SIGTERM);
+  status = live_run_finish (&live, &out);
+  err = live.err_seen;
+
+  g_assert_cmpint (status, ==, 0);
+  g_assert_nonnull (strstr (err->str, "agenthost: SIGTERM received, stopping"));
+  assert_text_summary (out, "echo-forever");
+  g_assert_nonnull (strstr (out, "stopped by host request"));
+}
+
+static void
+test_cli_run_timeout (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *manifest = fixture_path ("echo-forever.yaml");
+  gint64 start = g_get_monotonic_time ();
+  gint64 elapsed_ms;
+
+  g_test_summary ("--timeout 1 ends a run that would go on forever after about a second, exit 0");
+  cli_run (&result, "run", "--timeout", "1", manifest, NULL);
+  elapsed_ms = (g_get_monotonic_time () - start) / 1000;
+  g_assert_cmpint (result.status, ==, 0);
+  g_assert_nonnull (strstr (result.err, "agenthost: --timeout of 1 s reached, stopping\n"));
+  assert_text_summary (result.out, "echo-forever");
+  g_assert_cmpint (elapsed_ms, >=, 1000);
+}
+
+static void
+test_cli_run_sigint_twice (void)
+{
+  LiveRun live = { 0 };
+  g_autofree char *manifest = fixture_path ("slow-start.yaml");
+  g_autofree char *out = NULL;
+  g_autoptr(GString) err = NULL;
+  int status;
+
+  g_test_summary ("A second SIGINT while the run is stopping exits at once with 130");
+  /* -v shows when the run thread begins pre-warming, which takes seconds
+   * here: both signals land while the host is busy. */
+  live_run_start (&live, "run", "-v", manifest, NULL);
+  live_run_wait_for_line (&live, "agenthost-DEBUG");
+  g_subprocess_send_signal (live.process, SIGINT);
+  /* Two pending signals of one kind merge into one: the second is sent
+   * only once the first has been handled. */
+  live_run_wait_for_line (&live, "agenthost: SIGINT received, stopping");
+  g_subprocess_send_signal (live.process, SIGINT);
+  status = live_run_finish (&live, &out);
+  err = live.err_seen;
+
+  g_assert_cmpint (status, ==, 130);
+  g_assert_nonnull (strstr (err->str, "agenthost: second SIGINT, exiting at once\n"));
+  g_assert_null (strstr (err->str, "agenthost: running"));
+  g_assert_cmpstr (out, ==, "");
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, G_TEST_OPTION_ISOLATE_DIRS, NULL);
+
+  g_test_add_func ("/cli/version/print", test_cli_version);
+  g_test_add_func ("/cli/help/main", test_cli_help_main);
+  g_test_add_func ("/cli/help/command", test_cli_help_command);
+  for (gsize i = 0; i < G_N_ELEMENTS (usage_cases); i++)
+    {
+      g_autofree char *path = g_strdup_printf ("/cli/usage/%s", usage_cases[i].path);
+
+      g_test_add_data_func (path, &usage_cases[i], test_cli_usage_error);
+    }
+
+  g_test_add_func ("/cli/validate/ok", test_cli_validate_ok);
+  for (gsize i = 0; i < G_N_ELEMENTS (invalid_manifest_cases); i++)
+    {
+      g_autofree char *name = g_strndup (invalid_manifest_cases[i].fixture,
+                                         strlen (invalid_manifest_cases[i].fixture) - strlen (".yaml"));
+      g_autofree char *path = g_strdup_printf ("/cli/validate/invalid/%s", name);
+
+      g_test_add_data_func (path, &invalid_manifest_cases[i], test_cli_validate_invalid);
+    }
+  g_test_add_func ("/cli/validate/not-found", test_cli_validate_not_found);
+  for (gsize i = 0; i < G_N_ELEMENTS (plugin_failure_cases); i++)
+    {
+      g_autofree char *name = g_strndup (plugin_failure_cases[i].fixture,
+                                         strlen (plugin_failure_cases[i].fixture) - strlen (".yaml"));
+      g_autofree char *path = g_strdup_printf ("/cli/validate/%s", name);
+
+      g_test_add_data_func (path, &plugin_failure_cases[i], test_cli_validate_plugin_failure);
+    }
+  g_test_add_func ("/cli/validate/several", test_cli_validate_several);
+
+  g_test_add_func ("/cli/inspect/good", test_cli_inspect_good);
+  g_test_add_func ("/cli/inspect/shipped", test_cli_inspect_shipped);
+  g_test_add_func ("/cli/inspect/garbage", test_cli_inspect_garbage);
+  g_test_add_func ("/cli/inspect/missing", test_cli_inspect_missing);
+
+  g_test_add_func ("/cli/run/default", test_cli_run_default);
+  g_test_add_func ("/cli/run/json-file", test_cli_run_json_file);
+  g_test_add_func ("/cli/run/json-stdout", test_cli_run_json_stdout);
+  g_test_add_func ("/cli/run/quiet", test_cli_run_quiet);
+  g_test_add_func ("/cli/run/verbose", test_cli_run_verbose);
+  g_test_add_func ("/cli/run/invalid-manifest", test_cli_run_invalid_manifest);
+  g_test_add_func ("/cli/run/plugin-failure", test_cli_run_plugin_failure);
+  g_test_add_func ("/cli/run/init-fails", test_cli_run_init_fails);
+  g_test_add_func ("/cli/run/sigterm", test_cli_run_sigterm);
+  g_test_add_func ("/cli/run/timeout", test_cli_run_timeout);
+  g_test_add_func ("/cli/run/sigint-twice", test_cli_run_sigint_twice);
+
+  return g_test_run ();
+}
