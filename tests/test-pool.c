@@ -1,2 +1,594 @@
-#include <glib.h>
-int main (int argc, char **argv) { g_test_init (&argc, &argv, NULL); return g_test_run (); }
+/* Pools and the host, through the public embedding API only: pre-warm,
+ * spawn, terminate, requests from outside, the run's end and its account.
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#include <agenthost/agenthost.h>
+
+#include <string.h>
+
+/* ---- helpers ------------------------------------------------------------ */
+
+/* A host for an inline manifest. Shipped plugins are found through
+ * AGENTHOST_PLUGIN_PATH (set by the test setup), the test plugins through
+ * plugin_path: relative to the build directory of the tests. */
+static AhHost *
+host_new_from_yaml (const char *yaml,
+                    GError    **error)
+{
+  g_autofree char *base_dir = g_test_build_filename (G_TEST_BUILT, ".", NULL);
+  AhManifest *manifest;
+
+  manifest = ah_manifest_load_data (yaml, strlen (yaml), "test.yaml", base_dir, error);
+  if (manifest == NULL)
+    return NULL;
+  return ah_host_new (manifest, error);
+}
+
+static AhHost *
+host_start_from_yaml (const char *yaml)
+{
+  g_autoptr(GError) error = NULL;
+  AhHost *host = host_new_from_yaml (yaml, &error);
+
+  g_assert_no_error (error);
+  g_assert_nonnull (host);
+  ah_host_start (host, &error);
+  g_assert_no_error (error);
+  return host;
+}
+
+static void
+assert_account_exact (AhHost *host)
+{
+  AhHostStats stats;
+
+  g_assert_true (ah_host_wait_idle (host, 10 * G_USEC_PER_SEC));
+  ah_host_get_stats (host, &stats);
+  g_assert_cmpuint (stats.in_flight, ==, 0);
+  g_assert_cmpuint (stats.accepted, ==, stats.delivered + stats.dead_lettered + stats.failed);
+}
+
+static gboolean
+type_stats_by_name (AhHost      *host,
+                    const char  *name,
+                    AhTypeStats *ret_stats)
+{
+  for (guint i = 0; i < ah_host_get_n_types (host); i++)
+    if (ah_host_get_type_stats (host, i, ret_stats) && g_str_equal (ret_stats->name, name))
+      return TRUE;
+  return FALSE;
+}
+
+static char *
+request_text (AhHost     *host,
+              const char *subject,
+              const char *text,
+              GError    **error)
+{
+  g_autoptr(GBytes) reply = ah_host_request (host, subject, text, strlen (text), 2000, error);
+  gsize size;
+  const char *data;
+
+  if (reply == NULL)
+    return NULL;
+  data = g_bytes_get_data (reply, &size);
+  return g_strndup (data, size);
+}
+
+/* Messages seen by a host subscription; the callback runs on a worker. */
+typedef struct {
+  GMutex     lock;
+  GPtrArray *payloads;   /* (element-type utf8) */
+} Observed;
+
+static void
+observed_add (const AhMessage *message,
+              gpointer         user_data)
+{
+  Observed *observed = user_data;
+  gsize size;
+  const char *data = ah_message_get_data (message, &size);
+
+  g_mutex_lock (&observed->lock);
+  g_ptr_array_add (observed->payloads, g_strndup (data, size));
+  g_mutex_unlock (&observed->lock);
+}
+
+static void
+observed_init (Observed *observed)
+{
+  g_mutex_init (&observed->lock);
+  observed->payloads = g_ptr_array_new_with_free_func (g_free);
+}
+
+static void
+observed_clear (Observed *observed)
+{
+  g_ptr_array_unref (observed->payloads);
+  g_mutex_clear (&observed->lock);
+}
+
+static const char echo_yaml[] =
+  "name: echoes\n"
+  "agents:\n"
+  "  echo:\n"
+  "    plugin: echo\n"
+  "    pool_size: 5\n"
+  "    subscribe: [echo.in, {subject: all.>, delivery: broadcast}]\n"
+  "  mirror:\n"
+  "    plugin: echo\n"
+  "    pool_size: 3\n"
+  "    subscribe: [mirror.in]\n"
+  "    config: {reply_subject: mirror.out}\n";
+
+/* ---- pre-warm ----------------------------------------------------------- */
+
+static void
+test_prewarm_all_agents (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  AhHostStats stats;
+  AhTypeStats echo, mirror;
+
+  g_test_summary ("Every pre-warming type starts its pool_size agents before start returns; two types may share one plugin");
+
+  host = host_start_from_yaml (echo_yaml);
+  ah_host_get_stats (host, &stats);
+  g_assert_cmpuint (stats.n_agents, ==, 8);
+  g_assert_cmpuint (stats.n_types, ==, 2);
+  g_assert_cmpfloat (stats.prewarm_ms, >, 0.0);
+
+  g_assert_true (type_stats_by_name (host, "echo", &echo));
+  g_assert_true (type_stats_by_name (host, "mirror", &mirror));
+  g_assert_cmpuint (echo.n_agents, ==, 5);
+  g_assert_cmpuint (echo.spawned, ==, 5);
+  g_assert_cmpuint (mirror.n_agents, ==, 3);
+  g_assert_cmpuint (mirror.pool_size, ==, 3);
+}
+
+static void
+test_prewarm_parallel (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autofree char *a = NULL;
+  g_autofree char *b = NULL;
+
+  g_test_summary ("Pools pre-warm concurrently: each slow-init agent waits in its init "
+                  "until the other type's agent is in its own init, which can only "
+                  "happen if both inits overlap");
+
+  host = host_start_from_yaml (
+    "name: overlap\n"
+    "plugin_path: [plugins]\n"
+    "agents:\n"
+    "  a:\n"
+    "    plugin: slow-init\n"
+    "    subscribe: [probe.a]\n"
+    "    config: {partner: b}\n"
+    "  b:\n"
+    "    plugin: slow-init\n"
+    "    subscribe: [probe.b]\n"
+    "    config: {partner: a}\n");
+
+  a = request_text (host, "probe.a", "", &error);
+  g_assert_no_error (error);
+  b = request_text (host, "probe.b", "", &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (a, ==, "overlap=1");
+  g_assert_cmpstr (b, ==, "overlap=1");
+}
+
+static void
+test_prewarm_init_failure (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  g_autoptr(GError) error = NULL;
+  AhHostStats stats;
+
+  g_test_summary ("An agent whose init fails stops the start with the type, the plugin "
+                  "and the plugin's own message, and no agent is left running");
+
+  host = host_new_from_yaml (
+    "name: broken\n"
+    "plugin_path: [plugins]\n"
+    "agents:\n"
+    "  fine:\n"
+    "    plugin: echo\n"
+    "    pool_size: 4\n"
+    "  doomed:\n"
+    "    plugin: init-fails\n"
+    "    pool_size: 2\n", &error);
+  g_assert_no_error (error);
+
+  g_assert_false (ah_host_start (host, &error));
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_PREWARM);
+  g_assert_nonnull (strstr (error->message, "agent type 'doomed'"));
+  g_assert_nonnull (strstr (error->message, "init-fails.so"));
+  g_assert_nonnull (strstr (error->message, "init failed: refusing to start (test)"));
+
+  ah_host_get_stats (host, &stats);
+  g_assert_cmpuint (stats.n_agents, ==, 0);
+}
+
+static void
+test_prewarm_off (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  g_autoptr(GError) error = NULL;
+  AhTypeStats lazy;
+  AhAgentId id;
+
+  g_test_summary ("A type with prewarm: false starts empty; its agents come from spawn");
+
+  host = host_start_from_yaml (
+    "name: lazy\n"
+    "agents:\n"
+    "  lazy:\n"
+    "    plugin: echo\n"
+    "    pool_size: 4\n"
+    "    prewarm: false\n"
+    "    subscribe: [echo.in]\n");
+  g_assert_true (type_stats_by_name (host, "lazy", &lazy));
+  g_assert_cmpuint (lazy.n_agents, ==, 0);
+
+  id = ah_host_spawn (host, "lazy", &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (id, !=, AH_AGENT_ID_NONE);
+  g_assert_true (type_stats_by_name (host, "lazy", &lazy));
+  g_assert_cmpuint (lazy.n_agents, ==, 1);
+}
+
+/* ---- spawn and terminate ---------------------------------------------------- */
+
+static void
+test_spawn_reuse (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autofree char *echoed = NULL;
+  AhTypeStats echo;
+  AhAgentId spawned[4];
+
+  g_test_summary ("A terminated agent goes back to its pool, the next spawn reuses it "
+                  "under a new id, and spawns beyond the pool size add slots");
+
+  host = host_start_from_yaml (
+    "name: spawn\n"
+    "agents:\n"
+    "  echo:\n"
+    "    plugin: echo\n"
+    "    pool_size: 2\n"
+    "    subscribe: [echo.in]\n");
+
+  for (guint i = 0; i < G_N_ELEMENTS (spawned); i++)
+    {
+      spawned[i] = ah_host_spawn (host, "echo", &error);
+      g_assert_no_error (error);
+      for (guint j = 0; j < i; j++)
+        g_assert_cmpuint (spawned[i], !=, spawned[j]);
+    }
+  g_assert_true (type_stats_by_name (host, "echo", &echo));
+  g_assert_cmpuint (echo.n_agents, ==, 6);
+  g_assert_cmpuint (echo.spawned, ==, 6);
+
+  g_assert_true (ah_host_terminate (host, spawned[0], &error));
+  g_assert_no_error (error);
+  g_assert_true (ah_host_terminate (host, spawned[1], &error));
+  g_assert_true (type_stats_by_name (host, "echo", &echo));
+  g_assert_cmpuint (echo.n_agents, ==, 4);
+  g_assert_cmpuint (echo.terminated, ==, 2);
+
+  /* Gone agents are gone: terminating again fails, sending dead-letters. */
+  g_assert_false (ah_host_terminate (host, spawned[0], &error));
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_UNKNOWN_AGENT);
+  g_clear_error (&error);
+
+  spawned[0] = ah_host_spawn (host, "echo", &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (spawned[0], >, spawned[3]);   /* ids are never reused */
+  g_assert_true (type_stats_by_name (host, "echo", &echo));
+  g_assert_cmpuint (echo.n_agents, ==, 5);
+  g_assert_cmpuint (echo.spawned, ==, 7);
+
+  echoed = request_text (host, "echo.in", "still there", &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (echoed, ==, "still there");
+  assert_account_exact (host);
+}
+
+static void
+test_spawn_errors (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  g_autoptr(GError) error = NULL;
+
+  g_test_summary ("Spawning an unknown type and terminating an unknown agent are errors");
+
+  host = host_start_from_yaml (echo_yaml);
+  g_assert_cmpuint (ah_host_spawn (host, "nope", &error), ==, AH_AGENT_ID_NONE);
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_UNKNOWN_TYPE);
+  g_clear_error (&error);
+  g_assert_false (ah_host_terminate (host, 123456789, &error));
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_UNKNOWN_AGENT);
+}
+
+static void
+test_spawn_init_failure (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  g_autoptr(GError) error = NULL;
+  AhTypeStats doomed;
+
+  g_test_summary ("A spawn whose init fails reports the plugin's message and leaves the pool as it was");
+
+  host = host_start_from_yaml (
+    "name: spawn-fail\n"
+    "plugin_path: [plugins]\n"
+    "agents:\n"
+    "  doomed:\n"
+    "    plugin: init-fails\n"
+    "    prewarm: false\n");
+  g_assert_cmpuint (ah_host_spawn (host, "doomed", &error), ==, AH_AGENT_ID_NONE);
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_PREWARM);
+  g_assert_nonnull (strstr (error->message, "init failed: refusing to start (test)"));
+  g_assert_true (type_stats_by_name (host, "doomed", &doomed));
+  g_assert_cmpuint (doomed.n_agents, ==, 0);
+  g_assert_cmpuint (doomed.init_failures, ==, 1);
+}
+
+/* ---- traffic ------------------------------------------------------------ */
+
+static void
+test_request_reply (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autofree char *reply = NULL;
+  AhHostStats stats;
+
+  g_test_summary ("A request from outside reaches one agent and its reply comes back");
+
+  host = host_start_from_yaml (echo_yaml);
+  reply = request_text (host, "mirror.in", "ping", &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (reply, ==, "ping");
+
+  assert_account_exact (host);
+  ah_host_get_stats (host, &stats);
+  g_assert_cmpuint (stats.requests, >=, 1);
+}
+
+static void
+test_request_no_responders (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GBytes) reply = NULL;
+  AhHostStats stats;
+
+  g_test_summary ("A request nobody subscribes to fails at once with no responders, and is dead-lettered");
+
+  host = host_start_from_yaml (echo_yaml);
+  reply = ah_host_request (host, "nobody.home", "x", 1, 10000, &error);
+  g_assert_null (reply);
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_NO_RESPONDERS);
+
+  assert_account_exact (host);
+  ah_host_get_stats (host, &stats);
+  g_assert_cmpuint (stats.dead_lettered, >=, 1);
+}
+
+static void
+test_request_timeout (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GBytes) reply = NULL;
+  AhHostStats stats;
+  AhTypeStats flaky;
+
+  g_test_summary ("A request whose handler fails gets no reply and times out; the failure is counted");
+
+  host = host_start_from_yaml (
+    "name: flaky\n"
+    "plugin_path: [plugins]\n"
+    "agents:\n"
+    "  flaky:\n"
+    "    plugin: flaky\n"
+    "    subscribe: [flaky.in]\n");
+  reply = ah_host_request (host, "flaky.in", "fail", 4, 50, &error);
+  g_assert_null (reply);
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_TIMEOUT);
+
+  assert_account_exact (host);
+  ah_host_get_stats (host, &stats);
+  g_assert_cmpuint (stats.failed, ==, 1);
+  g_assert_cmpuint (stats.request_timeouts, ==, 1);
+  g_assert_true (type_stats_by_name (host, "flaky", &flaky));
+  g_assert_cmpuint (flaky.handler_failures, ==, 1);
+}
+
+static void
+test_publish_queue_and_broadcast (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  g_autoptr(GError) error = NULL;
+  Observed observed;
+  AhTypeStats echo;
+
+  g_test_summary ("Queue delivery hands each message to one agent of the pool, "
+                  "broadcast to every agent");
+
+  observed_init (&observed);
+  host = host_start_from_yaml (echo_yaml);
+  g_assert_cmpuint (ah_host_subscribe (host, "echo.out", observed_add, &observed, &error), >, 0);
+  g_assert_no_error (error);
+
+  for (guint i = 0; i < 100; i++)
+    {
+      g_autofree char *text = g_strdup_printf ("q%u", i);
+      g_assert_true (ah_host_publish (host, "echo.in", text, strlen (text), &error));
+      g_assert_no_error (error);
+    }
+  g_assert_true (ah_host_publish (host, "all.hands", "b", 1, &error));
+  assert_account_exact (host);
+
+  /* 100 queued messages echoed once each, the broadcast by all 5 agents. */
+  g_assert_cmpuint (observed.payloads->len, ==, 105);
+  g_assert_true (type_stats_by_name (host, "echo", &echo));
+  g_assert_cmpuint (echo.handled, ==, 105);
+
+  g_clear_pointer (&host, ah_host_free);
+  observed_clear (&observed);
+}
+
+static void
+test_publish_dead_letter (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  g_autoptr(GError) error = NULL;
+  AhHostStats before, after;
+
+  g_test_summary ("A message nobody subscribes to, or sent to an agent that does not exist, is dead-lettered and counted");
+
+  host = host_start_from_yaml (echo_yaml);
+  assert_account_exact (host);
+  ah_host_get_stats (host, &before);
+  g_assert_true (ah_host_publish (host, "no.one.listens", "x", 1, &error));
+  g_assert_true (ah_host_send (host, 987654321, "direct", "y", 1, &error));
+  g_assert_no_error (error);
+  assert_account_exact (host);
+  ah_host_get_stats (host, &after);
+  g_assert_cmpuint (after.dead_lettered - before.dead_lettered, ==, 2);
+  g_assert_cmpuint (after.accepted - before.accepted, ==, 2);
+}
+
+static void
+test_publish_invalid (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  g_autoptr(GError) error = NULL;
+
+  g_test_summary ("Publishing to an invalid subject, or before start, is an error");
+
+  host = host_new_from_yaml (echo_yaml, &error);
+  g_assert_no_error (error);
+  g_assert_false (ah_host_publish (host, "echo.in", "x", 1, &error));
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_STATE);
+  g_clear_error (&error);
+
+  ah_host_start (host, &error);
+  g_assert_no_error (error);
+  g_assert_false (ah_host_publish (host, "bad..subject", "x", 1, &error));
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_SUBJECT);
+  g_clear_error (&error);
+  g_assert_false (ah_host_publish (host, "wild.*", "x", 1, &error));
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_SUBJECT);
+}
+
+/* ---- the run ---------------------------------------------------------------- */
+
+static void
+test_run_stop_when_idle (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  g_autofree char *summary = NULL;
+  g_autofree char *json = NULL;
+  AhHostStats stats;
+
+  g_test_summary ("With stop_when_idle the run ends by itself once nothing is in flight, "
+                  "stops every agent, and the summary gives the account");
+
+  host = host_start_from_yaml (
+    "name: idle\n"
+    "stop_when_idle: true\n"
+    "agents:\n"
+    "  echo:\n"
+    "    plugin: echo\n"
+    "    pool_size: 3\n"
+    "    subscribe: [{subject: $SYS.host.started, delivery: broadcast}]\n");
+  g_assert_cmpint (ah_host_run (host), ==, 0);
+
+  ah_host_get_stats (host, &stats);
+  g_assert_cmpuint (stats.n_agents, ==, 0);
+  g_assert_cmpuint (stats.in_flight, ==, 0);
+  /* The start event reached 3 agents; each echo went nowhere. */
+  g_assert_cmpuint (stats.delivered, ==, 3);
+  g_assert_cmpuint (stats.dead_lettered, ==, 3);
+  g_assert_cmpuint (stats.accepted, ==, 6);
+
+  summary = ah_host_format_summary (host);
+  g_assert_nonnull (strstr (summary, "6 accepted = 3 delivered + 3 dead-lettered + 0 failed"));
+  g_assert_nonnull (strstr (summary, "stopped by idle"));
+  json = ah_host_format_summary_json (host);
+  g_assert_nonnull (strstr (json, "\"delivered\": 3"));
+  g_assert_nonnull (strstr (json, "\"stopped_by\": \"idle\""));
+}
+
+static gpointer
+stop_later (gpointer data)
+{
+  ah_host_request_stop (data, 7);
+  return NULL;
+}
+
+static void
+test_run_request_stop (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  GThread *thread;
+
+  g_test_summary ("ah_host_request_stop from another thread ends the run with its exit code");
+
+  host = host_start_from_yaml (echo_yaml);
+  thread = g_thread_new ("stopper", stop_later, host);
+  g_assert_cmpint (ah_host_run (host), ==, 7);
+  g_thread_join (thread);
+}
+
+static void
+test_run_timeout (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  g_autofree char *summary = NULL;
+
+  g_test_summary ("run_timeout_ms ends a run that would otherwise go on");
+
+  host = host_start_from_yaml (
+    "name: bounded\n"
+    "run_timeout_ms: 50\n"
+    "agents:\n"
+    "  echo:\n"
+    "    plugin: echo\n");
+  g_assert_cmpint (ah_host_run (host), ==, 0);
+  summary = ah_host_format_summary (host);
+  g_assert_nonnull (strstr (summary, "stopped by run timeout"));
+}
+
+int
+main (int    argc,
+      char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+
+  g_test_add_func ("/pool/prewarm/all-agents", test_prewarm_all_agents);
+  g_test_add_func ("/pool/prewarm/parallel", test_prewarm_parallel);
+  g_test_add_func ("/pool/prewarm/init-failure", test_prewarm_init_failure);
+  g_test_add_func ("/pool/prewarm/off", test_prewarm_off);
+  g_test_add_func ("/pool/spawn/reuse", test_spawn_reuse);
+  g_test_add_func ("/pool/spawn/errors", test_spawn_errors);
+  g_test_add_func ("/pool/spawn/init-failure", test_spawn_init_failure);
+  g_test_add_func ("/host/request/reply", test_request_reply);
+  g_test_add_func ("/host/request/no-responders", test_request_no_responders);
+  g_test_add_func ("/host/request/timeout", test_request_timeout);
+  g_test_add_func ("/host/publish/queue-and-broadcast", test_publish_queue_and_broadcast);
+  g_test_add_func ("/host/publish/dead-letter", test_publish_dead_letter);
+  g_test_add_func ("/host/publish/invalid", test_publish_invalid);
+  g_test_add_func ("/host/run/stop-when-idle", test_run_stop_when_idle);
+  g_test_add_func ("/host/run/request-stop", test_run_request_stop);
+  g_test_add_func ("/host/run/timeout", test_run_timeout);
+
+  return g_test_run ();
+}
