@@ -40,7 +40,7 @@ typedef enum {
   "  3    invalid manifest\n"                                                  \
   "  4    a plugin failed to load\n"                                           \
   "  130  forced exit by a second SIGINT while draining\n"                     \
-  "  N    an agent stopped the run with exit code N (1-255)\n"
+  "  N    an agent stopped the run with exit code N (1-255)"
 
 typedef struct _Command Command;
 
@@ -64,7 +64,7 @@ static int command_help     (const Command *command, GStrv *args);
 static const Command commands[] = {
   {
     "run", "[MANIFEST]",
-    "Run a system until it stops (the built-in default system without MANIFEST)",
+    "Run a system (without MANIFEST: the built-in default one)",
     "Loads MANIFEST (or the built-in default system), loads its plugins,\n"
     "pre-warms every pool, runs until the system stops (an agent asks for\n"
     "it, the system goes idle when the manifest sets stop_when_idle, the\n"
@@ -85,7 +85,7 @@ static const Command commands[] = {
   },
   {
     "validate", "FILE...",
-    "Check manifests and load the plugins they name, starting no agent",
+    "Check manifests and their plugins, starting no agent",
     "For each FILE: parses and checks the manifest, then loads (and\n"
     "unloads) every plugin it names and checks it against its agent type.\n"
     "No agent is started. Prints \"FILE: ok (N agent types, M agents)\" on\n"
@@ -98,7 +98,7 @@ static const Command commands[] = {
   },
   {
     "inspect", "PLUGIN.so...",
-    "Describe plugin files: name, version, ABI, state size, hooks",
+    "Describe plugin files, starting no agent",
     "Loads each plugin file and prints its descriptor, without starting\n"
     "an agent (nothing of the plugin runs but its entry function).\n"
     "Errors go to stderr; the exit status is 4 if any file failed to load.\n"
@@ -108,7 +108,7 @@ static const Command commands[] = {
   },
   {
     "help", "[COMMAND]",
-    "Show the list of commands, or one command's help",
+    "Show the commands, or one command's help",
     "Without COMMAND, the same as 'agenthost --help'. With COMMAND, the\n"
     "same as 'agenthost COMMAND --help'.",
     command_help,
@@ -310,7 +310,7 @@ print_main_help (void)
                           "  -h, --help              Show this help\n"
                           "  --version               Show the version and the plugin ABI\n"
                           "\n"
-                          "%s"
+                          "%s\n"
                           "\n"
                           "Run '%s help COMMAND' or '%s COMMAND --help' for a command's options.\n",
                           AGENTHOST_EXIT_STATUS_HELP, program, program);
@@ -498,8 +498,10 @@ run_thread_main (gpointer user_data)
     ah_host_request_stop (run->host, AGENTHOST_EXIT_OK);
 
   ah_host_get_stats (run->host, &stats);
-  g_printerr ("%s: running '%s': %u agent types, %u agents, pre-warmed in %.1f ms (Ctrl-C to stop)\n",
-              g_get_prgname (), run->system_name, stats.n_types, stats.n_agents,
+  g_printerr ("%s: running '%s': %u agent type%s, %u agent%s, pre-warmed in %.1f ms (Ctrl-C to stop)\n",
+              g_get_prgname (), run->system_name,
+              stats.n_types, stats.n_types == 1 ? "" : "s",
+              stats.n_agents, stats.n_agents == 1 ? "" : "s",
               stats.prewarm_ms);
   g_idle_add (run_on_started, run);
 
@@ -586,11 +588,11 @@ command_run (const Command *command, GStrv *args)
   gboolean quiet = FALSE;
   const GOptionEntry entries[] = {
     { "json", 0, 0, G_OPTION_ARG_FILENAME, &json_path,
-      "Write the summary as JSON to FILE ('-': to stdout, instead of the text summary)", "FILE" },
+      "Write the summary as JSON to FILE ('-': stdout, no text summary)", "FILE" },
     { "timeout", 0, 0, G_OPTION_ARG_STRING, &timeout_text,
-      "Stop the run after SECONDS (counted from the end of pre-warm)", "SECONDS" },
+      "Stop the run SECONDS after pre-warm", "SECONDS" },
     { "verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose,
-      "Print debug messages of the agenthost log domain on stderr", NULL },
+      "Show debug messages (agenthost log domain) on stderr", NULL },
     { "quiet", 'q', 0, G_OPTION_ARG_NONE, &quiet,
       "Do not print the text summary", NULL },
     G_OPTION_ENTRY_NULL

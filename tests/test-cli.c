@@ -664,10 +664,10 @@ live_run_start (LiveRun *live, const char *first_arg, ...)
   live->err_seen = g_string_new (NULL);
 }
 
-/* Reads stderr until a line starting with @prefix; fails the test if the
+/* Reads stderr until a line containing @text; fails the test if the
  * process ends first. */
 static void
-live_run_wait_for_line (LiveRun *live, const char *prefix)
+live_run_wait_for_line (LiveRun *live, const char *text)
 {
   for (;;)
     {
@@ -676,9 +676,9 @@ live_run_wait_for_line (LiveRun *live, const char *prefix)
 
       g_assert_no_error (error);
       if (line == NULL)
-        g_error ("agenthost ended before printing '%s'; its stderr:\n%s", prefix, live->err_seen->str);
+        g_error ("agenthost ended before printing '%s'; its stderr:\n%s", text, live->err_seen->str);
       g_string_append_printf (live->err_seen, "%s\n", line);
-      if (g_str_has_prefix (line, prefix))
+      if (strstr (line, text) != NULL)
         return;
     }
 }
@@ -722,7 +722,7 @@ test_cli_run_sigterm (void)
 
   g_test_summary ("SIGTERM stops a run that would go on forever: it drains, prints the summary, exits 0");
   live_run_start (&live, "run", manifest, NULL);
-  live_run_wait_for_line (&live, "agenthost: running 'echo-forever': 1 agent types, 2 agents");
+  live_run_wait_for_line (&live, "agenthost: running 'echo-forever': 1 agent type, 2 agents");
   g_subprocess_send_signal (live.process, SIGTERM);
   status = live_run_finish (&live, &out);
   err = live.err_seen;
@@ -760,10 +760,11 @@ test_cli_run_sigint_twice (void)
   int status;
 
   g_test_summary ("A second SIGINT while the run is stopping exits at once with 130");
-  /* -v shows when the run thread begins pre-warming, which takes seconds
-   * here: both signals land while the host is busy. */
+  /* -v shows when the run thread begins pre-warming (the signal handlers
+   * are in place by then), which takes seconds here: both signals land
+   * while the host is busy. */
   live_run_start (&live, "run", "-v", manifest, NULL);
-  live_run_wait_for_line (&live, "agenthost-DEBUG");
+  live_run_wait_for_line (&live, "pre-warming the pools of 'cli-slow-start'");
   g_subprocess_send_signal (live.process, SIGINT);
   /* Two pending signals of one kind merge into one: the second is sent
    * only once the first has been handled. */
