@@ -9,6 +9,7 @@
 #include <agenthost/agenthost.h>
 
 #include <glib-unix.h>
+#include <glib/gstdio.h>
 #include <errno.h>
 #include <locale.h>
 #include <math.h>
@@ -556,6 +557,40 @@ parse_timeout (const char *text, gdouble *ret_seconds, GError **error)
   return TRUE;
 }
 
+/* A --json FILE that cannot be written should fail before a run that
+ * may take hours, not after it. The file itself is written atomically at
+ * the end (a temporary file in the same directory, then a rename), so
+ * what must be writable is the directory. */
+static gboolean
+check_json_path (const char *path, GError **error)
+{
+  g_autofree char *dir = NULL;
+
+  if (*path == '\0')
+    {
+      g_set_error_literal (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                           "--json: the file name is empty (use '-' for stdout)");
+      return FALSE;
+    }
+  if (g_str_equal (path, "-"))
+    return TRUE;
+  if (g_file_test (path, G_FILE_TEST_IS_DIR))
+    {
+      g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                   "--json: '%s' is a directory", path);
+      return FALSE;
+    }
+  dir = g_path_get_dirname (path);
+  if (!g_file_test (dir, G_FILE_TEST_IS_DIR) || g_access (dir, W_OK) != 0)
+    {
+      g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                   "--json: cannot write into directory '%s'%s", dir,
+                   g_file_test (dir, G_FILE_TEST_IS_DIR) ? " (permission denied)" : " (no such directory)");
+      return FALSE;
+    }
+  return TRUE;
+}
+
 /* Writes the JSON summary to @path ("-" is stdout). */
 static gboolean
 write_json_summary (AhHost *host, const char *path, GError **error)
@@ -620,9 +655,9 @@ command_run (const Command *command, GStrv *args)
       print_usage_error (command->name, error->message);
       return AGENTHOST_EXIT_USAGE;
     }
-  if (json_path != NULL && *json_path == '\0')
+  if (json_path != NULL && !check_json_path (json_path, &error))
     {
-      print_usage_error (command->name, "--json: the file name is empty (use '-' for stdout)");
+      print_usage_error (command->name, error->message);
       return AGENTHOST_EXIT_USAGE;
     }
   if (verbose)
@@ -692,7 +727,7 @@ command_run (const Command *command, GStrv *args)
     }
   if (json_path != NULL && !write_json_summary (host, json_path, &error))
     {
-      g_printerr ("%s: %s\n", g_get_prgname (), error->message);
+      g_printerr ("%s: cannot write the JSON summary: %s\n", g_get_prgname (), error->message);
       if (status == AGENTHOST_EXIT_OK)
         status = AGENTHOST_EXIT_RUN_FAILED;
     }

@@ -286,6 +286,8 @@ static const UsageCase usage_cases[] = {
   { "run-timeout-zero", { "run", "--timeout", "0", NULL }, { "greater than 0" } },
   { "run-timeout-huge", { "run", "--timeout", "1e12", NULL }, { "at most 4294967" } },
   { "run-json-missing", { "run", "--json", NULL }, { "agenthost run: ", "--json" } },
+  { "run-json-no-dir", { "run", "--json", "/nonexistent-agenthost-dir/summary.json", NULL },
+    { "--json: cannot write into directory '/nonexistent-agenthost-dir' (no such directory)" } },
   { "validate-no-file", { "validate", NULL }, { "expected at least one FILE" } },
   { "inspect-no-file", { "inspect", NULL }, { "expected at least one PLUGIN.so" } },
   { "help-unknown", { "help", "frobnicate", NULL }, { "unknown command 'frobnicate'" } },
