@@ -368,6 +368,7 @@ typedef struct {
   GMainLoop  *loop;
   gdouble     timeout_s;          /* 0: no --timeout */
   guint       timeout_source_id;  /* main thread only */
+  gboolean    signalled;          /* main thread only: a SIGINT or SIGTERM came */
 
   GMutex      lock;
   RunPhase    phase;              /* under @lock */
@@ -381,7 +382,7 @@ typedef struct {
 /* Asks the host to stop, once. A stop asked for during pre-warm is
  * remembered and applied by the run thread as soon as the start is over,
  * because the host only has a run to stop from then on. Returns FALSE
- * when a stop had already been asked for. */
+ * when a stop had already been asked for (by a signal or --timeout). */
 static gboolean
 run_state_request_stop (RunState *run)
 {
@@ -404,8 +405,12 @@ run_on_signal (gpointer user_data, int signum)
   RunState *run = user_data;
   const char *name = signum == SIGINT ? "SIGINT" : "SIGTERM";
 
-  if (run_state_request_stop (run))
+  /* Only a signal counts as the first of two: a stop that --timeout or
+   * an agent started must not turn one Ctrl-C into a forced exit. */
+  if (!run->signalled)
     {
+      run->signalled = TRUE;
+      run_state_request_stop (run);
       g_printerr ("%s: %s received, stopping cleanly%s\n",
                   g_get_prgname (), name,
                   signum == SIGINT ? " (Ctrl-C again to exit at once)" : "");
