@@ -28,4 +28,15 @@ struct _AhPlugin {
 char     *ah_plugin_find             (const char *name, const char *base_dir,
                                       const char * const *dirs, GError **error);
 
+/* Checks the descriptor an entry function returned (@raw may be NULL, or
+ * shorter than AhPluginDesc: it is read only up to its own struct_size,
+ * and abi_version first) and copies it into @ret_desc in this host's
+ * layout, zero past the plugin's struct_size. Errors are
+ * AH_PLUGIN_ERROR_ABI or AH_PLUGIN_ERROR_INVALID_DESC, prefixed by @path.
+ * ah_plugin_open() uses it; the tests feed it descriptors no compiler
+ * would produce. */
+gboolean  ah__plugin_desc_check      (const AhPluginDesc *raw, const char *path,
+                                      AhPluginDesc *ret_desc, guint32 *ret_struct_size,
+                                      GError **error);
+
 G_END_DECLS
