@@ -1,2 +1,957 @@
-#include <glib.h>
-int main (int argc, char **argv) { g_test_init (&argc, &argv, NULL); return g_test_run (); }
+/* SPDX-License-Identifier: MIT */
+/* Tests of the plugin loader: ah_plugin_open() on the broken-on-purpose
+ * plugins of tests/plugins/ and on files that are no plugin at all, the
+ * descriptor checks on descriptors no compiler would produce, describe(),
+ * and ah_plugin_find(). */
+#include <agenthost/agenthost.h>
+#include "ah-loader-private.h"
+
+#include <dlfcn.h>
+#include <elf.h>
+#include <link.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <glib/gstdio.h>
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static char *
+test_plugin_path (const char *name)
+{
+  g_autofree char *file_name = g_strconcat (name, ".so", NULL);
+
+  return g_test_build_filename (G_TEST_BUILT, "plugins", file_name, NULL);
+}
+
+/* A directory under the per-test isolated directories, which GTest
+ * removes with everything in it after each test. */
+static char *
+scratch_dir_new (void)
+{
+  char *dir = g_build_filename (g_get_user_cache_dir (), "test-loader", NULL);
+
+  g_assert_cmpint (g_mkdir_with_parents (dir, 0700), ==, 0);
+  return dir;
+}
+
+static char *
+scratch_write (const char *dir, const char *name, gconstpointer data, gsize size)
+{
+  g_autoptr(GError) error = NULL;
+  char *path = g_build_filename (dir, name, NULL);
+  g_autofree char *parent = g_path_get_dirname (path);
+
+  g_assert_cmpint (g_mkdir_with_parents (parent, 0700), ==, 0);
+  g_file_set_contents (path, data, (gssize) size, &error);
+  g_assert_no_error (error);
+  return path;
+}
+
+/* Whether the dynamic loader still has @path mapped: RTLD_NOLOAD never
+ * loads, it only finds an object already there. */
+static gboolean
+module_is_loaded (const char *path)
+{
+  void *handle = dlopen (path, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+
+  if (handle == NULL)
+    return FALSE;
+  dlclose (handle);
+  return TRUE;
+}
+
+static void
+assert_open_fails (const char *path, AhPluginError code, const char *reason_pattern)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhPlugin) plugin = NULL;
+  g_autofree char *pattern = g_strdup_printf ("%s: %s", path, reason_pattern);
+
+  plugin = ah_plugin_open (path, &error);
+  g_assert_null (plugin);
+  g_assert_error (error, AH_PLUGIN_ERROR, (gint) code);
+  if (!g_pattern_match_simple (pattern, error->message))
+    g_error ("message \"%s\" does not match \"%s\"", error->message, pattern);
+}
+
+/* ---- broken plugins ----------------------------------------------------- */
+
+typedef struct {
+  const char   *name;
+  AhPluginError code;
+  const char   *reason;   /* after "PATH: "; GLib glob: '*' and '?' only */
+} BrokenPlugin;
+
+static const BrokenPlugin broken_plugins[] = {
+  { "abi-major", AH_PLUGIN_ERROR_ABI, "ABI 2.0, host supports 1.0" },
+  { "abi-minor-newer", AH_PLUGIN_ERROR_ABI, "ABI 1.99, host supports 1.0" },
+  { "no-entry", AH_PLUGIN_ERROR_NO_ENTRY, "missing symbol ah_plugin_entry" },
+  { "entry-in-dependency", AH_PLUGIN_ERROR_NO_ENTRY,
+    "missing symbol ah_plugin_entry (the one found belongs to its dependency */entry-provider.so)" },
+  { "entry-null", AH_PLUGIN_ERROR_INVALID_DESC,
+    "invalid descriptor: ah_plugin_entry returned NULL" },
+  { "no-handler", AH_PLUGIN_ERROR_INVALID_DESC, "invalid descriptor: handle_batch is NULL" },
+  { "bad-name", AH_PLUGIN_ERROR_INVALID_DESC,
+    "invalid descriptor: name \"../bad name\" has characters outside [A-Za-z0-9_-]" },
+  { "struct-too-small", AH_PLUGIN_ERROR_INVALID_DESC,
+    "invalid descriptor: struct_size * is smaller than the * bytes ABI 1.0 requires" },
+  { "undefined-symbol", AH_PLUGIN_ERROR_LOAD,
+    "cannot load: *undefined symbol: ah_test_symbol_nobody_defines*" },
+};
+
+static void
+test_loader_open_broken (gconstpointer data)
+{
+  const BrokenPlugin *broken = data;
+  g_autofree char *path = test_plugin_path (broken->name);
+
+  g_test_summary ("A plugin broken in one way is refused with its error code, and a "
+                  "message that starts with its path and gives the reason; the module "
+                  "is closed again");
+  assert_open_fails (path, broken->code, broken->reason);
+  g_assert_false (module_is_loaded (path));
+}
+
+/* ---- valid plugins ------------------------------------------------------ */
+
+static void
+test_loader_open_good (void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhPlugin) plugin = NULL;
+  g_autofree char *path = test_plugin_path ("good");
+  const AhPluginDesc *desc;
+
+  g_test_summary ("The good plugin loads with every field of its descriptor intact");
+  plugin = ah_plugin_open (path, &error);
+  g_assert_no_error (error);
+  g_assert_nonnull (plugin);
+
+  g_assert_cmpstr (ah_plugin_get_path (plugin), ==, path);
+  desc = ah_plugin_get_desc (plugin);
+  g_assert_cmphex (desc->abi_version, ==, AH_PLUGIN_ABI_VERSION);
+  g_assert_cmpuint (desc->struct_size, ==, sizeof (AhPluginDesc));
+  g_assert_cmpuint (plugin->plugin_struct_size, ==, sizeof (AhPluginDesc));
+  g_assert_cmpstr (desc->name, ==, "good");
+  g_assert_cmpstr (desc->version, ==, "1.2.3");
+  g_assert_cmpstr (desc->description, ==, "Test plugin with every hook");
+  g_assert_cmpuint (desc->state_size, ==, 2 * sizeof (guint64));
+  g_assert_cmphex (desc->flags, ==, AH_PLUGIN_FLAG_STATE_LAYOUT_STABLE);
+  g_assert_cmpuint (desc->state_format, ==, 1);
+  g_assert_nonnull (desc->agent_init);
+  g_assert_nonnull (desc->agent_finalize);
+  g_assert_nonnull (desc->handle_batch);
+  g_assert_nonnull (desc->state_snapshot);
+  g_assert_nonnull (desc->state_restore);
+}
+
+static void
+test_loader_open_old_struct (void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhPlugin) plugin = NULL;
+  g_autofree char *path = test_plugin_path ("old-struct");
+  const AhPluginDesc *desc;
+
+  g_test_summary ("A plugin built with an older, shorter descriptor loads; the fields "
+                  "past its struct_size read as unset even though bytes follow it");
+  plugin = ah_plugin_open (path, &error);
+  g_assert_no_error (error);
+  g_assert_nonnull (plugin);
+
+  desc = ah_plugin_get_desc (plugin);
+  g_assert_cmpuint (plugin->plugin_struct_size, ==, G_STRUCT_OFFSET (AhPluginDesc, state_snapshot));
+  g_assert_cmpuint (desc->struct_size, ==, G_STRUCT_OFFSET (AhPluginDesc, state_snapshot));
+  g_assert_cmpstr (desc->name, ==, "old-struct");
+  g_assert_cmpstr (desc->version, ==, "0.9.0");
+  g_assert_nonnull (desc->handle_batch);
+  g_assert_null (desc->state_snapshot);
+  g_assert_null (desc->state_restore);
+  for (guint i = 0; i < G_N_ELEMENTS (desc->reserved); i++)
+    g_assert_null (desc->reserved[i]);
+}
+
+typedef struct {
+  const char *file;
+  const char *name;
+} ValidPlugin;
+
+static const ValidPlugin valid_plugins[] = {
+  { "init-fails", "init-fails" },
+  { "slow-init", "slow-init" },
+  { "counter", "counter" },
+  { "flaky", "flaky" },
+  { "entry-provider", "entry_provider" },
+};
+
+static void
+test_loader_open_valid (gconstpointer data)
+{
+  const ValidPlugin *valid = data;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhPlugin) plugin = NULL;
+  g_autofree char *path = test_plugin_path (valid->file);
+
+  g_test_summary ("The test plugins other areas run pass the loader's checks");
+  plugin = ah_plugin_open (path, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (ah_plugin_get_desc (plugin)->name, ==, valid->name);
+  g_assert_nonnull (ah_plugin_get_desc (plugin)->handle_batch);
+}
+
+static void
+test_loader_open_twice (void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *path = test_plugin_path ("good");
+  AhPlugin *first;
+  AhPlugin *second;
+
+  g_test_summary ("The same file opens twice; the module stays while any AhPlugin "
+                  "holds it and is closed when the last reference goes");
+  g_assert_false (module_is_loaded (path));
+
+  first = ah_plugin_open (path, &error);
+  g_assert_no_error (error);
+  second = ah_plugin_open (path, &error);
+  g_assert_no_error (error);
+  g_assert_true (first != second);
+  g_assert_true (module_is_loaded (path));
+
+  ah_plugin_ref (second);
+  ah_plugin_unref (first);
+  ah_plugin_unref (second);
+  /* Still one reference: the strings in the module must still be there. */
+  g_assert_true (module_is_loaded (path));
+  g_assert_cmpstr (ah_plugin_get_desc (second)->name, ==, "good");
+
+  ah_plugin_unref (second);
+  g_assert_false (module_is_loaded (path));
+}
+
+static void
+test_loader_open_relative (void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhPlugin) plugin = NULL;
+  g_autofree char *dir = g_test_build_filename (G_TEST_BUILT, "plugins", NULL);
+  g_autofree char *saved_cwd = g_get_current_dir ();
+
+  g_test_summary ("A path without '/' names a file of the current directory, not a "
+                  "library to search for");
+  g_assert_cmpint (g_chdir (dir), ==, 0);
+  plugin = ah_plugin_open ("good.so", &error);
+  g_assert_cmpint (g_chdir (saved_cwd), ==, 0);
+
+  g_assert_no_error (error);
+  g_assert_cmpstr (ah_plugin_get_path (plugin), ==, "good.so");
+  g_assert_cmpstr (ah_plugin_get_desc (plugin)->name, ==, "good");
+}
+
+/* ---- files that are not plugins ----------------------------------------- */
+
+static void
+test_loader_open_missing (void)
+{
+  g_autofree char *dir = scratch_dir_new ();
+  g_autofree char *absent = g_build_filename (dir, "absent.so", NULL);
+  g_autofree char *file = scratch_write (dir, "file", "x", 1);
+  g_autofree char *under_file = g_build_filename (file, "x.so", NULL);
+
+  g_test_summary ("A file that does not exist is NOT_FOUND, also below a non-directory");
+  assert_open_fails (absent, AH_PLUGIN_ERROR_NOT_FOUND, "no such file");
+  assert_open_fails (under_file, AH_PLUGIN_ERROR_NOT_FOUND, "no such file");
+}
+
+typedef struct {
+  const char *name;
+  gsize       size;      /* bytes to write; G_MAXSIZE: random garbage */
+  const char *content;   /* NULL: the first @size bytes of good.so */
+  const char *reason;
+} NotElfFile;
+
+static const NotElfFile not_elf_files[] = {
+  { "garbage", G_MAXSIZE, NULL, "not an ELF file" },
+  { "text", 23, "#!/bin/sh\necho hello\n\n\n", "not an ELF file" },
+  { "empty", 0, "", "not an ELF file" },
+  { "three-bytes", 3, "\177EL", "not an ELF file" },
+  { "wrong-magic", 16, "\177ELG\002\001\001\0\0\0\0\0\0\0\0\0", "not an ELF file" },
+  { "truncated-header", 40, NULL, "not an ELF file (truncated header)" },
+};
+
+static void
+test_loader_open_not_elf (gconstpointer data)
+{
+  const NotElfFile *tc = data;
+  g_autofree char *dir = scratch_dir_new ();
+  g_autofree char *file_name = g_strconcat (tc->name, ".so", NULL);
+  g_autofree guint8 *bytes = NULL;
+  g_autofree char *path = NULL;
+  gsize size = tc->size;
+
+  g_test_summary ("Files that do not start with a whole ELF header are NOT_ELF, "
+                  "refused before dlopen()");
+  if (tc->size == G_MAXSIZE)
+    {
+      size = 4096;
+      bytes = g_malloc (size);
+      for (gsize i = 0; i < size; i++)
+        bytes[i] = (guint8) g_test_rand_int_range (0, 256);
+      bytes[0] = 'G';   /* never the ELF magic, whatever the random bytes */
+    }
+  else if (tc->content == NULL)
+    {
+      g_autoptr(GError) error = NULL;
+      g_autofree char *good = test_plugin_path ("good");
+      gsize good_size = 0;
+
+      g_file_get_contents (good, (char **) &bytes, &good_size, &error);
+      g_assert_no_error (error);
+      g_assert_cmpuint (good_size, >, size);
+    }
+  else
+    {
+      bytes = g_memdup2 (tc->content, size + 1);
+    }
+
+  path = scratch_write (dir, file_name, bytes, size);
+  assert_open_fails (path, AH_PLUGIN_ERROR_NOT_ELF, tc->reason);
+}
+
+static void
+test_loader_open_not_regular (void)
+{
+  g_autofree char *dir = scratch_dir_new ();
+  g_autofree char *subdir = g_build_filename (dir, "directory.so", NULL);
+  g_autofree char *fifo = g_build_filename (dir, "fifo.so", NULL);
+
+  g_test_summary ("A directory or a FIFO named *.so is NOT_ELF; the FIFO does not "
+                  "block the loader");
+  g_assert_cmpint (g_mkdir (subdir, 0700), ==, 0);
+  g_assert_cmpint (mkfifo (fifo, 0600), ==, 0);
+  assert_open_fails (subdir, AH_PLUGIN_ERROR_NOT_ELF, "not an ELF file (not a regular file)");
+  assert_open_fails (fifo, AH_PLUGIN_ERROR_NOT_ELF, "not an ELF file (not a regular file)");
+}
+
+typedef enum {
+  ELF_PATCH_TYPE,
+  ELF_PATCH_CLASS,
+  ELF_PATCH_BYTE_ORDER,
+  ELF_PATCH_MACHINE,
+} ElfPatch;
+
+typedef struct {
+  const char *name;
+  ElfPatch    patch;
+} ElfPatchCase;
+
+static const ElfPatchCase elf_patch_cases[] = {
+  { "executable", ELF_PATCH_TYPE },
+  { "other-class", ELF_PATCH_CLASS },
+  { "other-byte-order", ELF_PATCH_BYTE_ORDER },
+  { "other-machine", ELF_PATCH_MACHINE },
+};
+
+static void
+test_loader_open_foreign_elf (gconstpointer data)
+{
+  const ElfPatchCase *tc = data;
+  g_autoptr(GError) error = NULL;
+  g_autofree char *good = test_plugin_path ("good");
+  g_autofree char *dir = scratch_dir_new ();
+  g_autofree char *file_name = g_strconcat (tc->name, ".so", NULL);
+  g_autofree char *contents = NULL;
+  g_autofree char *path = NULL;
+  g_autofree char *reason = NULL;
+  const char *host_order = G_BYTE_ORDER == G_LITTLE_ENDIAN ? "little-endian" : "big-endian";
+  const char *other_order = G_BYTE_ORDER == G_LITTLE_ENDIAN ? "big-endian" : "little-endian";
+  const char *host_class = GLIB_SIZEOF_VOID_P == 8 ? "64-bit" : "32-bit";
+  const char *other_class = GLIB_SIZEOF_VOID_P == 8 ? "32-bit" : "64-bit";
+  ElfW(Ehdr) header;
+  gsize size = 0;
+  guint host_machine;
+
+  g_test_summary ("An ELF file that is not a shared object of this machine's class, "
+                  "byte order and architecture is refused with the reason");
+  g_file_get_contents (good, &contents, &size, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (size, >=, sizeof header);
+  memcpy (&header, contents, sizeof header);
+  host_machine = header.e_machine;
+
+  switch (tc->patch)
+    {
+    case ELF_PATCH_TYPE:
+      header.e_type = ET_EXEC;
+      reason = g_strdup_printf ("not a shared object: an executable (ELF type %u)", ET_EXEC);
+      break;
+    case ELF_PATCH_CLASS:
+      header.e_ident[EI_CLASS] = GLIB_SIZEOF_VOID_P == 8 ? ELFCLASS32 : ELFCLASS64;
+      reason = g_strdup_printf ("ELF object is %s, this host is %s", other_class, host_class);
+      break;
+    case ELF_PATCH_BYTE_ORDER:
+      header.e_ident[EI_DATA] = G_BYTE_ORDER == G_LITTLE_ENDIAN ? ELFDATA2MSB : ELFDATA2LSB;
+      reason = g_strdup_printf ("ELF object is %s, this host is %s", other_order, host_order);
+      break;
+    case ELF_PATCH_MACHINE:
+      header.e_machine = (ElfW(Half)) (host_machine + 1);
+      reason = g_strdup_printf ("ELF object is for machine %u, this host is machine %u",
+                                host_machine + 1, host_machine);
+      break;
+    default:
+      g_assert_not_reached ();
+    }
+  memcpy (contents, &header, sizeof header);
+
+  path = scratch_write (dir, file_name, contents, size);
+  assert_open_fails (path, AH_PLUGIN_ERROR_LOAD, reason);
+}
+
+/* ---- descriptor checks -------------------------------------------------- */
+
+static gboolean
+desc_test_handle_batch (AhContext *ctx, gpointer state,
+                        const AhMessage * const *messages, guint n_messages,
+                        GError **error)
+{
+  return TRUE;
+}
+
+static GBytes *
+desc_test_state_snapshot (AhContext *ctx, gconstpointer state, GError **error)
+{
+  return g_bytes_new (NULL, 0);
+}
+
+static gboolean
+desc_test_state_restore (AhContext *ctx, gpointer state, guint32 format,
+                         GBytes *snapshot, GError **error)
+{
+  return TRUE;
+}
+
+static const AhPluginDesc valid_desc = {
+  .abi_version = AH_PLUGIN_ABI_VERSION,
+  .struct_size = sizeof (AhPluginDesc),
+  .name = "valid",
+  .version = "1.0",
+  .handle_batch = desc_test_handle_batch,
+  .state_snapshot = desc_test_state_snapshot,
+  .state_restore = desc_test_state_restore,
+};
+
+static const char name_65[] =
+  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+static const char name_64[] =
+  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+static void desc_abi_major_0 (AhPluginDesc *d) { d->abi_version = 0; }
+static void desc_abi_major_2 (AhPluginDesc *d) { d->abi_version = 2u << 16 | 1u; }
+static void desc_abi_minor_1 (AhPluginDesc *d) { d->abi_version = 1u << 16 | 1u; }
+static void desc_size_zero (AhPluginDesc *d) { d->struct_size = 0; }
+static void desc_size_before_handler (AhPluginDesc *d) { d->struct_size = G_STRUCT_OFFSET (AhPluginDesc, handle_batch) + 4; }
+static void desc_size_larger (AhPluginDesc *d) { d->struct_size = sizeof (AhPluginDesc) + sizeof (gpointer); }
+static void desc_size_mid_field (AhPluginDesc *d) { d->struct_size = G_STRUCT_OFFSET (AhPluginDesc, state_snapshot) + 4; }
+static void desc_name_null (AhPluginDesc *d) { d->name = NULL; }
+static void desc_name_empty (AhPluginDesc *d) { d->name = ""; }
+static void desc_name_long (AhPluginDesc *d) { d->name = name_65; }
+static void desc_name_slash (AhPluginDesc *d) { d->name = "a/b"; }
+static void desc_name_dot (AhPluginDesc *d) { d->name = "a.b"; }
+static void desc_name_utf8 (AhPluginDesc *d) { d->name = "caf\xc3\xa9"; }
+static void desc_version_null (AhPluginDesc *d) { d->version = NULL; }
+static void desc_version_empty (AhPluginDesc *d) { d->version = ""; }
+static void desc_version_long (AhPluginDesc *d) { d->version = name_65; }
+static void desc_version_bad_utf8 (AhPluginDesc *d) { d->version = "1.\xff"; }
+static void desc_description_bad_utf8 (AhPluginDesc *d) { d->description = "\xc3("; }
+static void desc_handler_null (AhPluginDesc *d) { d->handle_batch = NULL; }
+static void desc_state_huge (AhPluginDesc *d) { d->state_size = (gsize) 64 * 1024 * 1024 + 1; }
+static void desc_flags_unknown (AhPluginDesc *d) { d->flags = AH_PLUGIN_FLAG_STATE_LAYOUT_STABLE | 0x40; }
+static void desc_reserved_set (AhPluginDesc *d) { d->reserved[7] = (gpointer) desc_test_handle_batch; }
+
+typedef struct {
+  const char   *name;
+  void        (*mutate) (AhPluginDesc *desc);
+  AhPluginError code;
+  const char   *message;   /* GLib glob */
+} InvalidDesc;
+
+static const InvalidDesc invalid_descs[] = {
+  { "abi-major-0", desc_abi_major_0, AH_PLUGIN_ERROR_ABI, "test.so: ABI 0.0, host supports 1.0" },
+  { "abi-major-2", desc_abi_major_2, AH_PLUGIN_ERROR_ABI, "test.so: ABI 2.1, host supports 1.0" },
+  { "abi-minor-newer", desc_abi_minor_1, AH_PLUGIN_ERROR_ABI, "test.so: ABI 1.1, host supports 1.0" },
+  { "struct-size-zero", desc_size_zero, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: struct_size 0 is smaller than the * bytes ABI 1.0 requires" },
+  { "struct-size-before-handler", desc_size_before_handler, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: struct_size * is smaller than the * bytes ABI 1.0 requires" },
+  { "struct-size-larger", desc_size_larger, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: struct_size * is larger than the * bytes of ABI 1.0" },
+  { "struct-size-mid-field", desc_size_mid_field, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: struct_size * does not end on a field boundary" },
+  { "name-null", desc_name_null, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: name is NULL" },
+  { "name-empty", desc_name_empty, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: name is empty" },
+  { "name-long", desc_name_long, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: name is longer than 64 bytes" },
+  { "name-slash", desc_name_slash, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: name \"a/b\" has characters outside [A-Za-z0-9_-]" },
+  { "name-dot", desc_name_dot, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: name \"a.b\" has characters outside [A-Za-z0-9_-]" },
+  { "name-utf8", desc_name_utf8, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: name \"caf\\303\\251\" has characters outside [A-Za-z0-9_-]" },
+  { "version-null", desc_version_null, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: version is NULL" },
+  { "version-empty", desc_version_empty, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: version is empty" },
+  { "version-long", desc_version_long, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: version is longer than 64 bytes" },
+  { "version-bad-utf8", desc_version_bad_utf8, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: version is not valid UTF-8" },
+  { "description-bad-utf8", desc_description_bad_utf8, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: description is not valid UTF-8" },
+  { "handle-batch-null", desc_handler_null, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: handle_batch is NULL" },
+  { "state-size-huge", desc_state_huge, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: state_size 67108865 exceeds the limit of 64 MiB" },
+  { "flags-unknown", desc_flags_unknown, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: flags 0x41 has unknown bits 0x40" },
+  { "reserved-set", desc_reserved_set, AH_PLUGIN_ERROR_INVALID_DESC,
+    "test.so: invalid descriptor: reserved[7] is not zero" },
+};
+
+static void
+test_loader_desc_invalid (gconstpointer data)
+{
+  const InvalidDesc *tc = data;
+  g_autoptr(GError) error = NULL;
+  AhPluginDesc desc = valid_desc;
+  AhPluginDesc copy;
+  guint32 copy_size = 0;
+
+  g_test_summary ("Each malformed descriptor field is refused with a message naming it");
+  /* The unchanged descriptor passes: the mutation is the only defect. */
+  g_assert_true (ah__plugin_desc_check (&desc, "test.so", &copy, &copy_size, &error));
+  g_assert_no_error (error);
+
+  tc->mutate (&desc);
+  g_assert_false (ah__plugin_desc_check (&desc, "test.so", &copy, &copy_size, &error));
+  g_assert_error (error, AH_PLUGIN_ERROR, (gint) tc->code);
+  if (!g_pattern_match_simple (tc->message, error->message))
+    g_error ("message \"%s\" does not match \"%s\"", error->message, tc->message);
+}
+
+static void
+test_loader_desc_abi_first (void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree guint32 *tiny = g_new0 (guint32, 1);
+  AhPluginDesc copy;
+
+  g_test_summary ("A descriptor of another ABI is judged on abi_version alone: not a "
+                  "byte past it is read (AddressSanitizer watches the 4-byte block)");
+  *tiny = 2u << 16;
+  g_assert_false (ah__plugin_desc_check ((const AhPluginDesc *) tiny, "tiny.so", &copy, NULL, &error));
+  g_assert_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_ABI);
+  g_assert_cmpstr (error->message, ==, "tiny.so: ABI 2.0, host supports 1.0");
+  g_clear_error (&error);
+
+  *tiny = 1u << 16 | 7u;
+  g_assert_false (ah__plugin_desc_check ((const AhPluginDesc *) tiny, "tiny.so", &copy, NULL, &error));
+  g_assert_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_ABI);
+  g_assert_cmpstr (error->message, ==, "tiny.so: ABI 1.7, host supports 1.0");
+}
+
+static void
+test_loader_desc_shorter (void)
+{
+  const guint32 sizes[] = {
+    G_STRUCT_OFFSET (AhPluginDesc, state_snapshot),
+    G_STRUCT_OFFSET (AhPluginDesc, state_restore),
+    G_STRUCT_OFFSET (AhPluginDesc, reserved),
+    sizeof (AhPluginDesc),
+  };
+
+  g_test_summary ("Shorter descriptors are read only up to their struct_size, and the "
+                  "copy reads as zero past it");
+  for (gsize i = 0; i < G_N_ELEMENTS (sizes); i++)
+    {
+      g_autoptr(GError) error = NULL;
+      AhPluginDesc full = valid_desc;
+      /* Exactly struct_size bytes: a read past them is an ASan error. */
+      g_autofree AhPluginDesc *raw = g_malloc (sizes[i]);
+      AhPluginDesc copy;
+      guint32 copy_size = 0;
+
+      full.struct_size = sizes[i];
+      memcpy (raw, &full, sizes[i]);
+      g_assert_true (ah__plugin_desc_check (raw, "short.so", &copy, &copy_size, &error));
+      g_assert_no_error (error);
+      g_assert_cmpuint (copy_size, ==, sizes[i]);
+      g_assert_cmpstr (copy.name, ==, "valid");
+      g_assert_true (copy.handle_batch == desc_test_handle_batch);
+      g_assert_true (copy.state_snapshot == (sizes[i] > G_STRUCT_OFFSET (AhPluginDesc, state_snapshot)
+                                             ? desc_test_state_snapshot : NULL));
+      g_assert_true (copy.state_restore == (sizes[i] > G_STRUCT_OFFSET (AhPluginDesc, state_restore)
+                                            ? desc_test_state_restore : NULL));
+    }
+}
+
+static void
+test_loader_desc_limits (void)
+{
+  g_autoptr(GError) error = NULL;
+  AhPluginDesc desc = valid_desc;
+  AhPluginDesc copy;
+
+  g_test_summary ("Values at the limits are accepted: 64-byte name and version, "
+                  "64 MiB of state, every character class of a name, no description");
+  desc.name = name_64;
+  desc.version = name_64;
+  desc.description = NULL;
+  desc.state_size = (gsize) 64 * 1024 * 1024;
+  g_assert_true (ah__plugin_desc_check (&desc, "limits.so", &copy, NULL, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (copy.state_size, ==, (gsize) 64 * 1024 * 1024);
+
+  desc.name = "Az09_-";
+  g_assert_true (ah__plugin_desc_check (&desc, "limits.so", &copy, NULL, &error));
+  g_assert_no_error (error);
+  g_assert_cmpstr (copy.name, ==, "Az09_-");
+}
+
+/* ---- describe ----------------------------------------------------------- */
+
+static void
+test_loader_describe_good (void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhPlugin) plugin = NULL;
+  g_autofree char *path = test_plugin_path ("good");
+  g_autofree char *text = NULL;
+  g_autofree char *expected = NULL;
+
+  g_test_summary ("describe() of the good plugin lists every field and every hook as present");
+  plugin = ah_plugin_open (path, &error);
+  g_assert_no_error (error);
+
+  text = ah_plugin_describe (plugin);
+  expected = g_strdup_printf (
+      "name:            good\n"
+      "version:         1.2.3\n"
+      "description:     Test plugin with every hook\n"
+      "file:            %s\n"
+      "abi:             1.0 (host 1.0)\n"
+      "descriptor size: %u bytes (host %u)\n"
+      "state size:      %u bytes\n"
+      "flags:           state-layout-stable\n"
+      "snapshot format: 1\n"
+      "hooks present:   agent_init, agent_finalize, handle_batch, state_snapshot, state_restore\n"
+      "hooks absent:    (none)\n",
+      path, (guint) sizeof (AhPluginDesc), (guint) sizeof (AhPluginDesc),
+      (guint) (2 * sizeof (guint64)));
+  g_assert_cmpstr (text, ==, expected);
+}
+
+static void
+test_loader_describe_old_struct (void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhPlugin) plugin = NULL;
+  g_autofree char *path = test_plugin_path ("old-struct");
+  g_autofree char *text = NULL;
+  g_autofree char *expected = NULL;
+
+  g_test_summary ("describe() of an older plugin reports its own descriptor size and "
+                  "the hooks past it as absent");
+  plugin = ah_plugin_open (path, &error);
+  g_assert_no_error (error);
+
+  text = ah_plugin_describe (plugin);
+  expected = g_strdup_printf (
+      "name:            old-struct\n"
+      "version:         0.9.0\n"
+      "description:     (none)\n"
+      "file:            %s\n"
+      "abi:             1.0 (host 1.0)\n"
+      "descriptor size: %u bytes (host %u)\n"
+      "state size:      0 bytes\n"
+      "flags:           none\n"
+      "snapshot format: 0\n"
+      "hooks present:   handle_batch\n"
+      "hooks absent:    agent_init, agent_finalize, state_snapshot, state_restore\n",
+      path, (guint) G_STRUCT_OFFSET (AhPluginDesc, state_snapshot),
+      (guint) sizeof (AhPluginDesc));
+  g_assert_cmpstr (text, ==, expected);
+}
+
+/* ---- ah_plugin_find ----------------------------------------------------- */
+
+typedef struct {
+  char *scratch;
+  char *saved_plugin_path;   /* NULL when it was unset */
+} FindFixture;
+
+static void
+find_fixture_set_up (FindFixture *fixture, gconstpointer user_data)
+{
+  fixture->scratch = scratch_dir_new ();
+  fixture->saved_plugin_path = g_strdup (g_getenv ("AGENTHOST_PLUGIN_PATH"));
+  /* The test environment points it at the shipped plugins; each test
+   * sets what it needs. */
+  g_unsetenv ("AGENTHOST_PLUGIN_PATH");
+}
+
+static void
+find_fixture_tear_down (FindFixture *fixture, gconstpointer user_data)
+{
+  if (fixture->saved_plugin_path != NULL)
+    g_setenv ("AGENTHOST_PLUGIN_PATH", fixture->saved_plugin_path, TRUE);
+  else
+    g_unsetenv ("AGENTHOST_PLUGIN_PATH");
+  g_free (fixture->saved_plugin_path);
+  g_free (fixture->scratch);
+}
+
+static void
+test_loader_find_bare_name (FindFixture *fixture, gconstpointer user_data)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhPlugin) plugin = NULL;
+  g_autofree char *dir = g_test_build_filename (G_TEST_BUILT, "plugins", NULL);
+  g_autofree char *expected = test_plugin_path ("good");
+  g_autofree char *found = NULL;
+  const char *dirs[] = { fixture->scratch, dir, NULL };
+
+  g_test_summary ("A bare name is found as NAME.so in the given directories, in order, "
+                  "and the path found opens");
+  found = ah_plugin_find ("good", NULL, dirs, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (found, ==, expected);
+
+  plugin = ah_plugin_open (found, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (ah_plugin_get_desc (plugin)->name, ==, "good");
+}
+
+static void
+test_loader_find_subdir (FindFixture *fixture, gconstpointer user_data)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *nested = scratch_write (fixture->scratch, "alpha/alpha.so", "", 0);
+  g_autofree char *found = NULL;
+  g_autofree char *flat = NULL;
+  const char *dirs[] = { fixture->scratch, NULL };
+  g_autofree char *dir_named_so = g_build_filename (fixture->scratch, "beta.so", NULL);
+  g_autofree char *beta = scratch_write (fixture->scratch, "beta/beta.so", "", 0);
+
+  g_test_summary ("NAME/NAME.so is found too; NAME.so comes first when both exist; a "
+                  "directory called NAME.so is not a plugin file");
+  found = ah_plugin_find ("alpha", NULL, dirs, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (found, ==, nested);
+  g_clear_pointer (&found, g_free);
+
+  flat = scratch_write (fixture->scratch, "alpha.so", "", 0);
+  found = ah_plugin_find ("alpha", NULL, dirs, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (found, ==, flat);
+  g_clear_pointer (&found, g_free);
+
+  g_assert_cmpint (g_mkdir (dir_named_so, 0700), ==, 0);
+  found = ah_plugin_find ("beta", NULL, dirs, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (found, ==, beta);
+}
+
+static void
+test_loader_find_env (FindFixture *fixture, gconstpointer user_data)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *dir_a = g_build_filename (fixture->scratch, "a", NULL);
+  g_autofree char *dir_b = g_build_filename (fixture->scratch, "b", NULL);
+  g_autofree char *in_a = scratch_write (dir_a, "gamma.so", "", 0);
+  g_autofree char *in_b = scratch_write (dir_b, "gamma.so", "", 0);
+  g_autofree char *only_b = scratch_write (dir_b, "delta.so", "", 0);
+  g_autofree char *env = g_strdup_printf ("%s/absent::%s", fixture->scratch, dir_b);
+  g_autofree char *found = NULL;
+  const char *dirs[] = { dir_a, NULL };
+
+  g_test_summary ("$AGENTHOST_PLUGIN_PATH is searched after the given directories, "
+                  "its empty elements skipped");
+  g_setenv ("AGENTHOST_PLUGIN_PATH", env, TRUE);
+
+  found = ah_plugin_find ("delta", NULL, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (found, ==, only_b);
+  g_clear_pointer (&found, g_free);
+
+  found = ah_plugin_find ("gamma", NULL, dirs, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (found, ==, in_a);
+  g_clear_pointer (&found, g_free);
+
+  found = ah_plugin_find ("gamma", NULL, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (found, ==, in_b);
+}
+
+static void
+test_loader_find_path (FindFixture *fixture, gconstpointer user_data)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *file = scratch_write (fixture->scratch, "sub/x.so", "", 0);
+  g_autofree char *expected_message = NULL;
+  g_autofree char *found = NULL;
+  const char *dirs[] = { fixture->scratch, NULL };
+
+  g_test_summary ("A name with a '/' is a path, relative to the base directory, and "
+                  "is never searched for");
+  found = ah_plugin_find ("sub/x.so", fixture->scratch, dirs, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (found, ==, file);
+  g_clear_pointer (&found, g_free);
+
+  found = ah_plugin_find (file, "/nonexistent", NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (found, ==, file);
+  g_clear_pointer (&found, g_free);
+
+  found = ah_plugin_find ("sub/y.so", fixture->scratch, dirs, &error);
+  g_assert_null (found);
+  g_assert_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NOT_FOUND);
+  expected_message = g_strdup_printf ("sub/y.so: plugin not found; tried %s/sub/y.so",
+                                      fixture->scratch);
+  g_assert_cmpstr (error->message, ==, expected_message);
+}
+
+static void
+test_loader_find_invalid_name (FindFixture *fixture, gconstpointer user_data)
+{
+  const char *invalid[] = { "", ".", "..", "x.so", "a b", "a\nb", "x*" };
+  g_autofree char *outside = scratch_write (fixture->scratch, "x.so", "", 0);
+  g_autofree char *sub = g_build_filename (fixture->scratch, "sub", NULL);
+  g_autofree char *expected_message = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autofree char *found = NULL;
+  const char *dirs[] = { sub, NULL };
+
+  g_test_summary ("A bare name outside [A-Za-z0-9_-]+ is refused; \"../x\" is a path "
+                  "from the base directory, never a name searched for in the plugin "
+                  "directories, so it cannot reach out of them");
+  g_assert_cmpint (g_mkdir (sub, 0700), ==, 0);
+
+  for (gsize i = 0; i < G_N_ELEMENTS (invalid); i++)
+    {
+      g_autoptr(GError) name_error = NULL;
+      g_autofree char *name_found = ah_plugin_find (invalid[i], NULL, dirs, &name_error);
+
+      g_assert_null (name_found);
+      g_assert_error (name_error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NOT_FOUND);
+      g_assert_nonnull (strstr (name_error->message, ": not a valid plugin name (a bare name "
+                                                     "is [A-Za-z0-9_-]+, a path contains a '/')"));
+    }
+
+  /* sub/../x.so exists: a search of "../x" in sub would find it. */
+  found = ah_plugin_find ("../x", sub, dirs, &error);
+  g_assert_null (found);
+  g_assert_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NOT_FOUND);
+  expected_message = g_strdup_printf ("../x: plugin not found; tried %s/../x", sub);
+  g_assert_cmpstr (error->message, ==, expected_message);
+}
+
+static void
+test_loader_find_not_found (FindFixture *fixture, gconstpointer user_data)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *found = NULL;
+  g_autofree char *build_root = g_path_get_dirname (g_test_get_dir (G_TEST_BUILT));
+  g_autofree char *expected_prefix = NULL;
+  const char *dirs[] = { "/nonexistent/d1", "/nonexistent/d2", "/nonexistent/d1", NULL };
+
+  g_test_summary ("The not-found error lists every path tried, in search order, each "
+                  "once: the given directories, $AGENTHOST_PLUGIN_PATH, the build "
+                  "tree (this test runs uninstalled), the installed directory");
+  g_setenv ("AGENTHOST_PLUGIN_PATH", "/nonexistent/e1:/nonexistent/d2", TRUE);
+
+  found = ah_plugin_find ("omega", NULL, dirs, &error);
+  g_assert_null (found);
+  g_assert_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NOT_FOUND);
+
+  expected_prefix = g_strdup_printf (
+      "omega: plugin not found; tried "
+      "/nonexistent/d1/omega.so, /nonexistent/d1/omega/omega.so, "
+      "/nonexistent/d2/omega.so, /nonexistent/d2/omega/omega.so, "
+      "/nonexistent/e1/omega.so, /nonexistent/e1/omega/omega.so, "
+      "%s/plugins/omega.so, %s/plugins/omega/omega.so, ",
+      build_root, build_root);
+  if (!g_str_has_prefix (error->message, expected_prefix))
+    g_error ("message \"%s\" does not start with \"%s\"", error->message, expected_prefix);
+  g_assert_true (g_str_has_suffix (error->message, "/agenthost-1/plugins/omega/omega.so"));
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, G_TEST_OPTION_ISOLATE_DIRS, NULL);
+
+  for (gsize i = 0; i < G_N_ELEMENTS (broken_plugins); i++)
+    {
+      g_autofree char *test_path = g_strconcat ("/loader/open/broken/", broken_plugins[i].name, NULL);
+
+      g_test_add_data_func (test_path, &broken_plugins[i], test_loader_open_broken);
+    }
+  g_test_add_func ("/loader/open/good", test_loader_open_good);
+  g_test_add_func ("/loader/open/old-struct", test_loader_open_old_struct);
+  for (gsize i = 0; i < G_N_ELEMENTS (valid_plugins); i++)
+    {
+      g_autofree char *test_path = g_strconcat ("/loader/open/valid/", valid_plugins[i].file, NULL);
+
+      g_test_add_data_func (test_path, &valid_plugins[i], test_loader_open_valid);
+    }
+  g_test_add_func ("/loader/open/twice", test_loader_open_twice);
+  g_test_add_func ("/loader/open/relative", test_loader_open_relative);
+  g_test_add_func ("/loader/open/missing", test_loader_open_missing);
+  for (gsize i = 0; i < G_N_ELEMENTS (not_elf_files); i++)
+    {
+      g_autofree char *test_path = g_strconcat ("/loader/open/not-elf/", not_elf_files[i].name, NULL);
+
+      g_test_add_data_func (test_path, &not_elf_files[i], test_loader_open_not_elf);
+    }
+  g_test_add_func ("/loader/open/not-regular", test_loader_open_not_regular);
+  for (gsize i = 0; i < G_N_ELEMENTS (elf_patch_cases); i++)
+    {
+      g_autofree char *test_path = g_strconcat ("/loader/open/foreign-elf/", elf_patch_cases[i].name, NULL);
+
+      g_test_add_data_func (test_path, &elf_patch_cases[i], test_loader_open_foreign_elf);
+    }
+
+  for (gsize i = 0; i < G_N_ELEMENTS (invalid_descs); i++)
+    {
+      g_autofree char *test_path = g_strconcat ("/loader/desc/invalid/", invalid_descs[i].name, NULL);
+
+      g_test_add_data_func (test_path, &invalid_descs[i], test_loader_desc_invalid);
+    }
+  g_test_add_func ("/loader/desc/abi-first", test_loader_desc_abi_first);
+  g_test_add_func ("/loader/desc/shorter", test_loader_desc_shorter);
+  g_test_add_func ("/loader/desc/limits", test_loader_desc_limits);
+
+  g_test_add_func ("/loader/describe/good", test_loader_describe_good);
+  g_test_add_func ("/loader/describe/old-struct", test_loader_describe_old_struct);
+
+  g_test_add ("/loader/find/bare-name", FindFixture, NULL,
+              find_fixture_set_up, test_loader_find_bare_name, find_fixture_tear_down);
+  g_test_add ("/loader/find/subdir", FindFixture, NULL,
+              find_fixture_set_up, test_loader_find_subdir, find_fixture_tear_down);
+  g_test_add ("/loader/find/env", FindFixture, NULL,
+              find_fixture_set_up, test_loader_find_env, find_fixture_tear_down);
+  g_test_add ("/loader/find/path", FindFixture, NULL,
+              find_fixture_set_up, test_loader_find_path, find_fixture_tear_down);
+  g_test_add ("/loader/find/invalid-name", FindFixture, NULL,
+              find_fixture_set_up, test_loader_find_invalid_name, find_fixture_tear_down);
+  g_test_add ("/loader/find/not-found", FindFixture, NULL,
+              find_fixture_set_up, test_loader_find_not_found, find_fixture_tear_down);
+
+  return g_test_run ();
+}
