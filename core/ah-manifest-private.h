@@ -63,6 +63,10 @@ struct _AhManifest {
   guint          run_timeout_ms;     /* 0: none; the run stops after this long */
 };
 
+/* Cap on YAML events per manifest (nodes, collection ends, documents), so
+ * no input within the other caps can make parsing slow. */
+#define AH_MANIFEST_MAX_EVENTS 100000
+
 const AhManifestAgentType *ah_manifest_get_type        (AhManifest *self, guint index);
 const AhManifestAgentType *ah_manifest_find_type       (AhManifest *self, const char *name);
 /* The raw value of a config key of @type, or NULL. */
