@@ -12,6 +12,7 @@
 #include <glib.h>
 #include <glib/gstdio.h>
 
+#include "ah-bus-private.h"
 #include "ah-manifest-private.h"
 
 /* Hostile inputs must be refused well under a second (about 40 ms for
@@ -817,6 +818,55 @@ test_manifest_load_long_subject (void)
   g_assert_true (g_str_has_suffix (error->message, "...': longer than 255 bytes"));
 }
 
+static void
+test_manifest_subject_agrees_with_bus (void)
+{
+  static const char * const patterns[] = {
+    "a", "a.b", "*", ">", "a.*", "a.>", "*.*.>", "$SYS.host.started", "~!@#%^&()[]{}",
+    "a..b", ".a", "a.", "", "a.>.b", ">.a", "foo*", "*a", "a.b>", "a.**", "a b", "a\tb",
+    "a\x7f", "caf\xc3\xa9",
+  };
+  g_autofree char *longest = g_strnfill (255, 'x');
+  g_autofree char *too_long = g_strnfill (256, 'x');
+  g_autoptr(GPtrArray) all = g_ptr_array_new ();
+
+  g_test_summary ("The manifest accepts exactly the subject patterns the bus accepts");
+
+  for (guint i = 0; i < G_N_ELEMENTS (patterns); i++)
+    g_ptr_array_add (all, (gpointer) patterns[i]);
+  g_ptr_array_add (all, longest);
+  g_ptr_array_add (all, too_long);
+
+  for (guint i = 0; i < all->len; i++)
+    {
+      const char *pattern = g_ptr_array_index (all, i);
+      g_autoptr(GString) yaml = g_string_new (AGENT_ECHO "    subscribe: [{subject: \"");
+      g_autoptr(GError) error = NULL;
+      g_autoptr(AhManifest) manifest = NULL;
+
+      /* Double-quoted with \x escapes, so any byte reaches the parser. */
+      for (const char *p = pattern; *p != '\0'; p++)
+        {
+          if (*p == '"' || *p == '\\' || (guchar) *p < 0x20 || (guchar) *p == 0x7F)
+            g_string_append_printf (yaml, "\\x%02X", (guchar) *p);
+          else
+            g_string_append_c (yaml, *p);
+        }
+      g_string_append (yaml, "\"}]\n");
+
+      manifest = ah_manifest_load_data (yaml->str, yaml->len, "inline.yaml", NULL, &error);
+      g_test_message ("pattern \"%s\": bus %d, manifest %d", pattern,
+                      ah_pattern_is_valid (pattern), manifest != NULL);
+      g_assert_cmpint (manifest != NULL, ==, ah_pattern_is_valid (pattern));
+      if (manifest == NULL)
+        g_assert_error (error, AH_MANIFEST_ERROR, AH_MANIFEST_ERROR_INVALID_VALUE);
+      else
+        g_assert_cmpstr (((AhManifestSubscription *)
+                          g_ptr_array_index (ah_manifest_get_type (manifest, 0)->subscriptions, 0))->pattern,
+                         ==, pattern);
+    }
+}
+
 /* ---- Hostile input --------------------------------------------------- */
 
 typedef struct {
@@ -1075,6 +1125,7 @@ main (int argc, char **argv)
   g_test_add_func ("/manifest/load/data-display-name", test_manifest_load_data_display_name);
   g_test_add_func ("/manifest/load/long-text-in-message", test_manifest_load_long_text_in_message);
   g_test_add_func ("/manifest/load/long-subject", test_manifest_load_long_subject);
+  g_test_add_func ("/manifest/subject/agrees-with-bus", test_manifest_subject_agrees_with_bus);
   g_test_add_func ("/manifest/find/type", test_manifest_find);
   g_test_add_func ("/manifest/find/out-of-range", test_manifest_get_type_out_of_range);
 
