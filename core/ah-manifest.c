@@ -34,7 +34,7 @@
 #define AH_MESSAGE_TEXT_MAX        80
 #define AH_DEFAULT_RESOURCE        "/org/agenthost/default.yaml"
 #define AH_DEFAULT_DISPLAY_NAME    "<built-in>/default.yaml"
-#define AH_READ_CHUNK              65536
+#define AH_READ_CHUNK              16384
 
 G_DEFINE_QUARK (ah-manifest-error-quark, ah_manifest_error)
 
