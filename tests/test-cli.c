@@ -723,7 +723,9 @@ test_cli_run_sigterm (void)
   int status;
 
   g_test_summary ("SIGTERM stops a run that would go on forever: it drains, prints the summary, exits 0");
-  live_run_start (&live, "run", manifest, NULL);
+  /* The --timeout is only a safety net: should the test fail before its
+   * SIGTERM, the child still ends by itself. */
+  live_run_start (&live, "run", "--timeout", "60", manifest, NULL);
   live_run_wait_for_line (&live, "agenthost: running 'echo-forever': 1 agent type, 2 agents");
   g_subprocess_send_signal (live.process, SIGTERM);
   status = live_run_finish (&live, &out);
@@ -731,6 +733,7 @@ test_cli_run_sigterm (void)
 
   g_assert_cmpint (status, ==, 0);
   g_assert_nonnull (strstr (err->str, "agenthost: SIGTERM received, stopping"));
+  g_assert_null (strstr (err->str, "--timeout of"));
   assert_text_summary (out, "echo-forever");
   g_assert_nonnull (strstr (out, "stopped by host request"));
 }
