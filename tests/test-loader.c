@@ -235,19 +235,37 @@ static void
 test_loader_open_relative (void)
 {
   g_autoptr(GError) error = NULL;
+  g_autoptr(AhPlugin) anchor = NULL;
   g_autoptr(AhPlugin) plugin = NULL;
-  g_autofree char *dir = g_test_build_filename (G_TEST_BUILT, "plugins", NULL);
+  g_autofree char *good = test_plugin_path ("good");
+  g_autofree char *dir = scratch_dir_new ();
+  g_autofree char *contents = NULL;
+  g_autofree char *copy = NULL;
   g_autofree char *saved_cwd = g_get_current_dir ();
+  gsize size = 0;
 
-  g_test_summary ("A path without '/' names a file of the current directory, not a "
-                  "library to search for");
+  g_test_summary ("A path without '/' names a file of the current directory, never a "
+                  "library searched for in LD_LIBRARY_PATH or the system directories");
+  /* The copy's RUNPATH ($ORIGIN/...) does not reach libagenthost from the
+   * scratch directory; the dynamic loader reuses the already loaded
+   * library of the same soname that this reference keeps. */
+  anchor = ah_plugin_open (good, &error);
+  g_assert_no_error (error);
+  g_file_get_contents (good, &contents, &size, &error);
+  g_assert_no_error (error);
+  copy = scratch_write (dir, "relative-good.so", contents, size);
+
   g_assert_cmpint (g_chdir (dir), ==, 0);
-  plugin = ah_plugin_open ("good.so", &error);
+  plugin = ah_plugin_open ("relative-good.so", &error);
   g_assert_cmpint (g_chdir (saved_cwd), ==, 0);
 
   g_assert_no_error (error);
-  g_assert_cmpstr (ah_plugin_get_path (plugin), ==, "good.so");
+  g_assert_cmpstr (ah_plugin_get_path (plugin), ==, "relative-good.so");
   g_assert_cmpstr (ah_plugin_get_desc (plugin)->name, ==, "good");
+  /* A distinct object, the copy, not the build tree's good.so again. */
+  g_assert_true (ah_plugin_get_desc (plugin)->handle_batch
+                 != ah_plugin_get_desc (anchor)->handle_batch);
+  g_assert_true (module_is_loaded (copy));
 }
 
 /* ---- files that are not plugins ----------------------------------------- */
@@ -854,6 +872,7 @@ test_loader_find_invalid_name (FindFixture *fixture, gconstpointer user_data)
     }
 
   /* sub/../x.so exists: a search of "../x" in sub would find it. */
+  g_assert_true (g_file_test (outside, G_FILE_TEST_IS_REGULAR));
   found = ah_plugin_find ("../x", sub, dirs, &error);
   g_assert_null (found);
   g_assert_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NOT_FOUND);
