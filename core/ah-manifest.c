@@ -1489,3 +1489,20 @@ ah_manifest_free (AhManifest *self)
   g_clear_pointer (&self->types, g_ptr_array_unref);
   g_free (self);
 }
+
+guint64
+ah_manifest_get_n_agents (AhManifest *self)
+{
+  guint64 n_agents = 0;
+
+  g_return_val_if_fail (self != NULL, 0);
+
+  for (guint i = 0; i < self->types->len; i++)
+    {
+      const AhManifestAgentType *type = g_ptr_array_index (self->types, i);
+
+      if (type->prewarm)
+        n_agents += type->pool_size;
+    }
+  return n_agents;
+}

@@ -56,6 +56,9 @@ AH_API gboolean    ah_manifest_check_plugins (AhManifest *self, GError **error);
 AH_API const char *ah_manifest_get_name     (AhManifest *self);
 AH_API const char *ah_manifest_get_path     (AhManifest *self);
 AH_API guint       ah_manifest_get_n_types  (AhManifest *self);
+/* The agents the system starts with: the pool sizes of the types that
+ * pre-warm. */
+AH_API guint64     ah_manifest_get_n_agents (AhManifest *self);
 AH_API void        ah_manifest_free         (AhManifest *self);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (AhManifest, ah_manifest_free)
