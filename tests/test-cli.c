@@ -714,6 +714,18 @@ live_run_finish (LiveRun *live, char **ret_out)
 }
 
 static void
+test_cli_run_agent_stop (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *manifest = fixture_path ("agent-stop.yaml");
+
+  g_test_summary ("run exits with the code an agent gave ah_context_request_stop, after the summary");
+  cli_run (&result, "run", manifest, NULL);
+  g_assert_cmpint (result.status, ==, 42);
+  g_assert_nonnull (strstr (result.out, "stopped by agent request, exit code 42"));
+}
+
+static void
 test_cli_run_sigterm (void)
 {
   LiveRun live = { 0 };
@@ -832,6 +844,7 @@ main (int argc, char **argv)
   g_test_add_func ("/cli/run/invalid-manifest", test_cli_run_invalid_manifest);
   g_test_add_func ("/cli/run/plugin-failure", test_cli_run_plugin_failure);
   g_test_add_func ("/cli/run/init-fails", test_cli_run_init_fails);
+  g_test_add_func ("/cli/run/agent-stop", test_cli_run_agent_stop);
   g_test_add_func ("/cli/run/sigterm", test_cli_run_sigterm);
   g_test_add_func ("/cli/run/timeout", test_cli_run_timeout);
   g_test_add_func ("/cli/run/sigint-twice", test_cli_run_sigint_twice);

@@ -549,6 +549,27 @@ test_run_request_stop (void)
 }
 
 static void
+test_run_agent_stop (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  g_autofree char *summary = NULL;
+
+  g_test_summary ("An agent's ah_context_request_stop ends the run with the agent's exit code");
+
+  host = host_start_from_yaml (
+    "name: stopping\n"
+    "plugin_path: [plugins]\n"
+    "agents:\n"
+    "  stopper:\n"
+    "    plugin: stopper\n"
+    "    subscribe: [$SYS.host.started]\n"
+    "    config: {exit_code: 42}\n");
+  g_assert_cmpint (ah_host_run (host), ==, 42);
+  summary = ah_host_format_summary (host);
+  g_assert_nonnull (strstr (summary, "stopped by agent request, exit code 42"));
+}
+
+static void
 test_run_timeout (void)
 {
   g_autoptr(AhHost) host = NULL;
@@ -588,6 +609,7 @@ main (int    argc,
   g_test_add_func ("/host/publish/invalid", test_publish_invalid);
   g_test_add_func ("/host/run/stop-when-idle", test_run_stop_when_idle);
   g_test_add_func ("/host/run/request-stop", test_run_request_stop);
+  g_test_add_func ("/host/run/agent-stop", test_run_agent_stop);
   g_test_add_func ("/host/run/timeout", test_run_timeout);
 
   return g_test_run ();
