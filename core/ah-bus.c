@@ -1,1 +1,2743 @@
-/* SPDX-License-Identifier: MIT */
+/* The event bus: routing, mailboxes, workers, request/reply, counters.
+ *
+ * Threads. n_workers worker threads; each endpoint belongs to one worker
+ * (round robin at creation), so one endpoint's handler never runs on two
+ * threads at once. A worker's mutex guards its run queue and the
+ * mailboxes of all its endpoints. Locks are pthread ones, not GMutex:
+ * ThreadSanitizer cannot see GLib's futex mutex (STYLE.md, section 8).
+ *
+ * Lock order. route_lock (subjects, trie, subscriptions, groups, the id
+ * table) is never held while a worker lock is taken, and no two worker
+ * locks are ever held at once; requests_lock, idle_lock and
+ * dead_letter_lock are leaves. So the bus cannot deadlock on its own
+ * locks. What it can do, like every system of bounded mailboxes, is
+ * stall under AH_OVERFLOW_BLOCK when agents fill each other's mailboxes
+ * in a cycle: A waits for room at B while B waits for room at A, and
+ * neither handler runs again. The one cycle the bus breaks itself is an
+ * endpoint sending to its own full mailbox (see ah_endpoint_enqueue_locked).
+ *
+ * Endpoint life. An endpoint is refcounted: its creator holds one
+ * reference (dropped by ah_bus_endpoint_close or ah_bus_free), a run
+ * queue holds one while the endpoint is scheduled or running, a routed
+ * but not yet queued message holds one for its recipient, and a full
+ * mailbox holds one for each sender blocked on it.
+ *
+ * Accounting. Every message is accepted once per recipient and then
+ * settled exactly once: delivered, dead-lettered or failed. Settling
+ * happens after the dead-letter callback and after a batch's outbox is
+ * flushed, so in_flight == 0 really means nothing is left to do.
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#define _GNU_SOURCE   /* pthread_setname_np, pthread_rwlockattr_setkind_np */
+
+#include "ah-bus-private.h"
+#include "ah-message-private.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+#include <time.h>
+
+#define AH_BUS_DEFAULT_PUBLISH_BATCH    256
+#define AH_BUS_DEFAULT_HANDLER_BATCH    32
+#define AH_BUS_DEFAULT_MAILBOX_CAPACITY 1024
+#define AH_BUS_MAX_WORKERS              256
+/* Past this many distinct subjects, new ones are routed without being
+ * cached, so a publisher inventing subjects cannot grow the table
+ * without bound. */
+#define AH_BUS_SUBJECT_CACHE_MAX        65536
+#define AH_BUS_MESSAGE_MAX_SIZE         ((gsize) 1 << 30)
+/* A lane gives its memory back when it empties, above this size, so a
+ * burst does not leave 100 000 idle agents holding big rings. */
+#define AH_LANE_KEEP_SLOTS              16
+#define AH_LANE_FIRST_SLOTS             4
+
+#define AH_NS_PER_SECOND G_GINT64_CONSTANT (1000000000)
+
+/* ---- Counters ------------------------------------------------------------ */
+
+typedef enum {
+  AH_TALLY_PUBLISHED,
+  AH_TALLY_ACCEPTED,
+  AH_TALLY_DELIVERED,
+  AH_TALLY_DEAD_LETTERED,
+  AH_TALLY_FAILED,
+  AH_TALLY_BATCHES,
+  AH_TALLY_REQUESTS,
+  AH_TALLY_REQUEST_TIMEOUTS,
+  AH_TALLY_N_FIELDS
+} AhTallyField;
+
+typedef struct {
+  _Atomic guint64 values[AH_TALLY_N_FIELDS];
+} AhTally;
+
+/* Latency histogram: values below 16 ns get a bucket each; above, each
+ * power of two is split in 16 linear sub-buckets, so a bucket's midpoint
+ * is within 1/32 of any value in it. */
+#define AH_LATENCY_SUB_BITS  4
+#define AH_LATENCY_SUBS      (1u << AH_LATENCY_SUB_BITS)
+#define AH_LATENCY_N_BUCKETS ((64 - AH_LATENCY_SUB_BITS + 1) * AH_LATENCY_SUBS)
+
+typedef struct {
+  _Atomic guint64 counts[AH_LATENCY_N_BUCKETS];
+  _Atomic guint64 max_ns;
+} AhLatency;
+
+/* ---- Structures ------------------------------------------------------------ */
+
+typedef struct _AhWorker AhWorker;
+
+typedef enum {
+  AH_ENDPOINT_IDLE,        /* nothing queued, or closed */
+  AH_ENDPOINT_SCHEDULED,   /* on its worker's run queue */
+  AH_ENDPOINT_RUNNING,     /* its handler (or its deferred retry) runs */
+  AH_ENDPOINT_BLOCKED,     /* its deferred messages wait for room elsewhere */
+} AhEndpointState;
+
+/* A ring of messages that grows by doubling up to a limit. */
+typedef struct {
+  AhMessage **items;
+  guint       allocated;
+  guint       head;
+  guint       length;
+} AhLane;
+
+/* A message routed to one recipient, holding a reference to each. */
+typedef struct {
+  AhMessage  *message;
+  AhEndpoint *to;
+} AhEnvelope;
+
+struct _AhEndpoint {
+  AhBus          *bus;
+  AhAgentId       id;
+  AhEndpointFunc  func;
+  gpointer        user_data;
+  AhWorker       *worker;
+  atomic_int      ref_count;
+  /* Normal messages queued plus, under AH_OVERFLOW_FAIL, slots reserved
+   * by routed messages not yet queued. Changed under the worker lock,
+   * except for reservations, which are a compare-and-swap. */
+  atomic_uint     normal_used;
+
+  /* Under worker->lock: */
+  AhLane          system_lane;
+  AhLane          normal_lane;
+  AhEndpointState state;
+  gboolean        closing;
+  gboolean        retry_pending;    /* woken while running: retry the deferred queue */
+  guint           room_waiters;     /* external publishers waiting for room */
+  GPtrArray      *blocked_senders;  /* (element-type AhEndpoint) (owned) waiting for room */
+  AhEndpoint     *run_next;
+
+  /* Only while RUNNING, by its worker; otherwise by whoever closes it. */
+  GArray         *deferred;         /* (element-type AhEnvelope) in send order */
+  gboolean        close_requested;  /* closed from its own handler */
+
+  /* Under bus->route_lock: */
+  GPtrArray      *groups;           /* (element-type AhBusGroup) the groups it is in */
+  gboolean        registered;       /* in the id table */
+};
+
+struct _AhBusGroup {
+  AhBus       *bus;
+  char        *name;
+  AhDelivery   delivery;
+  GPtrArray   *members;        /* (element-type AhEndpoint) under route_lock */
+  atomic_uint  next_member;    /* round robin for AH_DELIVERY_QUEUE */
+};
+
+typedef struct {
+  guint       id;
+  char       *pattern;
+  AhBusGroup *group;
+  AhEndpoint *observer;        /* subscribe_func: its endpoint, owning @group */
+} AhSubscription;
+
+/* The groups a subject resolves to, each once. */
+typedef struct {
+  guint       n_groups;
+  AhBusGroup *groups[];
+} AhTargets;
+
+typedef struct {
+  char      *subject;          /* the interned subject; the table's key */
+  guint      generation;       /* of the bus when @targets was resolved */
+  AhTargets *targets;
+} AhSubjectEntry;
+
+typedef struct {
+  guint64    correlation;
+  AhAgentId  requester;
+  char      *subject;
+} AhPendingRequest;
+
+typedef struct {
+  gint64     deadline_ns;
+  guint64    correlation;
+} AhDeadline;
+
+struct _AhWorker {
+  AhBus          *bus;
+  guint           index;
+  pthread_t       thread;
+  gboolean        thread_running;
+  pthread_mutex_t lock;
+  pthread_cond_t  work_cond;    /* the run queue got work, or stop */
+  pthread_cond_t  room_cond;    /* one of its endpoints took normal messages out */
+  pthread_cond_t  state_cond;   /* a closing endpoint stopped running */
+  AhEndpoint     *run_head;     /* under @lock; each holds a reference */
+  AhEndpoint     *run_tail;
+  gboolean        stopping;     /* under @lock */
+  gboolean        drained;      /* under @lock: the bus stopped, nothing more is queued */
+  /* Only the worker thread touches these: */
+  GArray         *outbox;       /* (element-type AhEnvelope) of the running call */
+  AhMessage     **batch;        /* handler_batch slots */
+  /* Written by the worker thread only, read by anyone. */
+  AhTally         tally;
+  AhLatency       latency;
+};
+
+struct _AhBusCall {
+  AhBus      *bus;
+  AhWorker   *worker;
+  AhEndpoint *endpoint;
+  guint       n_outbox_calls;   /* publish/send/request/reply calls in the outbox */
+};
+
+struct _AhBus {
+  AhBusConfig       config;      /* defaults filled in */
+  AhWorker        **workers;
+  atomic_uint       next_worker;
+  _Atomic guint64   next_endpoint_id;
+  _Atomic guint64   next_correlation;
+
+  pthread_rwlock_t  route_lock;
+  GHashTable       *endpoints;       /* &id -> AhEndpoint (the creator's reference) */
+  GHashTable       *subjects;        /* subject -> AhSubjectEntry */
+  AhSubjectTrie    *trie;            /* values: AhSubscription */
+  GHashTable       *subscriptions;   /* id -> AhSubscription */
+  GPtrArray        *groups;          /* (element-type AhBusGroup) (owned) */
+  guint             generation;      /* bumped on subscribe/unsubscribe */
+  guint             last_subscription_id;
+
+  pthread_mutex_t   requests_lock;
+  pthread_cond_t    requests_cond;   /* an earlier deadline, or stop */
+  GHashTable       *requests;        /* &correlation -> AhPendingRequest */
+  GArray           *deadlines;       /* (element-type AhDeadline) min-heap */
+  gboolean          timer_stopping;
+  pthread_t         timer_thread;
+  atomic_uint       n_pending;
+
+  _Atomic gint64    in_flight;
+  pthread_mutex_t   idle_lock;
+  pthread_cond_t    idle_cond;
+  AhBusIdleFunc     idle_func;       /* under idle_lock */
+  gpointer          idle_data;
+
+  pthread_mutex_t   dead_letter_lock;
+  AhDeadLetterFunc  dead_letter_func;  /* under dead_letter_lock */
+  gpointer          dead_letter_data;
+
+  AhTally           external;        /* counts of threads that are not our workers */
+  atomic_bool       started;
+  atomic_bool       stopping;        /* publishing refused from here on */
+  gboolean          stopped;         /* by the thread that stopped it */
+};
+
+/* The worker running on this thread, and the handler call it is in. */
+static __thread AhWorker *ah_bus_current_worker;
+static __thread AhBusCall *ah_bus_current_call;
+
+static void ah_endpoint_unref (AhEndpoint *endpoint);
+static void ah_subscription_free (gpointer data);
+
+/* ---- Small helpers -------------------------------------------------------------- */
+
+static void
+ah_cond_init_monotonic (pthread_cond_t *cond)
+{
+  pthread_condattr_t attr;
+
+  pthread_condattr_init (&attr);
+  pthread_condattr_setclock (&attr, CLOCK_MONOTONIC);
+  pthread_cond_init (cond, &attr);
+  pthread_condattr_destroy (&attr);
+}
+
+static struct timespec
+ah_timespec_from_ns (gint64 ns)
+{
+  struct timespec ts;
+
+  ts.tv_sec = (time_t) (ns / AH_NS_PER_SECOND);
+  ts.tv_nsec = (long) (ns % AH_NS_PER_SECOND);
+  return ts;
+}
+
+const char *
+ah_dead_letter_reason_to_string (AhDeadLetterReason reason)
+{
+  switch (reason)
+    {
+    case AH_DEAD_LETTER_NO_ROUTE:
+      return "no-route";
+    case AH_DEAD_LETTER_NO_AGENT:
+      return "no-agent";
+    case AH_DEAD_LETTER_AGENT_STOPPED:
+      return "agent-stopped";
+    case AH_DEAD_LETTER_LATE_REPLY:
+      return "late-reply";
+    case AH_DEAD_LETTER_OVERFLOW:
+      return "overflow";
+    case AH_DEAD_LETTER_HANDLER_FAILED:
+      return "handler-failed";
+    case AH_DEAD_LETTER_SHUTDOWN:
+      return "shutdown";
+    default:
+      return "unknown";
+    }
+}
+
+/* ---- Counters ------------------------------------------------------------------- */
+
+static AhWorker *
+ah_bus_worker_for_thread (AhBus *self)
+{
+  AhWorker *worker = ah_bus_current_worker;
+
+  return worker != NULL && worker->bus == self ? worker : NULL;
+}
+
+static void
+ah_bus_tally_add (AhBus        *self,
+                  AhTallyField  field,
+                  guint64       n)
+{
+  AhWorker *worker = ah_bus_worker_for_thread (self);
+
+  if (worker != NULL)
+    {
+      /* Only this thread writes its worker's tally: no locked add needed,
+       * just atomic accesses so readers see whole values. */
+      _Atomic guint64 *value = &worker->tally.values[field];
+
+      atomic_store_explicit (value, atomic_load_explicit (value, memory_order_relaxed) + n,
+                             memory_order_relaxed);
+    }
+  else
+    {
+      atomic_fetch_add_explicit (&self->external.values[field], n, memory_order_relaxed);
+    }
+}
+
+static guint
+ah_latency_bucket (guint64 ns)
+{
+  guint exponent;
+
+  if (ns < AH_LATENCY_SUBS)
+    return (guint) ns;
+  exponent = 63 - (guint) __builtin_clzll (ns);
+  return (exponent - AH_LATENCY_SUB_BITS + 1) * AH_LATENCY_SUBS
+         + (guint) ((ns >> (exponent - AH_LATENCY_SUB_BITS)) & (AH_LATENCY_SUBS - 1));
+}
+
+/* The midpoint of @bucket, in nanoseconds. */
+static gdouble
+ah_latency_bucket_value (guint bucket)
+{
+  guint exponent, sub;
+  gdouble width, low;
+
+  if (bucket < AH_LATENCY_SUBS)
+    return bucket;
+  exponent = bucket / AH_LATENCY_SUBS + AH_LATENCY_SUB_BITS - 1;
+  sub = bucket % AH_LATENCY_SUBS;
+  width = (gdouble) (G_GUINT64_CONSTANT (1) << (exponent - AH_LATENCY_SUB_BITS));
+  low = (AH_LATENCY_SUBS + sub) * width;
+  return low + width / 2;
+}
+
+/* Called by the worker thread only. */
+static void
+ah_latency_record (AhLatency *latency,
+                   gint64     ns)
+{
+  guint64 value = ns > 0 ? (guint64) ns : 0;
+  _Atomic guint64 *count = &latency->counts[ah_latency_bucket (value)];
+
+  atomic_store_explicit (count, atomic_load_explicit (count, memory_order_relaxed) + 1,
+                         memory_order_relaxed);
+  if (value > atomic_load_explicit (&latency->max_ns, memory_order_relaxed))
+    atomic_store_explicit (&latency->max_ns, value, memory_order_relaxed);
+}
+
+static gboolean
+ah_bus_is_idle_now (AhBus *self)
+{
+  return atomic_load (&self->in_flight) == 0 && atomic_load (&self->n_pending) == 0;
+}
+
+static void
+ah_bus_notify_idle (AhBus *self)
+{
+  AhBusIdleFunc func;
+  gpointer data;
+
+  /* Taking the lock after the counters changed is what makes a waiter
+   * that checked them under the lock miss no wake-up. */
+  pthread_mutex_lock (&self->idle_lock);
+  pthread_cond_broadcast (&self->idle_cond);
+  func = self->idle_func;
+  data = self->idle_data;
+  pthread_mutex_unlock (&self->idle_lock);
+
+  if (func != NULL && ah_bus_is_idle_now (self))
+    func (data);
+}
+
+static void
+ah_bus_accept (AhBus *self,
+               guint  n)
+{
+  ah_bus_tally_add (self, AH_TALLY_ACCEPTED, n);
+  atomic_fetch_add (&self->in_flight, (gint64) n);
+}
+
+/* Settles @n accepted messages as @field (delivered, dead-lettered or
+ * failed). The tally is written first, so whoever sees in_flight reach 0
+ * also sees the counts that brought it there. */
+static void
+ah_bus_settle (AhBus        *self,
+               AhTallyField  field,
+               guint         n)
+{
+  ah_bus_tally_add (self, field, n);
+  if (atomic_fetch_sub (&self->in_flight, (gint64) n) == (gint64) n
+      && atomic_load (&self->n_pending) == 0)
+    ah_bus_notify_idle (self);
+}
+
+/* Hands @message (borrowed) to the dead-letter func and settles it. */
+static void
+ah_bus_dead_letter (AhBus              *self,
+                    AhMessage          *message,
+                    AhAgentId           intended,
+                    AhDeadLetterReason  reason)
+{
+  AhDeadLetterFunc func;
+  gpointer data;
+
+  pthread_mutex_lock (&self->dead_letter_lock);
+  func = self->dead_letter_func;
+  data = self->dead_letter_data;
+  pthread_mutex_unlock (&self->dead_letter_lock);
+
+  if (func != NULL)
+    func (message, intended, reason, data);
+
+  ah_bus_settle (self,
+                 reason == AH_DEAD_LETTER_OVERFLOW || reason == AH_DEAD_LETTER_HANDLER_FAILED
+                 ? AH_TALLY_FAILED : AH_TALLY_DEAD_LETTERED,
+                 1);
+}
+
+/* ---- Lanes ------------------------------------------------------------------------ */
+
+static void
+ah_lane_push (AhLane    *lane,
+              AhMessage *message,
+              guint      limit)
+{
+  if (lane->length == lane->allocated)
+    {
+      guint allocated = lane->allocated > 0 ? lane->allocated * 2 : AH_LANE_FIRST_SLOTS;
+      AhMessage **items;
+
+      /* Doubling stops at the mailbox capacity; only an endpoint's
+       * messages to itself (see ah_endpoint_enqueue_locked) go past it. */
+      if (limit > 0)
+        allocated = MAX (MIN (allocated, limit), lane->length + 1);
+      items = g_new (AhMessage *, allocated);
+      for (guint i = 0; i < lane->length; i++)
+        items[i] = lane->items[(lane->head + i) % lane->allocated];
+      g_free (lane->items);
+      lane->items = items;
+      lane->allocated = allocated;
+      lane->head = 0;
+    }
+
+  lane->items[(lane->head + lane->length) % lane->allocated] = message;
+  lane->length++;
+}
+
+static AhMessage *
+ah_lane_pop (AhLane *lane)
+{
+  AhMessage *message = lane->items[lane->head];
+
+  lane->head = (lane->head + 1) % lane->allocated;
+  lane->length--;
+  if (lane->length == 0)
+    {
+      lane->head = 0;
+      if (lane->allocated > AH_LANE_KEEP_SLOTS)
+        {
+          g_clear_pointer (&lane->items, g_free);
+          lane->allocated = 0;
+        }
+    }
+  return message;
+}
+
+/* Moves every message of @lane to the end of @into. */
+static void
+ah_lane_steal (AhLane    *lane,
+               GPtrArray *into)
+{
+  while (lane->length > 0)
+    g_ptr_array_add (into, ah_lane_pop (lane));
+  g_clear_pointer (&lane->items, g_free);
+  lane->allocated = 0;
+}
+
+/* ---- Endpoints ------------------------------------------------------------------- */
+
+static AhEndpoint *
+ah_endpoint_ref (AhEndpoint *endpoint)
+{
+  atomic_fetch_add_explicit (&endpoint->ref_count, 1, memory_order_relaxed);
+  return endpoint;
+}
+
+static void
+ah_endpoint_unref_func (gpointer data,
+                        gpointer user_data)
+{
+  ah_endpoint_unref (data);
+}
+
+static void
+ah_envelope_clear (AhEnvelope *envelope)
+{
+  ah__message_unref (envelope->message);
+  ah_endpoint_unref (envelope->to);
+}
+
+static void
+ah_endpoint_unref (AhEndpoint *endpoint)
+{
+  if (atomic_fetch_sub_explicit (&endpoint->ref_count, 1, memory_order_acq_rel) != 1)
+    return;
+
+  /* Stop or close emptied the lanes and queues before the last
+   * reference went; what is freed here is only their memory. */
+  g_free (endpoint->system_lane.items);
+  g_free (endpoint->normal_lane.items);
+  if (endpoint->deferred != NULL)
+    g_array_unref (endpoint->deferred);
+  if (endpoint->blocked_senders != NULL)
+    g_ptr_array_unref (endpoint->blocked_senders);
+  g_ptr_array_unref (endpoint->groups);
+  g_free (endpoint);
+}
+
+AhAgentId
+ah_endpoint_get_id (AhEndpoint *endpoint)
+{
+  g_return_val_if_fail (endpoint != NULL, AH_AGENT_ID_NONE);
+
+  return endpoint->id;
+}
+
+gpointer
+ah_endpoint_get_user_data (AhEndpoint *endpoint)
+{
+  g_return_val_if_fail (endpoint != NULL, NULL);
+
+  return endpoint->user_data;
+}
+
+static void
+ah_worker_push_locked (AhWorker   *worker,
+                       AhEndpoint *endpoint)
+{
+  endpoint->run_next = NULL;
+  if (worker->run_tail != NULL)
+    worker->run_tail->run_next = endpoint;
+  else
+    worker->run_head = endpoint;
+  worker->run_tail = endpoint;
+}
+
+static AhEndpoint *
+ah_worker_pop_locked (AhWorker *worker)
+{
+  AhEndpoint *endpoint = worker->run_head;
+
+  worker->run_head = endpoint->run_next;
+  if (worker->run_head == NULL)
+    worker->run_tail = NULL;
+  endpoint->run_next = NULL;
+  return endpoint;
+}
+
+/* Reserves a normal-lane slot at routing time (AH_OVERFLOW_FAIL), so the
+ * publish call itself can say whether the message was refused although
+ * it is only queued when the outbox is flushed. */
+static gboolean
+ah_endpoint_reserve (AhEndpoint *endpoint,
+                     guint       capacity)
+{
+  guint used = atomic_load_explicit (&endpoint->normal_used, memory_order_relaxed);
+
+  do
+    {
+      if (used >= capacity)
+        return FALSE;
+    }
+  while (!atomic_compare_exchange_weak_explicit (&endpoint->normal_used, &used, used + 1,
+                                                 memory_order_relaxed, memory_order_relaxed));
+  return TRUE;
+}
+
+typedef enum {
+  AH_DELIVER_RESERVED,   /* AH_OVERFLOW_FAIL: the slot was reserved when routed */
+  AH_DELIVER_WAIT,       /* AH_OVERFLOW_BLOCK, outside the workers: wait for room */
+  AH_DELIVER_DEFER,      /* AH_OVERFLOW_BLOCK, a handler's outbox: defer, never wait */
+  AH_DELIVER_REFUSE,     /* AH_OVERFLOW_BLOCK, a worker outside any outbox: refuse */
+} AhDeliverMode;
+
+typedef enum {
+  AH_ENQUEUE_QUEUED,
+  AH_ENQUEUE_DEAD,       /* endpoint closing or bus stopped: see the reason */
+  AH_ENQUEUE_FULL,       /* AH_DELIVER_DEFER: the sender is registered for a retry */
+  AH_ENQUEUE_REFUSED,    /* AH_DELIVER_REFUSE: the mailbox is full */
+} AhEnqueueResult;
+
+/* Queues @message (the reference is taken over when queued) for
+ * @endpoint. Must be called with the endpoint's worker lock held; in
+ * AH_DELIVER_WAIT mode it may release it while it waits. Sets @ret_wake
+ * when the endpoint was put on the run queue. */
+static AhEnqueueResult
+ah_endpoint_enqueue_locked (AhEndpoint         *endpoint,
+                            AhMessage          *message,
+                            AhDeliverMode       mode,
+                            AhEndpoint         *sender,
+                            gboolean           *ret_wake,
+                            AhDeadLetterReason *ret_reason)
+{
+  AhWorker *worker = endpoint->worker;
+  AhBus *self = endpoint->bus;
+  guint capacity = self->config.mailbox_capacity;
+  gboolean normal = message->priority != AH_PRIORITY_SYSTEM;
+
+  if (!worker->drained && !endpoint->closing && normal)
+    {
+      switch (mode)
+        {
+        case AH_DELIVER_RESERVED:
+          break;
+
+        case AH_DELIVER_WAIT:
+          while (atomic_load (&endpoint->normal_used) >= capacity
+                 && !endpoint->closing && !worker->stopping && !worker->drained)
+            {
+              /* Hand over what this bucket already queued before
+               * sleeping: the worker may be waiting for exactly that. */
+              if (*ret_wake)
+                {
+                  pthread_cond_signal (&worker->work_cond);
+                  *ret_wake = FALSE;
+                }
+              endpoint->room_waiters++;
+              pthread_cond_wait (&worker->room_cond, &worker->lock);
+              endpoint->room_waiters--;
+            }
+          if (worker->stopping)
+            {
+              *ret_reason = AH_DEAD_LETTER_SHUTDOWN;
+              return AH_ENQUEUE_DEAD;
+            }
+          if (!endpoint->closing && !worker->drained)
+            atomic_fetch_add (&endpoint->normal_used, 1);
+          break;
+
+        case AH_DELIVER_DEFER:
+          /* An endpoint waiting for room in its own mailbox would never
+           * run again to make that room, so its messages to itself go
+           * past the capacity instead. */
+          if (atomic_load (&endpoint->normal_used) >= capacity && endpoint != sender)
+            {
+              if (endpoint->blocked_senders == NULL)
+                endpoint->blocked_senders = g_ptr_array_new ();
+              g_ptr_array_add (endpoint->blocked_senders, ah_endpoint_ref (sender));
+              return AH_ENQUEUE_FULL;
+            }
+          atomic_fetch_add (&endpoint->normal_used, 1);
+          break;
+
+        case AH_DELIVER_REFUSE:
+          if (atomic_load (&endpoint->normal_used) >= capacity)
+            return AH_ENQUEUE_REFUSED;
+          atomic_fetch_add (&endpoint->normal_used, 1);
+          break;
+
+        default:
+          g_assert_not_reached ();
+        }
+    }
+
+  if (worker->drained || endpoint->closing)
+    {
+      if (normal && mode == AH_DELIVER_RESERVED)
+        atomic_fetch_sub (&endpoint->normal_used, 1);
+      *ret_reason = worker->drained ? AH_DEAD_LETTER_SHUTDOWN : AH_DEAD_LETTER_AGENT_STOPPED;
+      return AH_ENQUEUE_DEAD;
+    }
+
+  if (normal)
+    ah_lane_push (&endpoint->normal_lane, message, capacity);
+  else
+    ah_lane_push (&endpoint->system_lane, message, 0);
+
+  if (endpoint->state == AH_ENDPOINT_IDLE)
+    {
+      endpoint->state = AH_ENDPOINT_SCHEDULED;
+      ah_worker_push_locked (worker, ah_endpoint_ref (endpoint));
+      *ret_wake = TRUE;
+    }
+  return AH_ENQUEUE_QUEUED;
+}
+
+typedef struct {
+  AhMessage          *message;
+  AhEndpoint         *to;
+  AhDeadLetterReason  reason;
+} AhDeadEnvelope;
+
+typedef struct {
+  guint     n_refused;
+  AhAgentId first_refused;
+  guint     n_shutdown;
+} AhDeliverResult;
+
+/* Queues @envelopes, taking over their references. They are visited
+ * grouped by worker, in order within a worker, so each worker's lock is
+ * taken once and its thread signalled at most once; the order of
+ * messages to any one endpoint is the order of @envelopes.
+ *
+ * In AH_DELIVER_DEFER mode, from the first envelope that meets a full
+ * mailbox on, every envelope is appended to @deferred instead: that
+ * keeps the sender's order to every recipient, and the sender retries
+ * when the full mailbox's consumer makes room. */
+static void
+ah_bus_deliver (AhBus           *self,
+                AhEnvelope      *envelopes,
+                guint            n_deliveries,
+                AhDeliverMode    mode,
+                AhEndpoint      *sender,
+                GArray          *deferred,
+                AhDeliverResult *ret_result)
+{
+  guint n_workers = self->config.n_workers;
+  guint single = 0;
+  guint *order = &single;
+  g_autoptr(GArray) dead = NULL;
+  AhWorker *locked = NULL;
+  gboolean wake = FALSE;
+  gboolean deferring = FALSE;
+  AhDeliverResult result = { 0 };
+
+  if (n_deliveries == 0)
+    {
+      if (ret_result != NULL)
+        *ret_result = result;
+      return;
+    }
+
+  if (n_deliveries > 1)
+    {
+      /* Counting sort by worker: stable, so per-endpoint order holds. */
+      guint *starts = g_new0 (guint, n_workers + 1);
+
+      order = g_new (guint, n_deliveries);
+      for (guint i = 0; i < n_deliveries; i++)
+        starts[envelopes[i].to->worker->index + 1]++;
+      for (guint w = 0; w < n_workers; w++)
+        starts[w + 1] += starts[w];
+      for (guint i = 0; i < n_deliveries; i++)
+        order[starts[envelopes[i].to->worker->index]++] = i;
+      g_free (starts);
+    }
+
+  for (guint k = 0; k < n_deliveries; k++)
+    {
+      AhEnvelope *envelope = &envelopes[order[k]];
+      AhEndpoint *to = envelope->to;
+      AhDeadLetterReason reason = AH_DEAD_LETTER_SHUTDOWN;
+
+      if (deferring)
+        {
+          g_array_append_val (deferred, *envelope);
+          continue;
+        }
+
+      if (to->worker != locked)
+        {
+          if (locked != NULL)
+            {
+              if (wake)
+                pthread_cond_signal (&locked->work_cond);
+              pthread_mutex_unlock (&locked->lock);
+            }
+          locked = to->worker;
+          wake = FALSE;
+          pthread_mutex_lock (&locked->lock);
+        }
+
+      switch (ah_endpoint_enqueue_locked (to, envelope->message, mode, sender, &wake, &reason))
+        {
+        case AH_ENQUEUE_QUEUED:
+          /* The lane holds the message reference now. */
+          ah_endpoint_unref (to);
+          break;
+
+        case AH_ENQUEUE_FULL:
+          deferring = TRUE;
+          g_array_append_val (deferred, *envelope);
+          break;
+
+        case AH_ENQUEUE_REFUSED:
+          if (result.n_refused++ == 0)
+            result.first_refused = to->id;
+          reason = AH_DEAD_LETTER_OVERFLOW;
+          G_GNUC_FALLTHROUGH;
+        case AH_ENQUEUE_DEAD:
+          {
+            AhDeadEnvelope dead_envelope = { envelope->message, to, reason };
+
+            if (reason == AH_DEAD_LETTER_SHUTDOWN)
+              result.n_shutdown++;
+            if (dead == NULL)
+              dead = g_array_new (FALSE, FALSE, sizeof (AhDeadEnvelope));
+            g_array_append_val (dead, dead_envelope);
+          }
+          break;
+
+        default:
+          g_assert_not_reached ();
+        }
+    }
+
+  if (locked != NULL)
+    {
+      if (wake)
+        pthread_cond_signal (&locked->work_cond);
+      pthread_mutex_unlock (&locked->lock);
+    }
+  if (order != &single)
+    g_free (order);
+
+  /* Dead letters go out with no lock held: the callback is user code. */
+  for (guint i = 0; dead != NULL && i < dead->len; i++)
+    {
+      AhDeadEnvelope *dead_envelope = &g_array_index (dead, AhDeadEnvelope, i);
+
+      ah_bus_dead_letter (self, dead_envelope->message, dead_envelope->to->id,
+                          dead_envelope->reason);
+      ah__message_unref (dead_envelope->message);
+      ah_endpoint_unref (dead_envelope->to);
+    }
+
+  if (ret_result != NULL)
+    *ret_result = result;
+}
+
+/* A sender blocked on a full mailbox gets another chance: put it back on
+ * its run queue, or, if it is running right now, make it retry when its
+ * batch ends. Takes over the blocked list's reference. */
+static void
+ah_endpoint_wake_blocked (AhEndpoint *sender)
+{
+  AhWorker *worker = sender->worker;
+  gboolean reference_kept = FALSE;
+  gboolean signal = FALSE;
+
+  pthread_mutex_lock (&worker->lock);
+  if (!sender->closing && !worker->drained)
+    {
+      if (sender->state == AH_ENDPOINT_BLOCKED)
+        {
+          sender->state = AH_ENDPOINT_SCHEDULED;
+          ah_worker_push_locked (worker, sender);
+          reference_kept = TRUE;
+          signal = TRUE;
+        }
+      else if (sender->state == AH_ENDPOINT_RUNNING)
+        {
+          sender->retry_pending = TRUE;
+        }
+    }
+  if (signal)
+    pthread_cond_signal (&worker->work_cond);
+  pthread_mutex_unlock (&worker->lock);
+
+  if (!reference_kept)
+    ah_endpoint_unref (sender);
+}
+
+static void
+ah_endpoint_wake_all_blocked (GPtrArray *senders)
+{
+  if (senders == NULL)
+    return;
+  for (guint i = 0; i < senders->len; i++)
+    ah_endpoint_wake_blocked (g_ptr_array_index (senders, i));
+  g_ptr_array_unref (senders);
+}
+
+/* Empties @endpoint: its mailbox and its deferred messages are
+ * dead-lettered with @reason, and the senders blocked on it are woken
+ * (@wake_senders) or released. With @mark_closing, the endpoint is
+ * closed first and a running batch is waited out. */
+static void
+ah_endpoint_drain (AhEndpoint         *endpoint,
+                   gboolean            mark_closing,
+                   AhDeadLetterReason  reason,
+                   gboolean            wake_senders)
+{
+  AhWorker *worker = endpoint->worker;
+  AhBus *self = endpoint->bus;
+  g_autoptr(GPtrArray) queued = g_ptr_array_new ();
+  GArray *deferred;
+  GPtrArray *blocked;
+
+  pthread_mutex_lock (&worker->lock);
+  if (mark_closing)
+    {
+      endpoint->closing = TRUE;
+      while (endpoint->state == AH_ENDPOINT_RUNNING)
+        pthread_cond_wait (&worker->state_cond, &worker->lock);
+    }
+  ah_lane_steal (&endpoint->system_lane, queued);
+  ah_lane_steal (&endpoint->normal_lane, queued);
+  atomic_store (&endpoint->normal_used, 0);
+  deferred = g_steal_pointer (&endpoint->deferred);
+  blocked = g_steal_pointer (&endpoint->blocked_senders);
+  if (endpoint->state == AH_ENDPOINT_BLOCKED)
+    endpoint->state = AH_ENDPOINT_IDLE;
+  if (endpoint->room_waiters > 0)
+    pthread_cond_broadcast (&worker->room_cond);
+  pthread_mutex_unlock (&worker->lock);
+
+  for (guint i = 0; i < queued->len; i++)
+    {
+      AhMessage *message = g_ptr_array_index (queued, i);
+
+      ah_bus_dead_letter (self, message, endpoint->id, reason);
+      ah__message_unref (message);
+    }
+  /* Messages it had sent but not yet queued die with it: nobody is left
+   * to retry them. */
+  for (guint i = 0; deferred != NULL && i < deferred->len; i++)
+    {
+      AhEnvelope *envelope = &g_array_index (deferred, AhEnvelope, i);
+
+      ah_bus_dead_letter (self, envelope->message, envelope->to->id, reason);
+      ah_envelope_clear (envelope);
+    }
+  if (deferred != NULL)
+    g_array_unref (deferred);
+
+  if (wake_senders)
+    {
+      ah_endpoint_wake_all_blocked (blocked);
+    }
+  else if (blocked != NULL)
+    {
+      g_ptr_array_foreach (blocked, ah_endpoint_unref_func, NULL);
+      g_ptr_array_unref (blocked);
+    }
+}
+
+AhEndpoint *
+ah_bus_endpoint_new (AhBus         *self,
+                     AhEndpointFunc func,
+                     gpointer       user_data)
+{
+  AhEndpoint *endpoint;
+  guint worker_index;
+
+  g_return_val_if_fail (self != NULL, NULL);
+  g_return_val_if_fail (func != NULL, NULL);
+
+  worker_index = atomic_fetch_add (&self->next_worker, 1) % self->config.n_workers;
+
+  endpoint = g_new0 (AhEndpoint, 1);
+  endpoint->bus = self;
+  endpoint->id = atomic_fetch_add (&self->next_endpoint_id, 1);
+  endpoint->func = func;
+  endpoint->user_data = user_data;
+  endpoint->worker = self->workers[worker_index];
+  atomic_init (&endpoint->ref_count, 1);
+  atomic_init (&endpoint->normal_used, 0);
+  endpoint->state = AH_ENDPOINT_IDLE;
+  endpoint->groups = g_ptr_array_new ();
+
+  pthread_rwlock_wrlock (&self->route_lock);
+  g_hash_table_insert (self->endpoints, &endpoint->id, endpoint);
+  endpoint->registered = TRUE;
+  pthread_rwlock_unlock (&self->route_lock);
+
+  return endpoint;
+}
+
+/* Takes @endpoint out of the id table and its groups. Returns FALSE if
+ * it was already out. Must be called with route_lock held for writing. */
+static gboolean
+ah_bus_unregister_endpoint_unlocked (AhBus      *self,
+                                     AhEndpoint *endpoint)
+{
+  if (!endpoint->registered)
+    return FALSE;
+
+  g_hash_table_remove (self->endpoints, &endpoint->id);
+  endpoint->registered = FALSE;
+  for (guint i = 0; i < endpoint->groups->len; i++)
+    {
+      AhBusGroup *group = g_ptr_array_index (endpoint->groups, i);
+
+      g_ptr_array_remove (group->members, endpoint);
+    }
+  g_ptr_array_set_size (endpoint->groups, 0);
+  return TRUE;
+}
+
+void
+ah_bus_endpoint_close (AhBus      *self,
+                       AhEndpoint *endpoint)
+{
+  gboolean was_registered;
+
+  g_return_if_fail (self != NULL);
+  g_return_if_fail (endpoint != NULL);
+  g_return_if_fail (endpoint->bus == self);
+
+  pthread_rwlock_wrlock (&self->route_lock);
+  was_registered = ah_bus_unregister_endpoint_unlocked (self, endpoint);
+  pthread_rwlock_unlock (&self->route_lock);
+  g_return_if_fail (was_registered);
+
+  /* From its own handler: waiting for the handler to return would wait
+   * forever, so the worker finishes the close after the call. */
+  if (ah_bus_current_call != NULL && ah_bus_current_call->endpoint == endpoint)
+    {
+      endpoint->close_requested = TRUE;
+      return;
+    }
+
+  ah_endpoint_drain (endpoint, TRUE, AH_DEAD_LETTER_AGENT_STOPPED, TRUE);
+  ah_endpoint_unref (endpoint);
+}
+
+/* ---- Groups and subscriptions ---------------------------------------------------------- */
+
+static AhBusGroup *
+ah_bus_group_new_unlocked (AhBus      *self,
+                           const char *name,
+                           AhDelivery  delivery)
+{
+  AhBusGroup *group = g_new0 (AhBusGroup, 1);
+
+  group->bus = self;
+  group->name = g_strdup (name);
+  group->delivery = delivery;
+  group->members = g_ptr_array_new ();
+  atomic_init (&group->next_member, 0);
+  g_ptr_array_add (self->groups, group);
+  return group;
+}
+
+static void
+ah_bus_group_free (AhBusGroup *group)
+{
+  g_ptr_array_unref (group->members);
+  g_free (group->name);
+  g_free (group);
+}
+
+AhBusGroup *
+ah_bus_group_new (AhBus      *self,
+                  const char *name,
+                  AhDelivery  delivery)
+{
+  AhBusGroup *group;
+
+  g_return_val_if_fail (self != NULL, NULL);
+  g_return_val_if_fail (name != NULL, NULL);
+  g_return_val_if_fail (delivery == AH_DELIVERY_QUEUE || delivery == AH_DELIVERY_BROADCAST, NULL);
+
+  pthread_rwlock_wrlock (&self->route_lock);
+  group = ah_bus_group_new_unlocked (self, name, delivery);
+  pthread_rwlock_unlock (&self->route_lock);
+  return group;
+}
+
+static void
+ah_bus_group_add_unlocked (AhBusGroup *group,
+                           AhEndpoint *endpoint)
+{
+  /* A closed endpoint must not come back through a group. */
+  if (!endpoint->registered || g_ptr_array_find (group->members, endpoint, NULL))
+    return;
+  g_ptr_array_add (group->members, endpoint);
+  g_ptr_array_add (endpoint->groups, group);
+}
+
+void
+ah_bus_group_add (AhBusGroup *group,
+                  AhEndpoint *endpoint)
+{
+  AhBus *self;
+
+  g_return_if_fail (group != NULL);
+  g_return_if_fail (endpoint != NULL);
+  g_return_if_fail (endpoint->bus == group->bus);
+
+  self = group->bus;
+  pthread_rwlock_wrlock (&self->route_lock);
+  ah_bus_group_add_unlocked (group, endpoint);
+  pthread_rwlock_unlock (&self->route_lock);
+}
+
+void
+ah_bus_group_remove (AhBusGroup *group,
+                     AhEndpoint *endpoint)
+{
+  AhBus *self;
+
+  g_return_if_fail (group != NULL);
+  g_return_if_fail (endpoint != NULL);
+  g_return_if_fail (endpoint->bus == group->bus);
+
+  self = group->bus;
+  pthread_rwlock_wrlock (&self->route_lock);
+  if (g_ptr_array_remove (group->members, endpoint))
+    g_ptr_array_remove (endpoint->groups, group);
+  pthread_rwlock_unlock (&self->route_lock);
+}
+
+guint
+ah_bus_group_get_size (AhBusGroup *group)
+{
+  guint size;
+
+  g_return_val_if_fail (group != NULL, 0);
+
+  pthread_rwlock_rdlock (&group->bus->route_lock);
+  size = group->members->len;
+  pthread_rwlock_unlock (&group->bus->route_lock);
+  return size;
+}
+
+static gboolean
+ah_bus_check_pattern (const char  *pattern,
+                      GError     **error)
+{
+  if (ah_pattern_is_valid (pattern))
+    return TRUE;
+  g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_SUBJECT,
+               "'%s' is not a valid subject pattern", pattern);
+  return FALSE;
+}
+
+/* Must be called with route_lock held for writing. */
+static guint
+ah_bus_add_subscription_unlocked (AhBus      *self,
+                                  const char *pattern,
+                                  AhBusGroup *group,
+                                  AhEndpoint *observer)
+{
+  AhSubscription *subscription = g_new0 (AhSubscription, 1);
+
+  /* Ids are not reused: skip 0 and any id still taken after a wrap. */
+  do
+    self->last_subscription_id++;
+  while (self->last_subscription_id == 0
+         || g_hash_table_contains (self->subscriptions,
+                                   GUINT_TO_POINTER (self->last_subscription_id)));
+
+  subscription->id = self->last_subscription_id;
+  subscription->pattern = g_strdup (pattern);
+  subscription->group = group;
+  subscription->observer = observer;
+  g_hash_table_insert (self->subscriptions, GUINT_TO_POINTER (subscription->id), subscription);
+  ah__subject_trie_insert (self->trie, pattern, subscription);
+  /* Every cached subject resolution is stale from here on. */
+  self->generation++;
+  return subscription->id;
+}
+
+guint
+ah_bus_subscribe (AhBus       *self,
+                  const char  *pattern,
+                  AhBusGroup  *group,
+                  GError     **error)
+{
+  guint id;
+
+  g_return_val_if_fail (self != NULL, 0);
+  g_return_val_if_fail (pattern != NULL, 0);
+  g_return_val_if_fail (group != NULL && group->bus == self, 0);
+  g_return_val_if_fail (error == NULL || *error == NULL, 0);
+
+  if (!ah_bus_check_pattern (pattern, error))
+    return 0;
+
+  pthread_rwlock_wrlock (&self->route_lock);
+  id = ah_bus_add_subscription_unlocked (self, pattern, group, NULL);
+  pthread_rwlock_unlock (&self->route_lock);
+  return id;
+}
+
+guint
+ah_bus_subscribe_func (AhBus           *self,
+                       const char      *pattern,
+                       AhDelivery       delivery,
+                       AhEndpointFunc   func,
+                       gpointer         user_data,
+                       GError         **error)
+{
+  AhEndpoint *observer;
+  AhBusGroup *group;
+  guint id;
+
+  g_return_val_if_fail (self != NULL, 0);
+  g_return_val_if_fail (pattern != NULL, 0);
+  g_return_val_if_fail (func != NULL, 0);
+  g_return_val_if_fail (error == NULL || *error == NULL, 0);
+
+  if (!ah_bus_check_pattern (pattern, error))
+    return 0;
+
+  observer = ah_bus_endpoint_new (self, func, user_data);
+  pthread_rwlock_wrlock (&self->route_lock);
+  group = ah_bus_group_new_unlocked (self, pattern, delivery);
+  ah_bus_group_add_unlocked (group, observer);
+  id = ah_bus_add_subscription_unlocked (self, pattern, group, observer);
+  pthread_rwlock_unlock (&self->route_lock);
+  return id;
+}
+
+void
+ah_bus_unsubscribe (AhBus *self,
+                    guint  subscription_id)
+{
+  AhSubscription *subscription;
+  AhEndpoint *observer = NULL;
+
+  g_return_if_fail (self != NULL);
+
+  pthread_rwlock_wrlock (&self->route_lock);
+  subscription = g_hash_table_lookup (self->subscriptions, GUINT_TO_POINTER (subscription_id));
+  if (subscription != NULL)
+    {
+      g_hash_table_steal (self->subscriptions, GUINT_TO_POINTER (subscription_id));
+      ah__subject_trie_remove (self->trie, subscription->pattern, subscription);
+      self->generation++;
+      if (subscription->observer != NULL)
+        {
+          /* The observer's group is its own. Stale cached resolutions
+           * may still point at it, but the generation bump above means
+           * they are rebuilt before anyone reads them. */
+          observer = subscription->observer;
+          g_ptr_array_remove (observer->groups, subscription->group);
+          g_ptr_array_remove (self->groups, subscription->group);   /* frees it */
+        }
+    }
+  pthread_rwlock_unlock (&self->route_lock);
+
+  if (subscription == NULL)
+    return;
+  if (observer != NULL)
+    ah_bus_endpoint_close (self, observer);
+  ah_subscription_free (subscription);
+}
+
+/* ---- Routing ------------------------------------------------------------------------------ */
+
+/* Must be called with route_lock held. */
+static AhTargets *
+ah_bus_resolve_targets_unlocked (AhBus      *self,
+                                 const char *subject)
+{
+  g_autoptr(GPtrArray) matches = g_ptr_array_new ();
+  g_autoptr(GHashTable) seen = NULL;
+  AhTargets *targets;
+
+  ah__subject_trie_match (self->trie, subject, matches);
+  targets = g_malloc (sizeof (AhTargets) + matches->len * sizeof (AhBusGroup *));
+  targets->n_groups = 0;
+  /* A group reached through several of its patterns still gets the
+   * message once. A linear scan is cheapest for the usual handful. */
+  if (matches->len > 8)
+    seen = g_hash_table_new (NULL, NULL);
+  for (guint i = 0; i < matches->len; i++)
+    {
+      AhSubscription *subscription = g_ptr_array_index (matches, i);
+      AhBusGroup *group = subscription->group;
+      gboolean duplicate = FALSE;
+
+      if (seen != NULL)
+        duplicate = !g_hash_table_add (seen, group);
+      else
+        for (guint j = 0; j < targets->n_groups && !duplicate; j++)
+          duplicate = targets->groups[j] == group;
+      if (!duplicate)
+        targets->groups[targets->n_groups++] = group;
+    }
+  return targets;
+}
+
+/* Chooses the recipients: one member of each queue group, every member
+ * of each broadcast group; a group without members adds nobody. Must be
+ * called with route_lock held. */
+static void
+ah_targets_pick_unlocked (const AhTargets *targets,
+                          GPtrArray       *recipients)
+{
+  for (guint i = 0; i < targets->n_groups; i++)
+    {
+      AhBusGroup *group = targets->groups[i];
+      guint n_members = group->members->len;
+
+      if (n_members == 0)
+        continue;
+      if (group->delivery == AH_DELIVERY_QUEUE)
+        {
+          guint turn = atomic_fetch_add_explicit (&group->next_member, 1, memory_order_relaxed);
+
+          g_ptr_array_add (recipients,
+                           ah_endpoint_ref (g_ptr_array_index (group->members, turn % n_members)));
+        }
+      else
+        {
+          for (guint j = 0; j < n_members; j++)
+            g_ptr_array_add (recipients, ah_endpoint_ref (g_ptr_array_index (group->members, j)));
+        }
+    }
+}
+
+/* Adds a reference to each recipient of @subject (valid) to @recipients.
+ * Returns the interned copy of @subject, or NULL when the subject cache
+ * is full and the subject was routed uncached. */
+static const char *
+ah_bus_route_subject (AhBus      *self,
+                      const char *subject,
+                      GPtrArray  *recipients)
+{
+  AhSubjectEntry *entry;
+  AhTargets *uncached = NULL;
+  const char *interned = NULL;
+
+  pthread_rwlock_rdlock (&self->route_lock);
+  entry = g_hash_table_lookup (self->subjects, subject);
+  if (entry != NULL && entry->generation == self->generation)
+    {
+      ah_targets_pick_unlocked (entry->targets, recipients);
+      interned = entry->subject;
+      pthread_rwlock_unlock (&self->route_lock);
+      return interned;
+    }
+  pthread_rwlock_unlock (&self->route_lock);
+
+  /* A new subject, or subscriptions changed since it was resolved. Rare,
+   * so the write lock is fine; it is re-checked after the gap. */
+  pthread_rwlock_wrlock (&self->route_lock);
+  entry = g_hash_table_lookup (self->subjects, subject);
+  if (entry == NULL && g_hash_table_size (self->subjects) < AH_BUS_SUBJECT_CACHE_MAX)
+    {
+      entry = g_new0 (AhSubjectEntry, 1);
+      entry->subject = g_strdup (subject);
+      g_hash_table_insert (self->subjects, entry->subject, entry);
+    }
+  if (entry != NULL)
+    {
+      if (entry->targets == NULL || entry->generation != self->generation)
+        {
+          g_free (entry->targets);
+          entry->targets = ah_bus_resolve_targets_unlocked (self, subject);
+          entry->generation = self->generation;
+        }
+      ah_targets_pick_unlocked (entry->targets, recipients);
+      interned = entry->subject;
+    }
+  else
+    {
+      uncached = ah_bus_resolve_targets_unlocked (self, subject);
+      ah_targets_pick_unlocked (uncached, recipients);
+    }
+  pthread_rwlock_unlock (&self->route_lock);
+
+  g_free (uncached);
+  return interned;
+}
+
+/* Returns a reference to the open endpoint @id, or NULL. */
+static AhEndpoint *
+ah_bus_lookup_endpoint (AhBus     *self,
+                        AhAgentId  id)
+{
+  AhEndpoint *endpoint;
+
+  pthread_rwlock_rdlock (&self->route_lock);
+  endpoint = g_hash_table_lookup (self->endpoints, &id);
+  if (endpoint != NULL)
+    ah_endpoint_ref (endpoint);
+  pthread_rwlock_unlock (&self->route_lock);
+  return endpoint;
+}
+
+static gboolean
+ah_bus_check_message (const char  *subject,
+                      gsize        size,
+                      GError     **error)
+{
+  if (!ah_subject_is_valid (subject))
+    {
+      g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_SUBJECT,
+                   "'%s' is not a valid subject", subject);
+      return FALSE;
+    }
+  if (size > AH_BUS_MESSAGE_MAX_SIZE)
+    {
+      g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_FAILED,
+                   "a payload of %" G_GSIZE_FORMAT " bytes is over the limit of %"
+                   G_GSIZE_FORMAT " bytes", size, AH_BUS_MESSAGE_MAX_SIZE);
+      return FALSE;
+    }
+  return TRUE;
+}
+
+/* A message refused before routing (bad subject, payload too large)
+ * still counts as one accepted and failed, as the plugin API promises,
+ * so the account balances. */
+static void
+ah_bus_count_refused (AhBus *self)
+{
+  ah_bus_accept (self, 1);
+  ah_bus_settle (self, AH_TALLY_FAILED, 1);
+}
+
+/* Accepts @message (transfer full) once for a single dead letter. */
+static void
+ah_bus_accept_dead (AhBus              *self,
+                    AhMessage          *message,
+                    AhAgentId           intended,
+                    AhDeadLetterReason  reason)
+{
+  ah_bus_accept (self, 1);
+  ah_bus_dead_letter (self, message, intended, reason);
+  ah__message_unref (message);
+}
+
+/* ---- Publishing from outside the handlers ------------------------------------------------ */
+
+/* Queues @message (transfer full) for @recipients (their references are
+ * taken over), from a thread outside any handler call. */
+static gboolean
+ah_bus_deliver_external (AhBus      *self,
+                         AhMessage  *message,
+                         GPtrArray  *recipients,
+                         GError    **error)
+{
+  gboolean normal = message->priority != AH_PRIORITY_SYSTEM;
+  gboolean reserve = self->config.overflow == AH_OVERFLOW_FAIL && normal;
+  g_autoptr(GArray) envelopes = g_array_sized_new (FALSE, FALSE, sizeof (AhEnvelope),
+                                                    recipients->len);
+  AhDeliverMode mode;
+  AhDeliverResult result;
+  guint n_refused = 0;
+  AhAgentId first_refused = AH_AGENT_ID_NONE;
+
+  if (self->config.overflow == AH_OVERFLOW_FAIL)
+    mode = AH_DELIVER_RESERVED;
+  else if (ah_bus_worker_for_thread (self) != NULL)
+    mode = AH_DELIVER_REFUSE;   /* waiting on a worker could wait for itself */
+  else
+    mode = AH_DELIVER_WAIT;
+
+  ah_bus_accept (self, recipients->len);
+  for (guint i = 0; i < recipients->len; i++)
+    {
+      AhEndpoint *to = g_ptr_array_index (recipients, i);
+      AhEnvelope envelope;
+
+      if (reserve && !ah_endpoint_reserve (to, self->config.mailbox_capacity))
+        {
+          if (n_refused++ == 0)
+            first_refused = to->id;
+          ah_bus_dead_letter (self, message, to->id, AH_DEAD_LETTER_OVERFLOW);
+          ah_endpoint_unref (to);
+          continue;
+        }
+      envelope.message = ah__message_ref (message);
+      envelope.to = to;
+      g_array_append_val (envelopes, envelope);
+    }
+  g_ptr_array_set_size (recipients, 0);
+  ah__message_unref (message);
+
+  ah_bus_deliver (self, (AhEnvelope *) (gpointer) envelopes->data, envelopes->len, mode,
+                  NULL, NULL, &result);
+  if (result.n_refused > 0 && n_refused == 0)
+    first_refused = result.first_refused;
+  n_refused += result.n_refused;
+
+  if (n_refused > 0)
+    {
+      g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_OVERFLOW,
+                   "the mailbox of agent %" G_GUINT64_FORMAT " is full", first_refused);
+      return FALSE;
+    }
+  if (result.n_shutdown > 0)
+    {
+      g_set_error_literal (error, AH_HOST_ERROR, AH_HOST_ERROR_STATE, "the bus is stopped");
+      return FALSE;
+    }
+  return TRUE;
+}
+
+static gboolean
+ah_bus_check_open (AhBus   *self,
+                   GError **error)
+{
+  if (!atomic_load (&self->stopping))
+    return TRUE;
+  g_set_error_literal (error, AH_HOST_ERROR, AH_HOST_ERROR_STATE, "the bus is stopped");
+  return FALSE;
+}
+
+gboolean
+ah_bus_publish (AhBus        *self,
+                AhAgentId     sender,
+                const char   *subject,
+                gconstpointer data,
+                gsize         size,
+                AhPriority    priority,
+                GError      **error)
+{
+  g_autoptr(GPtrArray) recipients = NULL;
+  const char *interned;
+  AhMessage *message;
+
+  g_return_val_if_fail (self != NULL, FALSE);
+  g_return_val_if_fail (subject != NULL, FALSE);
+  g_return_val_if_fail (data != NULL || size == 0, FALSE);
+  g_return_val_if_fail (priority == AH_PRIORITY_NORMAL || priority == AH_PRIORITY_SYSTEM, FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  ah_bus_tally_add (self, AH_TALLY_PUBLISHED, 1);
+  if (!ah_bus_check_open (self, error))
+    return FALSE;
+  if (!ah_bus_check_message (subject, size, error))
+    {
+      ah_bus_count_refused (self);
+      return FALSE;
+    }
+
+  recipients = g_ptr_array_new ();
+  interned = ah_bus_route_subject (self, subject, recipients);
+  message = ah__message_new (AH_MESSAGE_PUBLISH, priority, interned != NULL ? interned : subject,
+                             interned != NULL, sender, AH_AGENT_ID_NONE, 0, data, size);
+  if (recipients->len == 0)
+    {
+      ah_bus_accept_dead (self, message, AH_AGENT_ID_NONE, AH_DEAD_LETTER_NO_ROUTE);
+      return TRUE;
+    }
+  return ah_bus_deliver_external (self, message, recipients, error);
+}
+
+gboolean
+ah_bus_send (AhBus        *self,
+             AhAgentId     sender,
+             AhAgentId     to,
+             const char   *subject,
+             gconstpointer data,
+             gsize         size,
+             AhPriority    priority,
+             GError      **error)
+{
+  g_autoptr(GPtrArray) recipients = NULL;
+  AhEndpoint *endpoint;
+  AhMessage *message;
+
+  g_return_val_if_fail (self != NULL, FALSE);
+  g_return_val_if_fail (subject != NULL, FALSE);
+  g_return_val_if_fail (data != NULL || size == 0, FALSE);
+  g_return_val_if_fail (priority == AH_PRIORITY_NORMAL || priority == AH_PRIORITY_SYSTEM, FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  ah_bus_tally_add (self, AH_TALLY_PUBLISHED, 1);
+  if (!ah_bus_check_open (self, error))
+    return FALSE;
+  if (!ah_bus_check_message (subject, size, error))
+    {
+      ah_bus_count_refused (self);
+      return FALSE;
+    }
+
+  message = ah__message_new (AH_MESSAGE_DIRECT, priority, subject, FALSE, sender,
+                             AH_AGENT_ID_NONE, 0, data, size);
+  endpoint = ah_bus_lookup_endpoint (self, to);
+  if (endpoint == NULL)
+    {
+      ah_bus_accept_dead (self, message, to, AH_DEAD_LETTER_NO_AGENT);
+      return TRUE;
+    }
+  recipients = g_ptr_array_new ();
+  g_ptr_array_add (recipients, endpoint);
+  return ah_bus_deliver_external (self, message, recipients, error);
+}
+
+/* ---- Request bookkeeping ------------------------------------------------------------------ */
+
+static void
+ah_pending_request_free (gpointer data)
+{
+  AhPendingRequest *request = data;
+
+  g_free (request->subject);
+  g_free (request);
+}
+
+static void
+ah_deadline_heap_push (GArray     *heap,
+                       AhDeadline  deadline)
+{
+  guint i;
+
+  g_array_append_val (heap, deadline);
+  for (i = heap->len - 1; i > 0; )
+    {
+      guint parent = (i - 1) / 2;
+      AhDeadline *items = (AhDeadline *) (gpointer) heap->data;
+
+      if (items[parent].deadline_ns <= items[i].deadline_ns)
+        break;
+      deadline = items[parent];
+      items[parent] = items[i];
+      items[i] = deadline;
+      i = parent;
+    }
+}
+
+static void
+ah_deadline_heap_pop (GArray *heap)
+{
+  AhDeadline *items = (AhDeadline *) (gpointer) heap->data;
+  guint i = 0;
+
+  items[0] = items[heap->len - 1];
+  g_array_set_size (heap, heap->len - 1);
+  for (;;)
+    {
+      guint smallest = i, left = 2 * i + 1, right = 2 * i + 2;
+      AhDeadline swap;
+
+      if (left < heap->len && items[left].deadline_ns < items[smallest].deadline_ns)
+        smallest = left;
+      if (right < heap->len && items[right].deadline_ns < items[smallest].deadline_ns)
+        smallest = right;
+      if (smallest == i)
+        break;
+      swap = items[i];
+      items[i] = items[smallest];
+      items[smallest] = swap;
+      i = smallest;
+    }
+}
+
+static void
+ah_bus_request_register (AhBus      *self,
+                         guint64     correlation,
+                         AhAgentId   requester,
+                         const char *subject,
+                         guint       timeout_ms)
+{
+  AhPendingRequest *request = g_new0 (AhPendingRequest, 1);
+  AhDeadline deadline;
+
+  request->correlation = correlation;
+  request->requester = requester;
+  request->subject = g_strdup (subject);
+  deadline.correlation = correlation;
+  deadline.deadline_ns = ah__monotonic_ns () + (gint64) timeout_ms * G_GINT64_CONSTANT (1000000);
+
+  pthread_mutex_lock (&self->requests_lock);
+  g_hash_table_insert (self->requests, &request->correlation, request);
+  atomic_fetch_add (&self->n_pending, 1);
+  ah_deadline_heap_push (self->deadlines, deadline);
+  /* The timer sleeps until the earliest deadline: re-arm it if this one
+   * comes first. */
+  if (g_array_index (self->deadlines, AhDeadline, 0).correlation == correlation)
+    pthread_cond_signal (&self->requests_cond);
+  pthread_mutex_unlock (&self->requests_lock);
+}
+
+static gboolean
+ah_bus_request_is_pending (AhBus   *self,
+                           guint64  correlation)
+{
+  gboolean pending;
+
+  pthread_mutex_lock (&self->requests_lock);
+  pending = g_hash_table_contains (self->requests, &correlation);
+  pthread_mutex_unlock (&self->requests_lock);
+  return pending;
+}
+
+/* Completes the request: TRUE if it was still pending. */
+static gboolean
+ah_bus_request_complete (AhBus   *self,
+                         guint64  correlation)
+{
+  gboolean found;
+
+  pthread_mutex_lock (&self->requests_lock);
+  found = g_hash_table_remove (self->requests, &correlation);
+  if (found)
+    {
+      atomic_fetch_sub (&self->n_pending, 1);
+      /* Completed requests leave their deadlines in the heap, skipped when
+       * they come up; with nothing pending they can all go at once. */
+      if (g_hash_table_size (self->requests) == 0)
+        g_array_set_size (self->deadlines, 0);
+    }
+  pthread_mutex_unlock (&self->requests_lock);
+
+  if (found && ah_bus_is_idle_now (self))
+    ah_bus_notify_idle (self);
+  return found;
+}
+
+static void
+ah_bus_send_timeout (AhBus            *self,
+                     AhPendingRequest *request)
+{
+  AhMessage *message = ah__message_new (AH_MESSAGE_TIMEOUT, AH_PRIORITY_SYSTEM, request->subject,
+                                        FALSE, AH_AGENT_ID_NONE, AH_AGENT_ID_NONE,
+                                        request->correlation, NULL, 0);
+  AhEnvelope envelope;
+
+  envelope.message = message;
+  envelope.to = ah_bus_lookup_endpoint (self, request->requester);
+  if (envelope.to == NULL)
+    {
+      ah_bus_dead_letter (self, message, request->requester, AH_DEAD_LETTER_NO_AGENT);
+      ah__message_unref (message);
+      return;
+    }
+  /* System lane: never refused, never waits. */
+  ah_bus_deliver (self, &envelope, 1, AH_DELIVER_RESERVED, NULL, NULL, NULL);
+}
+
+/* The timer thread: sleeps until the earliest deadline (re-armed when an
+ * earlier one is registered) and turns expired requests into TIMEOUT
+ * messages. */
+static gpointer
+ah_bus_timer_main (gpointer data)
+{
+  AhBus *self = data;
+
+  pthread_mutex_lock (&self->requests_lock);
+  while (!self->timer_stopping)
+    {
+      AhDeadline earliest;
+      AhPendingRequest *request;
+
+      if (self->deadlines->len == 0)
+        {
+          pthread_cond_wait (&self->requests_cond, &self->requests_lock);
+          continue;
+        }
+      earliest = g_array_index (self->deadlines, AhDeadline, 0);
+      if (earliest.deadline_ns > ah__monotonic_ns ())
+        {
+          struct timespec until = ah_timespec_from_ns (earliest.deadline_ns);
+
+          pthread_cond_timedwait (&self->requests_cond, &self->requests_lock, &until);
+          continue;
+        }
+
+      ah_deadline_heap_pop (self->deadlines);
+      request = g_hash_table_lookup (self->requests, &earliest.correlation);
+      if (request == NULL)
+        continue;   /* replied to in time */
+      g_hash_table_steal (self->requests, &earliest.correlation);
+      /* The TIMEOUT is accepted before the request stops pending, so the
+       * bus never looks idle in between. */
+      ah_bus_accept (self, 1);
+      atomic_fetch_sub (&self->n_pending, 1);
+      ah_bus_tally_add (self, AH_TALLY_REQUEST_TIMEOUTS, 1);
+      pthread_mutex_unlock (&self->requests_lock);
+
+      ah_bus_send_timeout (self, request);
+      ah_pending_request_free (request);
+
+      pthread_mutex_lock (&self->requests_lock);
+    }
+  pthread_mutex_unlock (&self->requests_lock);
+  return NULL;
+}
+
+/* ---- Publishing from a handler ------------------------------------------------------------ */
+
+static void
+ah_bus_call_flush (AhBusCall *call)
+{
+  AhBus *self = call->bus;
+  AhEndpoint *endpoint = call->endpoint;
+  GArray *outbox = call->worker->outbox;
+
+  call->n_outbox_calls = 0;
+  if (outbox->len == 0)
+    return;
+
+  if (self->config.overflow == AH_OVERFLOW_FAIL)
+    {
+      ah_bus_deliver (self, (AhEnvelope *) (gpointer) outbox->data, outbox->len,
+                      AH_DELIVER_RESERVED, endpoint, NULL, NULL);
+    }
+  else
+    {
+      if (endpoint->deferred == NULL)
+        endpoint->deferred = g_array_new (FALSE, FALSE, sizeof (AhEnvelope));
+      /* Behind what already waits, or the order to some recipient breaks. */
+      if (endpoint->deferred->len > 0)
+        g_array_append_vals (endpoint->deferred, outbox->data, outbox->len);
+      else
+        ah_bus_deliver (self, (AhEnvelope *) (gpointer) outbox->data, outbox->len,
+                        AH_DELIVER_DEFER, endpoint, endpoint->deferred, NULL);
+    }
+  g_array_set_size (outbox, 0);
+}
+
+/* Counts one publish/send/request/reply call in the outbox and flushes
+ * it when it is full. */
+static void
+ah_bus_call_count (AhBusCall *call)
+{
+  if (++call->n_outbox_calls >= call->bus->config.publish_batch)
+    ah_bus_call_flush (call);
+}
+
+/* Puts @message (transfer full) in the outbox for each of @recipients
+ * (references taken over), reserving room first under
+ * AH_OVERFLOW_FAIL. Returns how many recipients took it. */
+static guint
+ah_bus_call_queue (AhBusCall *call,
+                   AhMessage *message,
+                   GPtrArray *recipients)
+{
+  AhBus *self = call->bus;
+  gboolean reserve = self->config.overflow == AH_OVERFLOW_FAIL
+                     && message->priority != AH_PRIORITY_SYSTEM;
+  guint n_queued = 0;
+
+  ah_bus_accept (self, recipients->len);
+  for (guint i = 0; i < recipients->len; i++)
+    {
+      AhEndpoint *to = g_ptr_array_index (recipients, i);
+      AhEnvelope envelope;
+
+      if (reserve && !ah_endpoint_reserve (to, self->config.mailbox_capacity))
+        {
+          ah_bus_dead_letter (self, message, to->id, AH_DEAD_LETTER_OVERFLOW);
+          ah_endpoint_unref (to);
+          continue;
+        }
+      envelope.message = ah__message_ref (message);
+      envelope.to = to;
+      g_array_append_val (call->worker->outbox, envelope);
+      n_queued++;
+    }
+  g_ptr_array_set_size (recipients, 0);
+  ah__message_unref (message);
+  return n_queued;
+}
+
+gboolean
+ah_bus_call_publish (AhBusCall    *call,
+                     const char   *subject,
+                     gconstpointer data,
+                     gsize         size)
+{
+  g_autoptr(GPtrArray) recipients = NULL;
+  AhBus *self;
+  const char *interned;
+  AhMessage *message;
+  guint n_recipients;
+  guint n_queued;
+
+  g_return_val_if_fail (call != NULL, FALSE);
+  g_return_val_if_fail (subject != NULL, FALSE);
+  g_return_val_if_fail (data != NULL || size == 0, FALSE);
+
+  self = call->bus;
+  ah_bus_tally_add (self, AH_TALLY_PUBLISHED, 1);
+  if (!ah_bus_check_message (subject, size, NULL))
+    {
+      ah_bus_count_refused (self);
+      return FALSE;
+    }
+
+  recipients = g_ptr_array_new ();
+  interned = ah_bus_route_subject (self, subject, recipients);
+  message = ah__message_new (AH_MESSAGE_PUBLISH, AH_PRIORITY_NORMAL,
+                             interned != NULL ? interned : subject, interned != NULL,
+                             call->endpoint->id, AH_AGENT_ID_NONE, 0, data, size);
+  if (recipients->len == 0)
+    {
+      ah_bus_accept_dead (self, message, AH_AGENT_ID_NONE, AH_DEAD_LETTER_NO_ROUTE);
+      return TRUE;
+    }
+
+  n_recipients = recipients->len;
+  n_queued = ah_bus_call_queue (call, message, recipients);
+  ah_bus_call_count (call);
+  return n_queued == n_recipients;
+}
+
+gboolean
+ah_bus_call_send (AhBusCall    *call,
+                  AhAgentId     to,
+                  const char   *subject,
+                  gconstpointer data,
+                  gsize         size)
+{
+  g_autoptr(GPtrArray) recipients = NULL;
+  AhBus *self;
+  AhEndpoint *endpoint;
+  AhMessage *message;
+  guint n_queued;
+
+  g_return_val_if_fail (call != NULL, FALSE);
+  g_return_val_if_fail (subject != NULL, FALSE);
+  g_return_val_if_fail (data != NULL || size == 0, FALSE);
+
+  self = call->bus;
+  ah_bus_tally_add (self, AH_TALLY_PUBLISHED, 1);
+  if (!ah_bus_check_message (subject, size, NULL))
+    {
+      ah_bus_count_refused (self);
+      return FALSE;
+    }
+
+  message = ah__message_new (AH_MESSAGE_DIRECT, AH_PRIORITY_NORMAL, subject, FALSE,
+                             call->endpoint->id, AH_AGENT_ID_NONE, 0, data, size);
+  endpoint = ah_bus_lookup_endpoint (self, to);
+  if (endpoint == NULL)
+    {
+      ah_bus_accept_dead (self, message, to, AH_DEAD_LETTER_NO_AGENT);
+      return TRUE;
+    }
+
+  recipients = g_ptr_array_new ();
+  g_ptr_array_add (recipients, endpoint);
+  n_queued = ah_bus_call_queue (call, message, recipients);
+  ah_bus_call_count (call);
+  return n_queued == 1;
+}
+
+gboolean
+ah_bus_call_reply (AhBusCall       *call,
+                   const AhMessage *request,
+                   gconstpointer    data,
+                   gsize            size)
+{
+  AhBus *self;
+  AhMessage *reply;
+  AhEndpoint *requester;
+  AhEnvelope envelope;
+  gboolean reserved = FALSE;
+
+  g_return_val_if_fail (call != NULL, FALSE);
+  g_return_val_if_fail (request != NULL, FALSE);
+  g_return_val_if_fail (data != NULL || size == 0, FALSE);
+
+  self = call->bus;
+  ah_bus_tally_add (self, AH_TALLY_PUBLISHED, 1);
+  if (request->kind != AH_MESSAGE_REQUEST || request->reply_to == AH_AGENT_ID_NONE
+      || !ah_bus_check_message (request->subject, size, NULL))
+    {
+      ah_bus_count_refused (self);
+      return FALSE;
+    }
+
+  reply = ah__message_new (AH_MESSAGE_REPLY, AH_PRIORITY_NORMAL, request->subject, FALSE,
+                           call->endpoint->id, AH_AGENT_ID_NONE, request->correlation,
+                           data, size);
+  if (!ah_bus_request_is_pending (self, request->correlation))
+    {
+      ah_bus_accept_dead (self, reply, request->reply_to, AH_DEAD_LETTER_LATE_REPLY);
+      return TRUE;
+    }
+
+  requester = ah_bus_lookup_endpoint (self, request->reply_to);
+  if (requester == NULL)
+    {
+      /* Nobody is left to wait for it: the request ends here. */
+      ah_bus_request_complete (self, request->correlation);
+      ah_bus_accept_dead (self, reply, request->reply_to, AH_DEAD_LETTER_NO_AGENT);
+      return TRUE;
+    }
+
+  ah_bus_accept (self, 1);
+  if (self->config.overflow == AH_OVERFLOW_FAIL)
+    {
+      /* Room first, completion second: a refused reply leaves the
+       * request pending, so the requester still gets its TIMEOUT. */
+      if (!ah_endpoint_reserve (requester, self->config.mailbox_capacity))
+        {
+          ah_bus_dead_letter (self, reply, requester->id, AH_DEAD_LETTER_OVERFLOW);
+          ah__message_unref (reply);
+          ah_endpoint_unref (requester);
+          return FALSE;
+        }
+      reserved = TRUE;
+    }
+  if (!ah_bus_request_complete (self, request->correlation))
+    {
+      /* The timeout won the race since the check above. */
+      if (reserved)
+        atomic_fetch_sub (&requester->normal_used, 1);
+      ah_bus_dead_letter (self, reply, requester->id, AH_DEAD_LETTER_LATE_REPLY);
+      ah__message_unref (reply);
+      ah_endpoint_unref (requester);
+      return TRUE;
+    }
+
+  envelope.message = reply;
+  envelope.to = requester;
+  g_array_append_val (call->worker->outbox, envelope);
+  ah_bus_call_count (call);
+  return TRUE;
+}
+
+guint64
+ah_bus_call_request (AhBusCall    *call,
+                     const char   *subject,
+                     gconstpointer data,
+                     gsize         size,
+                     guint         timeout_ms)
+{
+  g_autoptr(GPtrArray) recipients = NULL;
+  AhBus *self;
+  AhAgentId requester;
+  const char *interned;
+  AhMessage *message;
+  guint64 correlation;
+
+  g_return_val_if_fail (call != NULL, 0);
+  g_return_val_if_fail (subject != NULL, 0);
+  g_return_val_if_fail (data != NULL || size == 0, 0);
+
+  self = call->bus;
+  ah_bus_tally_add (self, AH_TALLY_PUBLISHED, 1);
+  if (!ah_bus_check_message (subject, size, NULL))
+    {
+      ah_bus_count_refused (self);
+      return 0;
+    }
+
+  correlation = atomic_fetch_add (&self->next_correlation, 1);
+  requester = call->endpoint->id;
+  recipients = g_ptr_array_new ();
+  interned = ah_bus_route_subject (self, subject, recipients);
+  message = ah__message_new (AH_MESSAGE_REQUEST, AH_PRIORITY_NORMAL,
+                             interned != NULL ? interned : subject, interned != NULL,
+                             requester, requester, correlation, data, size);
+
+  if (recipients->len == 0)
+    {
+      AhMessage *no_responders;
+
+      ah_bus_accept_dead (self, message, AH_AGENT_ID_NONE, AH_DEAD_LETTER_NO_ROUTE);
+      no_responders = ah__message_new (AH_MESSAGE_NO_RESPONDERS, AH_PRIORITY_SYSTEM, subject,
+                                       FALSE, AH_AGENT_ID_NONE, AH_AGENT_ID_NONE, correlation,
+                                       NULL, 0);
+      g_ptr_array_add (recipients, ah_endpoint_ref (call->endpoint));
+      ah_bus_call_queue (call, no_responders, recipients);
+      ah_bus_tally_add (self, AH_TALLY_REQUESTS, 1);
+      ah_bus_call_count (call);
+      return correlation;
+    }
+
+  /* Refused by every recipient (full mailboxes under AH_OVERFLOW_FAIL):
+   * no request exists, so nothing may ever come back for it. */
+  if (ah_bus_call_queue (call, message, recipients) == 0)
+    return 0;
+
+  /* Registered before the outbox can flush, so no reply can beat it. */
+  ah_bus_request_register (self, correlation, requester, subject, timeout_ms);
+  ah_bus_tally_add (self, AH_TALLY_REQUESTS, 1);
+  ah_bus_call_count (call);
+  return correlation;
+}
+
+AhEndpoint *
+ah_bus_call_get_endpoint (AhBusCall *call)
+{
+  g_return_val_if_fail (call != NULL, NULL);
+
+  return call->endpoint;
+}
+
+AhBus *
+ah_bus_call_get_bus (AhBusCall *call)
+{
+  g_return_val_if_fail (call != NULL, NULL);
+
+  return call->bus;
+}
+
+guint
+ah_bus_call_get_worker (AhBusCall *call)
+{
+  g_return_val_if_fail (call != NULL, 0);
+
+  return call->worker->index;
+}
+
+/* ---- Workers ---------------------------------------------------------------------------------- */
+
+/* Takes up to @max messages, system lane first, each lane oldest first.
+ * Must be called with the worker lock held. */
+static guint
+ah_endpoint_take_batch_locked (AhEndpoint  *endpoint,
+                               AhMessage  **batch,
+                               guint        max,
+                               guint       *ret_n_normal)
+{
+  guint n = 0, n_normal = 0;
+
+  while (n < max && endpoint->system_lane.length > 0)
+    batch[n++] = ah_lane_pop (&endpoint->system_lane);
+  while (n < max && endpoint->normal_lane.length > 0)
+    {
+      batch[n++] = ah_lane_pop (&endpoint->normal_lane);
+      n_normal++;
+    }
+  if (n_normal > 0)
+    atomic_fetch_sub (&endpoint->normal_used, n_normal);
+  *ret_n_normal = n_normal;
+  return n;
+}
+
+/* After a run: back to the tail of the run queue if it has more to do
+ * (fairness), parked if it waits for room elsewhere, else idle. Returns
+ * TRUE if the run queue keeps the reference. Must be called with the
+ * worker lock held. */
+static gboolean
+ah_endpoint_reschedule_locked (AhWorker   *worker,
+                               AhEndpoint *endpoint)
+{
+  gboolean has_deferred = endpoint->deferred != NULL && endpoint->deferred->len > 0;
+
+  if (has_deferred && !endpoint->retry_pending)
+    {
+      /* The full mailbox's consumer holds a reference and wakes it. */
+      endpoint->state = AH_ENDPOINT_BLOCKED;
+      return FALSE;
+    }
+  endpoint->retry_pending = FALSE;
+  if (has_deferred || endpoint->system_lane.length > 0 || endpoint->normal_lane.length > 0)
+    {
+      endpoint->state = AH_ENDPOINT_SCHEDULED;
+      ah_worker_push_locked (worker, endpoint);
+      return TRUE;
+    }
+  endpoint->state = AH_ENDPOINT_IDLE;
+  return FALSE;
+}
+
+static void
+ah_endpoint_retry_deferred (AhWorker   *worker,
+                            AhEndpoint *endpoint)
+{
+  GArray *retry = endpoint->deferred;
+
+  endpoint->deferred = g_array_new (FALSE, FALSE, sizeof (AhEnvelope));
+  ah_bus_deliver (worker->bus, (AhEnvelope *) (gpointer) retry->data, retry->len,
+                  AH_DELIVER_DEFER, endpoint, endpoint->deferred, NULL);
+  g_array_unref (retry);
+}
+
+static void
+ah_worker_call (AhWorker    *worker,
+                AhEndpoint  *endpoint,
+                AhMessage  **batch,
+                guint        n)
+{
+  AhBus *self = worker->bus;
+  AhBusCall call = { self, worker, endpoint, 0 };
+  g_autoptr(GError) error = NULL;
+  gint64 start = ah__monotonic_ns ();
+  gboolean handled;
+
+  for (guint i = 0; i < n; i++)
+    ah_latency_record (&worker->latency, start - batch[i]->publish_time_ns);
+
+  ah_bus_current_call = &call;
+  handled = endpoint->func (&call, (const AhMessage * const *) batch, n,
+                            endpoint->user_data, &error);
+  ah_bus_current_call = NULL;
+
+  /* What the handler published was accepted, even if it then failed.
+   * The flush comes before the batch settles, so in_flight cannot touch
+   * 0 while its consequences are still on their way. */
+  ah_bus_call_flush (&call);
+  ah_bus_tally_add (self, AH_TALLY_BATCHES, 1);
+  if (handled)
+    ah_bus_settle (self, AH_TALLY_DELIVERED, n);
+  else
+    for (guint i = 0; i < n; i++)
+      ah_bus_dead_letter (self, batch[i], endpoint->id, AH_DEAD_LETTER_HANDLER_FAILED);
+
+  for (guint i = 0; i < n; i++)
+    ah__message_unref (batch[i]);
+}
+
+/* One turn of @endpoint (state RUNNING, its run-queue reference handed
+ * over): retry what it could not send, else handle a batch. */
+static void
+ah_worker_run (AhWorker   *worker,
+               AhEndpoint *endpoint)
+{
+  AhBus *self = worker->bus;
+  GPtrArray *woken = NULL;
+  guint n = 0, n_normal = 0;
+  gboolean keep_reference = FALSE;
+  gboolean closes_itself = FALSE;
+
+  if (endpoint->deferred != NULL && endpoint->deferred->len > 0)
+    ah_endpoint_retry_deferred (worker, endpoint);
+
+  pthread_mutex_lock (&worker->lock);
+  /* No new batch before everything it already sent is queued. */
+  if (!endpoint->closing && (endpoint->deferred == NULL || endpoint->deferred->len == 0))
+    n = ah_endpoint_take_batch_locked (endpoint, worker->batch, self->config.handler_batch,
+                                       &n_normal);
+  if (n_normal > 0)
+    {
+      if (endpoint->room_waiters > 0)
+        pthread_cond_broadcast (&worker->room_cond);
+      woken = g_steal_pointer (&endpoint->blocked_senders);
+    }
+  pthread_mutex_unlock (&worker->lock);
+
+  ah_endpoint_wake_all_blocked (woken);
+  if (n > 0)
+    ah_worker_call (worker, endpoint, worker->batch, n);
+
+  pthread_mutex_lock (&worker->lock);
+  if (endpoint->closing)
+    {
+      /* Closed from another thread meanwhile: the closer waits for this. */
+      endpoint->state = AH_ENDPOINT_IDLE;
+      pthread_cond_broadcast (&worker->state_cond);
+    }
+  else if (endpoint->close_requested)
+    {
+      endpoint->closing = TRUE;
+      endpoint->state = AH_ENDPOINT_IDLE;
+      closes_itself = TRUE;
+    }
+  else
+    {
+      keep_reference = ah_endpoint_reschedule_locked (worker, endpoint);
+    }
+  pthread_mutex_unlock (&worker->lock);
+
+  if (closes_itself)
+    {
+      ah_endpoint_drain (endpoint, FALSE, AH_DEAD_LETTER_AGENT_STOPPED, TRUE);
+      /* The creator's reference, which ah_bus_endpoint_close left to us. */
+      ah_endpoint_unref (endpoint);
+    }
+  if (!keep_reference)
+    ah_endpoint_unref (endpoint);
+}
+
+static gpointer
+ah_worker_main (gpointer data)
+{
+  AhWorker *worker = data;
+
+  ah_bus_current_worker = worker;
+  pthread_mutex_lock (&worker->lock);
+  for (;;)
+    {
+      AhEndpoint *endpoint;
+
+      while (worker->run_head == NULL && !worker->stopping)
+        pthread_cond_wait (&worker->work_cond, &worker->lock);
+      if (worker->stopping)
+        break;
+
+      endpoint = ah_worker_pop_locked (worker);
+      if (endpoint->closing)
+        {
+          endpoint->state = AH_ENDPOINT_IDLE;
+          pthread_mutex_unlock (&worker->lock);
+          ah_endpoint_unref (endpoint);
+          pthread_mutex_lock (&worker->lock);
+          continue;
+        }
+      endpoint->state = AH_ENDPOINT_RUNNING;
+      pthread_mutex_unlock (&worker->lock);
+
+      ah_worker_run (worker, endpoint);
+
+      pthread_mutex_lock (&worker->lock);
+    }
+  pthread_mutex_unlock (&worker->lock);
+  ah_bus_current_worker = NULL;
+  return NULL;
+}
+
+/* ---- Life cycle ------------------------------------------------------------------------------- */
+
+static void
+ah_subject_entry_free (gpointer data)
+{
+  AhSubjectEntry *entry = data;
+
+  g_free (entry->targets);
+  g_free (entry->subject);
+  g_free (entry);
+}
+
+static void
+ah_subscription_free (gpointer data)
+{
+  AhSubscription *subscription = data;
+
+  g_free (subscription->pattern);
+  g_free (subscription);
+}
+
+AhBus *
+ah_bus_new (const AhBusConfig *config)
+{
+  AhBus *self;
+  pthread_rwlockattr_t rwlock_attr;
+
+  g_return_val_if_fail (config == NULL || config->overflow == AH_OVERFLOW_FAIL
+                        || config->overflow == AH_OVERFLOW_BLOCK, NULL);
+
+  self = g_new0 (AhBus, 1);
+  if (config != NULL)
+    self->config = *config;
+  if (self->config.n_workers == 0)
+    self->config.n_workers = g_get_num_processors ();
+  self->config.n_workers = MIN (self->config.n_workers, AH_BUS_MAX_WORKERS);
+  if (self->config.publish_batch == 0)
+    self->config.publish_batch = AH_BUS_DEFAULT_PUBLISH_BATCH;
+  if (self->config.handler_batch == 0)
+    self->config.handler_batch = AH_BUS_DEFAULT_HANDLER_BATCH;
+  /* Each worker allocates handler_batch slots up front. */
+  self->config.handler_batch = MIN (self->config.handler_batch, 65536u);
+  if (self->config.mailbox_capacity == 0)
+    self->config.mailbox_capacity = AH_BUS_DEFAULT_MAILBOX_CAPACITY;
+
+  atomic_init (&self->next_worker, 0);
+  atomic_init (&self->next_endpoint_id, 1);
+  atomic_init (&self->next_correlation, 1);
+  atomic_init (&self->n_pending, 0);
+  atomic_init (&self->in_flight, 0);
+  atomic_init (&self->started, FALSE);
+  atomic_init (&self->stopping, FALSE);
+
+  /* Writers (subscribe, endpoint creation) must not starve under a
+   * steady stream of publishers holding the read lock. Nothing takes the
+   * read lock twice, which this kind would deadlock on. */
+  pthread_rwlockattr_init (&rwlock_attr);
+  pthread_rwlockattr_setkind_np (&rwlock_attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init (&self->route_lock, &rwlock_attr);
+  pthread_rwlockattr_destroy (&rwlock_attr);
+  self->endpoints = g_hash_table_new (g_int64_hash, g_int64_equal);
+  self->subjects = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, ah_subject_entry_free);
+  self->trie = ah__subject_trie_new ();
+  self->subscriptions = g_hash_table_new_full (NULL, NULL, NULL, ah_subscription_free);
+  self->groups = g_ptr_array_new_with_free_func ((GDestroyNotify) ah_bus_group_free);
+
+  pthread_mutex_init (&self->requests_lock, NULL);
+  ah_cond_init_monotonic (&self->requests_cond);
+  self->requests = g_hash_table_new_full (g_int64_hash, g_int64_equal, NULL,
+                                          ah_pending_request_free);
+  self->deadlines = g_array_new (FALSE, FALSE, sizeof (AhDeadline));
+
+  pthread_mutex_init (&self->idle_lock, NULL);
+  ah_cond_init_monotonic (&self->idle_cond);
+  pthread_mutex_init (&self->dead_letter_lock, NULL);
+
+  self->workers = g_new0 (AhWorker *, self->config.n_workers);
+  for (guint i = 0; i < self->config.n_workers; i++)
+    {
+      AhWorker *worker = g_new0 (AhWorker, 1);
+
+      worker->bus = self;
+      worker->index = i;
+      pthread_mutex_init (&worker->lock, NULL);
+      ah_cond_init_monotonic (&worker->work_cond);
+      ah_cond_init_monotonic (&worker->room_cond);
+      ah_cond_init_monotonic (&worker->state_cond);
+      worker->outbox = g_array_new (FALSE, FALSE, sizeof (AhEnvelope));
+      worker->batch = g_new (AhMessage *, self->config.handler_batch);
+      self->workers[i] = worker;
+    }
+
+  return self;
+}
+
+static void
+ah_bus_thread_create (pthread_t   *thread,
+                      gpointer   (*func) (gpointer),
+                      gpointer     data,
+                      const char  *name)
+{
+  int error = pthread_create (thread, NULL, func, data);
+
+  /* As g_thread_new() does: a host that cannot start its threads cannot
+   * run at all. */
+  if (error != 0)
+    g_error ("cannot create the bus thread %s: %s", name, g_strerror (error));
+  pthread_setname_np (*thread, name);
+}
+
+void
+ah_bus_start (AhBus *self)
+{
+  g_return_if_fail (self != NULL);
+  g_return_if_fail (!atomic_load (&self->stopping));
+
+  if (atomic_exchange (&self->started, TRUE))
+    {
+      g_return_if_reached ();
+    }
+
+  for (guint i = 0; i < self->config.n_workers; i++)
+    {
+      AhWorker *worker = self->workers[i];
+      char name[16];
+
+      g_snprintf (name, sizeof name, "ah-worker-%u", i);
+      ah_bus_thread_create (&worker->thread, ah_worker_main, worker, name);
+      worker->thread_running = TRUE;
+    }
+  ah_bus_thread_create (&self->timer_thread, ah_bus_timer_main, self, "ah-bus-timer");
+}
+
+void
+ah_bus_stop (AhBus  *self,
+             gint64  drain_timeout_us)
+{
+  g_autoptr(GPtrArray) endpoints = g_ptr_array_new ();
+  gboolean started;
+
+  g_return_if_fail (self != NULL);
+
+  if (atomic_load (&self->stopping))
+    return;
+  started = atomic_load (&self->started);
+  if (started && drain_timeout_us != 0)
+    ah_bus_wait_idle (self, drain_timeout_us);
+  if (atomic_exchange (&self->stopping, TRUE))
+    return;
+
+  for (guint i = 0; i < self->config.n_workers; i++)
+    {
+      AhWorker *worker = self->workers[i];
+
+      pthread_mutex_lock (&worker->lock);
+      worker->stopping = TRUE;
+      pthread_cond_broadcast (&worker->work_cond);
+      pthread_cond_broadcast (&worker->room_cond);
+      pthread_mutex_unlock (&worker->lock);
+    }
+  for (guint i = 0; i < self->config.n_workers; i++)
+    if (self->workers[i]->thread_running)
+      {
+        pthread_join (self->workers[i]->thread, NULL);
+        self->workers[i]->thread_running = FALSE;
+      }
+
+  pthread_mutex_lock (&self->requests_lock);
+  self->timer_stopping = TRUE;
+  pthread_cond_signal (&self->requests_cond);
+  pthread_mutex_unlock (&self->requests_lock);
+  if (started)
+    pthread_join (self->timer_thread, NULL);
+
+  /* Pending requests are cancelled: no outcome will come for them. */
+  pthread_mutex_lock (&self->requests_lock);
+  g_hash_table_remove_all (self->requests);
+  g_array_set_size (self->deadlines, 0);
+  atomic_store (&self->n_pending, 0);
+  pthread_mutex_unlock (&self->requests_lock);
+
+  /* No worker runs any more. From here on anything queued is dead on
+   * arrival (drained), and what is queued now is dead-lettered. */
+  for (guint i = 0; i < self->config.n_workers; i++)
+    {
+      AhWorker *worker = self->workers[i];
+      g_autoptr(GPtrArray) scheduled = g_ptr_array_new ();
+
+      pthread_mutex_lock (&worker->lock);
+      worker->drained = TRUE;
+      while (worker->run_head != NULL)
+        {
+          AhEndpoint *endpoint = ah_worker_pop_locked (worker);
+
+          endpoint->state = AH_ENDPOINT_IDLE;
+          g_ptr_array_add (scheduled, endpoint);
+        }
+      pthread_mutex_unlock (&worker->lock);
+      g_ptr_array_foreach (scheduled, ah_endpoint_unref_func, NULL);
+    }
+
+  pthread_rwlock_rdlock (&self->route_lock);
+  {
+    GHashTableIter iter;
+    gpointer value;
+
+    g_hash_table_iter_init (&iter, self->endpoints);
+    while (g_hash_table_iter_next (&iter, NULL, &value))
+      g_ptr_array_add (endpoints, ah_endpoint_ref (value));
+  }
+  pthread_rwlock_unlock (&self->route_lock);
+  for (guint i = 0; i < endpoints->len; i++)
+    {
+      AhEndpoint *endpoint = g_ptr_array_index (endpoints, i);
+
+      ah_endpoint_drain (endpoint, FALSE, AH_DEAD_LETTER_SHUTDOWN, FALSE);
+      ah_endpoint_unref (endpoint);
+    }
+
+  self->stopped = TRUE;
+  if (ah_bus_is_idle_now (self))
+    ah_bus_notify_idle (self);
+}
+
+void
+ah_bus_free (AhBus *self)
+{
+  g_autoptr(GPtrArray) endpoints = g_ptr_array_new ();
+  GHashTableIter iter;
+  gpointer value;
+
+  if (self == NULL)
+    return;
+
+  ah_bus_stop (self, 0);
+
+  /* The creators' references of the endpoints nobody closed. */
+  pthread_rwlock_wrlock (&self->route_lock);
+  g_hash_table_iter_init (&iter, self->endpoints);
+  while (g_hash_table_iter_next (&iter, NULL, &value))
+    g_ptr_array_add (endpoints, value);
+  for (guint i = 0; i < endpoints->len; i++)
+    ah_bus_unregister_endpoint_unlocked (self, g_ptr_array_index (endpoints, i));
+  pthread_rwlock_unlock (&self->route_lock);
+  g_ptr_array_foreach (endpoints, ah_endpoint_unref_func, NULL);
+
+  g_hash_table_unref (self->subscriptions);
+  ah__subject_trie_free (self->trie);
+  g_hash_table_unref (self->subjects);
+  g_ptr_array_unref (self->groups);
+  g_hash_table_unref (self->endpoints);
+  pthread_rwlock_destroy (&self->route_lock);
+
+  g_hash_table_unref (self->requests);
+  g_array_unref (self->deadlines);
+  pthread_mutex_destroy (&self->requests_lock);
+  pthread_cond_destroy (&self->requests_cond);
+  pthread_mutex_destroy (&self->idle_lock);
+  pthread_cond_destroy (&self->idle_cond);
+  pthread_mutex_destroy (&self->dead_letter_lock);
+
+  for (guint i = 0; i < self->config.n_workers; i++)
+    {
+      AhWorker *worker = self->workers[i];
+
+      pthread_mutex_destroy (&worker->lock);
+      pthread_cond_destroy (&worker->work_cond);
+      pthread_cond_destroy (&worker->room_cond);
+      pthread_cond_destroy (&worker->state_cond);
+      g_array_unref (worker->outbox);
+      g_free (worker->batch);
+      g_free (worker);
+    }
+  g_free (self->workers);
+  g_free (self);
+}
+
+const AhBusConfig *
+ah_bus_get_config (AhBus *self)
+{
+  g_return_val_if_fail (self != NULL, NULL);
+
+  return &self->config;
+}
+
+void
+ah_bus_set_dead_letter_func (AhBus            *self,
+                             AhDeadLetterFunc  func,
+                             gpointer          user_data)
+{
+  g_return_if_fail (self != NULL);
+
+  pthread_mutex_lock (&self->dead_letter_lock);
+  self->dead_letter_func = func;
+  self->dead_letter_data = user_data;
+  pthread_mutex_unlock (&self->dead_letter_lock);
+}
+
+void
+ah_bus_set_idle_func (AhBus         *self,
+                      AhBusIdleFunc  func,
+                      gpointer       user_data)
+{
+  g_return_if_fail (self != NULL);
+
+  pthread_mutex_lock (&self->idle_lock);
+  self->idle_func = func;
+  self->idle_data = user_data;
+  pthread_mutex_unlock (&self->idle_lock);
+}
+
+gboolean
+ah_bus_is_idle (AhBus *self)
+{
+  g_return_val_if_fail (self != NULL, FALSE);
+
+  return ah_bus_is_idle_now (self);
+}
+
+/* @timeout_us: negative waits for ever, 0 only checks. */
+gboolean
+ah_bus_wait_idle (AhBus  *self,
+                  gint64  timeout_us)
+{
+  gint64 deadline_ns = -1;
+  gboolean idle;
+
+  g_return_val_if_fail (self != NULL, FALSE);
+
+  if (timeout_us >= 0)
+    {
+      gint64 now = ah__monotonic_ns ();
+
+      deadline_ns = timeout_us < (G_MAXINT64 - now) / 1000 ? now + timeout_us * 1000 : -1;
+    }
+
+  pthread_mutex_lock (&self->idle_lock);
+  while (!(idle = ah_bus_is_idle_now (self)))
+    {
+      if (deadline_ns < 0)
+        {
+          pthread_cond_wait (&self->idle_cond, &self->idle_lock);
+        }
+      else
+        {
+          struct timespec until = ah_timespec_from_ns (deadline_ns);
+
+          if (pthread_cond_timedwait (&self->idle_cond, &self->idle_lock, &until) == ETIMEDOUT)
+            {
+              idle = ah_bus_is_idle_now (self);
+              break;
+            }
+        }
+    }
+  pthread_mutex_unlock (&self->idle_lock);
+  return idle;
+}
+
+static gdouble
+ah_latency_percentile_us (const guint64 *counts,
+                          guint64        total,
+                          guint64        max_ns,
+                          gdouble        fraction)
+{
+  guint64 rank, seen = 0;
+
+  if (total == 0)
+    return 0;
+  rank = (guint64) (fraction * (gdouble) total + 0.999999);
+  rank = CLAMP (rank, 1, total);
+  for (guint i = 0; i < AH_LATENCY_N_BUCKETS; i++)
+    {
+      seen += counts[i];
+      if (seen >= rank)
+        return MIN (ah_latency_bucket_value (i), (gdouble) max_ns) / 1000.0;
+    }
+  return (gdouble) max_ns / 1000.0;
+}
+
+void
+ah_bus_get_counters (AhBus         *self,
+                     AhBusCounters *ret_counters)
+{
+  guint64 sums[AH_TALLY_N_FIELDS];
+  g_autofree guint64 *counts = g_new0 (guint64, AH_LATENCY_N_BUCKETS);
+  guint64 total = 0, max_ns = 0;
+  gint64 in_flight;
+
+  g_return_if_fail (self != NULL);
+  g_return_if_fail (ret_counters != NULL);
+
+  /* in_flight first: a reader that sees it at 0 sees every count that
+   * brought it there (see ah_bus_settle). */
+  in_flight = atomic_load (&self->in_flight);
+  for (guint f = 0; f < AH_TALLY_N_FIELDS; f++)
+    sums[f] = atomic_load_explicit (&self->external.values[f], memory_order_relaxed);
+  for (guint w = 0; w < self->config.n_workers; w++)
+    {
+      AhWorker *worker = self->workers[w];
+      guint64 worker_max;
+
+      for (guint f = 0; f < AH_TALLY_N_FIELDS; f++)
+        sums[f] += atomic_load_explicit (&worker->tally.values[f], memory_order_relaxed);
+      for (guint i = 0; i < AH_LATENCY_N_BUCKETS; i++)
+        {
+          guint64 count = atomic_load_explicit (&worker->latency.counts[i], memory_order_relaxed);
+
+          counts[i] += count;
+          total += count;
+        }
+      worker_max = atomic_load_explicit (&worker->latency.max_ns, memory_order_relaxed);
+      max_ns = MAX (max_ns, worker_max);
+    }
+
+  memset (ret_counters, 0, sizeof *ret_counters);
+  ret_counters->published = sums[AH_TALLY_PUBLISHED];
+  ret_counters->accepted = sums[AH_TALLY_ACCEPTED];
+  ret_counters->delivered = sums[AH_TALLY_DELIVERED];
+  ret_counters->dead_lettered = sums[AH_TALLY_DEAD_LETTERED];
+  ret_counters->failed = sums[AH_TALLY_FAILED];
+  ret_counters->in_flight = in_flight > 0 ? (guint64) in_flight : 0;
+  ret_counters->batches = sums[AH_TALLY_BATCHES];
+  ret_counters->requests = sums[AH_TALLY_REQUESTS];
+  ret_counters->request_timeouts = sums[AH_TALLY_REQUEST_TIMEOUTS];
+  ret_counters->latency_p50_us = ah_latency_percentile_us (counts, total, max_ns, 0.50);
+  ret_counters->latency_p95_us = ah_latency_percentile_us (counts, total, max_ns, 0.95);
+  ret_counters->latency_p99_us = ah_latency_percentile_us (counts, total, max_ns, 0.99);
+  ret_counters->latency_max_us = (gdouble) max_ns / 1000.0;
+  ret_counters->n_workers = self->config.n_workers;
+}

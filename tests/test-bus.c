@@ -1,2 +1,1784 @@
-#include <glib.h>
-int main (int argc, char **argv) { g_test_init (&argc, &argv, NULL); return g_test_run (); }
+/* Tests of the event bus: subjects, routing, mailboxes, workers,
+ * request/reply, overflow policies, close and stop, counters.
+ *
+ * Every test gets a fresh bus; the tear-down stops it and checks that
+ * accepted == delivered + dead_lettered + failed. Test threads use
+ * pthread locks, like the bus, so ThreadSanitizer sees every edge.
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#include "ah-bus-private.h"
+#include "ah-message-private.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+#include <time.h>
+
+#define WAIT_US   (10 * G_USEC_PER_SEC)   /* generous: sanitizers are slow */
+
+typedef struct _Fixture Fixture;
+typedef struct _Agent   Agent;
+
+/* Runs for each message an agent receives, after it is recorded.
+ * Returns FALSE to fail the batch. */
+typedef gboolean (*AgentStep) (Agent *agent, AhBusCall *call, const AhMessage *message);
+
+struct _Agent {
+  Fixture    *fixture;
+  AhEndpoint *endpoint;
+  AhAgentId   id;
+  AgentStep   step;
+  gpointer    data;            /* for the step */
+  /* Under fixture->lock: */
+  guint       n_calls;
+  guint       max_batch;
+  guint       n_received;
+  guint64     last_sequence[4];  /* per sender slot, for order checks */
+  gboolean    out_of_order;
+};
+
+typedef struct {
+  AhAgentId      to;
+  AhMessageKind  kind;
+  AhPriority     priority;
+  AhAgentId      sender;
+  guint64        correlation;
+  char          *subject;
+  GBytes        *payload;
+  gconstpointer  data;         /* the payload's address: shared by a broadcast */
+  guint          call;         /* which handler call of its agent, from 1 */
+} Received;
+
+typedef struct {
+  AhMessageKind       kind;
+  char               *subject;
+  AhAgentId           intended;
+  AhDeadLetterReason  reason;
+} DeadLetter;
+
+struct _Fixture {
+  AhBus          *bus;
+  pthread_mutex_t lock;
+  pthread_cond_t  cond;        /* anything recorded */
+  GPtrArray      *agents;      /* (element-type Agent) (owned) */
+  GPtrArray      *received;    /* (element-type Received) under @lock */
+  GPtrArray      *dead;        /* (element-type DeadLetter) under @lock */
+  guint           n_idle_calls;
+  gboolean        gate_open;   /* for handlers that wait for the test */
+};
+
+/* ---- Fixture ---------------------------------------------------------------- */
+
+static void
+received_free (gpointer data)
+{
+  Received *received = data;
+
+  g_free (received->subject);
+  g_bytes_unref (received->payload);
+  g_free (received);
+}
+
+static void
+dead_letter_free (gpointer data)
+{
+  DeadLetter *dead = data;
+
+  g_free (dead->subject);
+  g_free (dead);
+}
+
+static void
+fixture_on_dead_letter (const AhMessage    *message,
+                        AhAgentId           intended,
+                        AhDeadLetterReason  reason,
+                        gpointer            user_data)
+{
+  Fixture *fixture = user_data;
+  DeadLetter *dead = g_new0 (DeadLetter, 1);
+
+  dead->kind = ah_message_get_kind (message);
+  dead->subject = g_strdup (ah_message_get_subject (message));
+  dead->intended = intended;
+  dead->reason = reason;
+  pthread_mutex_lock (&fixture->lock);
+  g_ptr_array_add (fixture->dead, dead);
+  pthread_cond_broadcast (&fixture->cond);
+  pthread_mutex_unlock (&fixture->lock);
+}
+
+static void
+fixture_on_idle (gpointer user_data)
+{
+  Fixture *fixture = user_data;
+
+  pthread_mutex_lock (&fixture->lock);
+  fixture->n_idle_calls++;
+  pthread_cond_broadcast (&fixture->cond);
+  pthread_mutex_unlock (&fixture->lock);
+}
+
+static void
+fixture_set_up (Fixture       *fixture,
+                gconstpointer  user_data)
+{
+  const AhBusConfig *config = user_data;
+
+  pthread_mutex_init (&fixture->lock, NULL);
+  pthread_cond_init (&fixture->cond, NULL);
+  fixture->agents = g_ptr_array_new_with_free_func (g_free);
+  fixture->received = g_ptr_array_new_with_free_func (received_free);
+  fixture->dead = g_ptr_array_new_with_free_func (dead_letter_free);
+  fixture->bus = ah_bus_new (config);
+  ah_bus_set_dead_letter_func (fixture->bus, fixture_on_dead_letter, fixture);
+  ah_bus_set_idle_func (fixture->bus, fixture_on_idle, fixture);
+}
+
+static void
+assert_balanced (AhBus *bus)
+{
+  AhBusCounters counters;
+
+  ah_bus_get_counters (bus, &counters);
+  g_assert_cmpuint (counters.in_flight, ==, 0);
+  g_assert_cmpuint (counters.accepted, ==,
+                    counters.delivered + counters.dead_lettered + counters.failed);
+}
+
+static void
+fixture_tear_down (Fixture       *fixture,
+                   gconstpointer  user_data)
+{
+  /* Whatever a test left queued is dead-lettered by the stop, so the
+   * account must balance in every test. */
+  ah_bus_stop (fixture->bus, 0);
+  assert_balanced (fixture->bus);
+  g_assert_true (ah_bus_is_idle (fixture->bus));
+  ah_bus_free (fixture->bus);
+
+  g_ptr_array_unref (fixture->agents);
+  g_ptr_array_unref (fixture->received);
+  g_ptr_array_unref (fixture->dead);
+  pthread_cond_destroy (&fixture->cond);
+  pthread_mutex_destroy (&fixture->lock);
+}
+
+static gboolean
+agent_handle (AhBusCall               *call,
+              const AhMessage * const *messages,
+              guint                    n_messages,
+              gpointer                 user_data,
+              GError                 **error)
+{
+  Agent *agent = user_data;
+  Fixture *fixture = agent->fixture;
+  gboolean ok = TRUE;
+  guint call_index;
+
+  pthread_mutex_lock (&fixture->lock);
+  call_index = ++agent->n_calls;
+  agent->max_batch = MAX (agent->max_batch, n_messages);
+  pthread_mutex_unlock (&fixture->lock);
+
+  for (guint i = 0; i < n_messages; i++)
+    {
+      const AhMessage *message = messages[i];
+      Received *received = g_new0 (Received, 1);
+      gsize size;
+      gconstpointer data = ah_message_get_data (message, &size);
+
+      received->to = agent->id;
+      received->kind = ah_message_get_kind (message);
+      received->priority = ah_message_get_priority (message);
+      received->sender = ah_message_get_sender (message);
+      received->correlation = ah_message_get_correlation (message);
+      received->subject = g_strdup (ah_message_get_subject (message));
+      received->payload = g_bytes_new (data, size);
+      received->data = data;
+      received->call = call_index;
+
+      pthread_mutex_lock (&fixture->lock);
+      g_ptr_array_add (fixture->received, received);
+      agent->n_received++;
+      pthread_cond_broadcast (&fixture->cond);
+      pthread_mutex_unlock (&fixture->lock);
+
+      if (agent->step != NULL && !agent->step (agent, call, message))
+        ok = FALSE;
+    }
+
+  if (!ok)
+    g_set_error_literal (error, AH_AGENT_ERROR, AH_AGENT_ERROR_FAILED, "told to fail");
+  return ok;
+}
+
+static Agent *
+fixture_add_agent (Fixture   *fixture,
+                   AgentStep  step,
+                   gpointer   data)
+{
+  Agent *agent = g_new0 (Agent, 1);
+
+  agent->fixture = fixture;
+  agent->step = step;
+  agent->data = data;
+  agent->endpoint = ah_bus_endpoint_new (fixture->bus, agent_handle, agent);
+  agent->id = ah_endpoint_get_id (agent->endpoint);
+  g_ptr_array_add (fixture->agents, agent);
+  return agent;
+}
+
+/* An agent in a fresh group of its own, subscribed to @pattern. */
+static Agent *
+fixture_add_subscriber (Fixture    *fixture,
+                        const char *pattern,
+                        AgentStep   step,
+                        gpointer    data)
+{
+  g_autoptr(GError) error = NULL;
+  Agent *agent = fixture_add_agent (fixture, step, data);
+  AhBusGroup *group = ah_bus_group_new (fixture->bus, pattern, AH_DELIVERY_QUEUE);
+
+  ah_bus_group_add (group, agent->endpoint);
+  g_assert_cmpuint (ah_bus_subscribe (fixture->bus, pattern, group, &error), >, 0);
+  g_assert_no_error (error);
+  return agent;
+}
+
+static void
+fixture_wait_idle (Fixture *fixture)
+{
+  g_assert_true (ah_bus_wait_idle (fixture->bus, WAIT_US));
+  assert_balanced (fixture->bus);
+}
+
+static void
+publish (Fixture    *fixture,
+         const char *subject,
+         const char *text)
+{
+  g_autoptr(GError) error = NULL;
+
+  g_assert_true (ah_bus_publish (fixture->bus, AH_AGENT_ID_NONE, subject, text, strlen (text),
+                                 AH_PRIORITY_NORMAL, &error));
+  g_assert_no_error (error);
+}
+
+static void
+send_to (Fixture    *fixture,
+         AhAgentId   to,
+         const char *subject,
+         const char *text)
+{
+  g_autoptr(GError) error = NULL;
+
+  g_assert_true (ah_bus_send (fixture->bus, AH_AGENT_ID_NONE, to, subject, text, strlen (text),
+                              AH_PRIORITY_NORMAL, &error));
+  g_assert_no_error (error);
+}
+
+static guint
+count_received (Fixture       *fixture,
+                AhAgentId      to,
+                AhMessageKind  kind)
+{
+  guint n = 0;
+
+  pthread_mutex_lock (&fixture->lock);
+  for (guint i = 0; i < fixture->received->len; i++)
+    {
+      Received *received = g_ptr_array_index (fixture->received, i);
+
+      if (received->to == to && received->kind == kind)
+        n++;
+    }
+  pthread_mutex_unlock (&fixture->lock);
+  return n;
+}
+
+/* The first message @to received of @kind; the test ends if there is
+ * none. Read after idle. */
+static Received *
+get_received (Fixture       *fixture,
+              AhAgentId      to,
+              AhMessageKind  kind)
+{
+  for (guint i = 0; i < fixture->received->len; i++)
+    {
+      Received *received = g_ptr_array_index (fixture->received, i);
+
+      if (received->to == to && received->kind == kind)
+        return received;
+    }
+  g_error ("agent %" G_GUINT64_FORMAT " received no message of kind %d", to, kind);
+}
+
+static guint
+count_dead (Fixture            *fixture,
+            AhDeadLetterReason  reason)
+{
+  guint n = 0;
+
+  pthread_mutex_lock (&fixture->lock);
+  for (guint i = 0; i < fixture->dead->len; i++)
+    if (((DeadLetter *) g_ptr_array_index (fixture->dead, i))->reason == reason)
+      n++;
+  pthread_mutex_unlock (&fixture->lock);
+  return n;
+}
+
+static gint64
+deadline_in_us (gint64 us)
+{
+  struct timespec now;
+
+  clock_gettime (CLOCK_REALTIME, &now);
+  return (gint64) now.tv_sec * G_USEC_PER_SEC + now.tv_nsec / 1000 + us;
+}
+
+/* Waits on the fixture's condition (lock held) until @deadline_us
+ * (CLOCK_REALTIME). Returns FALSE on timeout. */
+static gboolean
+fixture_wait_until (Fixture *fixture,
+                    gint64   deadline_us)
+{
+  struct timespec until;
+
+  until.tv_sec = (time_t) (deadline_us / G_USEC_PER_SEC);
+  until.tv_nsec = (long) (deadline_us % G_USEC_PER_SEC) * 1000;
+  return pthread_cond_timedwait (&fixture->cond, &fixture->lock, &until) != ETIMEDOUT;
+}
+
+static void
+fixture_open_gate (Fixture *fixture)
+{
+  pthread_mutex_lock (&fixture->lock);
+  fixture->gate_open = TRUE;
+  pthread_cond_broadcast (&fixture->cond);
+  pthread_mutex_unlock (&fixture->lock);
+}
+
+/* Payloads of the order tests: which sender slot, and a sequence. */
+typedef struct {
+  guint   slot;
+  guint64 sequence;
+} Sequenced;
+
+static void
+agent_check_sequence (Agent           *agent,
+                      const AhMessage *message)
+{
+  gsize size;
+  const Sequenced *sequenced = ah_message_get_data (message, &size);
+
+  g_assert_cmpuint (size, ==, sizeof (Sequenced));
+  g_assert_cmpuint (sequenced->slot, <, G_N_ELEMENTS (agent->last_sequence));
+  pthread_mutex_lock (&agent->fixture->lock);
+  if (sequenced->sequence != agent->last_sequence[sequenced->slot] + 1)
+    agent->out_of_order = TRUE;
+  agent->last_sequence[sequenced->slot] = sequenced->sequence;
+  pthread_mutex_unlock (&agent->fixture->lock);
+}
+
+static gboolean
+step_check_sequence (Agent           *agent,
+                     AhBusCall       *call,
+                     const AhMessage *message)
+{
+  if (ah_message_get_kind (message) != AH_MESSAGE_DIRECT
+      || strcmp (ah_message_get_subject (message), "seq") == 0)
+    agent_check_sequence (agent, message);
+  return TRUE;
+}
+
+/* ---- Subjects ----------------------------------------------------------------- */
+
+typedef struct {
+  const char *text;
+  gboolean    subject_valid;
+  gboolean    pattern_valid;
+} SyntaxRow;
+
+static const SyntaxRow syntax_rows[] = {
+  { "a", TRUE, TRUE },
+  { "orders.created", TRUE, TRUE },
+  { "$SYS.host.started", TRUE, TRUE },
+  { "a-b_c.D9.~!", TRUE, TRUE },
+  { "", FALSE, FALSE },
+  { ".", FALSE, FALSE },
+  { "a.", FALSE, FALSE },
+  { ".a", FALSE, FALSE },
+  { "a..b", FALSE, FALSE },
+  { "a b", FALSE, FALSE },
+  { "a\tb", FALSE, FALSE },
+  { "caf\xc3\xa9", FALSE, FALSE },
+  { "a.\x7f", FALSE, FALSE },
+  { "*", FALSE, TRUE },
+  { ">", FALSE, TRUE },
+  { "a.*", FALSE, TRUE },
+  { "a.*.c", FALSE, TRUE },
+  { "a.>", FALSE, TRUE },
+  { "*.*.>", FALSE, TRUE },
+  { "a.>.c", FALSE, FALSE },
+  { ">.a", FALSE, FALSE },
+  { "a*", FALSE, FALSE },
+  { "a.b*", FALSE, FALSE },
+  { "a.*b", FALSE, FALSE },
+  { "a.>b", FALSE, FALSE },
+  { "a.b>", FALSE, FALSE },
+  { "**", FALSE, FALSE },
+  { ">>", FALSE, FALSE },
+};
+
+static void
+test_subject_syntax (void)
+{
+  g_autofree char *longest = g_strnfill (255, 'x');
+  g_autofree char *too_long = g_strnfill (256, 'x');
+
+  g_test_summary ("Subjects and patterns: non-empty dot-separated printable tokens, "
+                  "wildcards only as whole pattern tokens, '>' last, at most 255 bytes");
+
+  for (guint i = 0; i < G_N_ELEMENTS (syntax_rows); i++)
+    {
+      const SyntaxRow *row = &syntax_rows[i];
+
+      if (ah_subject_is_valid (row->text) != row->subject_valid)
+        g_test_fail_printf ("ah_subject_is_valid (\"%s\") should be %d", row->text,
+                            row->subject_valid);
+      if (ah_pattern_is_valid (row->text) != row->pattern_valid)
+        g_test_fail_printf ("ah_pattern_is_valid (\"%s\") should be %d", row->text,
+                            row->pattern_valid);
+    }
+
+  g_assert_false (ah_subject_is_valid (NULL));
+  g_assert_false (ah_pattern_is_valid (NULL));
+  g_assert_true (ah_subject_is_valid (longest));
+  g_assert_false (ah_subject_is_valid (too_long));
+  g_assert_false (ah_pattern_is_valid (too_long));
+}
+
+typedef struct {
+  const char *pattern;
+  const char *subject;
+  gboolean    matches;
+} MatchRow;
+
+static const MatchRow match_rows[] = {
+  { "a.b", "a.b", TRUE },
+  { "a.b", "a.c", FALSE },
+  { "a.b", "a.b.c", FALSE },
+  { "a.b.c", "a.b", FALSE },
+  { "a", "ab", FALSE },            /* tokens match whole, never a prefix */
+  { "ab", "a", FALSE },
+  { "a.*", "a.b", TRUE },
+  { "a.*", "a", FALSE },
+  { "a.*", "a.b.c", FALSE },
+  { "*.b", "a.b", TRUE },
+  { "*.b", "a.c", FALSE },
+  { "*", "a", TRUE },
+  { "*", "a.b", FALSE },
+  { "a.*.c", "a.x.c", TRUE },
+  { "a.*.c", "a.x.d", FALSE },
+  { "a.>", "a.b", TRUE },
+  { "a.>", "a.b.c.d", TRUE },
+  { "a.>", "a", FALSE },           /* '>' needs at least one token */
+  { "a.>", "b.c", FALSE },
+  { ">", "a", TRUE },
+  { ">", "a.b.c", TRUE },
+  { "*.>", "a", FALSE },
+  { "*.>", "a.b", TRUE },
+  { "a.*.>", "a.b.c", TRUE },
+  { "a.*.>", "a.b", FALSE },
+  { "a.b", "a.*", FALSE },         /* a wildcard is not a subject */
+  { "a..b", "a.b", FALSE },        /* invalid pattern */
+};
+
+static void
+test_pattern_matching (void)
+{
+  g_test_summary ("Pattern matching: exact tokens, '*' one token, '>' one or more "
+                  "trailing tokens (\"a.>\" does not match \"a\"), no partial tokens");
+
+  for (guint i = 0; i < G_N_ELEMENTS (match_rows); i++)
+    {
+      const MatchRow *row = &match_rows[i];
+
+      if (ah_pattern_matches (row->pattern, row->subject) != row->matches)
+        g_test_fail_printf ("ah_pattern_matches (\"%s\", \"%s\") should be %d",
+                            row->pattern, row->subject, row->matches);
+    }
+}
+
+static void
+test_subject_trie (void)
+{
+  AhSubjectTrie *trie = ah__subject_trie_new ();
+  g_autoptr(GPtrArray) found = g_ptr_array_new ();
+  static const char *patterns[] = { "a.b", "a.*", "a.>", "*.b", ">", "a.b.c", "a.*.c", "x.y" };
+
+  g_test_summary ("The trie finds exactly the patterns ah_pattern_matches() accepts, "
+                  "and forgets removed ones");
+
+  for (guint i = 0; i < G_N_ELEMENTS (patterns); i++)
+    ah__subject_trie_insert (trie, patterns[i], (gpointer) patterns[i]);
+
+  for (guint r = 0; r < G_N_ELEMENTS (match_rows); r++)
+    {
+      const char *subject = match_rows[r].subject;
+
+      if (!ah_subject_is_valid (subject))
+        continue;
+      g_ptr_array_set_size (found, 0);
+      ah__subject_trie_match (trie, subject, found);
+      for (guint i = 0; i < G_N_ELEMENTS (patterns); i++)
+        {
+          gboolean in_trie = g_ptr_array_find (found, patterns[i], NULL);
+
+          if (in_trie != ah_pattern_matches (patterns[i], subject))
+            g_test_fail_printf ("trie and ah_pattern_matches disagree on \"%s\" / \"%s\"",
+                                patterns[i], subject);
+        }
+    }
+
+  g_assert_true (ah__subject_trie_remove (trie, "a.>", (gpointer) patterns[2]));
+  g_assert_false (ah__subject_trie_remove (trie, "a.>", (gpointer) patterns[2]));
+  g_assert_false (ah__subject_trie_remove (trie, "q.r", (gpointer) patterns[2]));
+  g_ptr_array_set_size (found, 0);
+  ah__subject_trie_match (trie, "a.q.z", found);
+  g_assert_cmpuint (found->len, ==, 1);   /* only ">" is left for it */
+  g_assert_true (g_ptr_array_index (found, 0) == patterns[4]);
+
+  ah__subject_trie_free (trie);
+}
+
+/* ---- Routing --------------------------------------------------------------------------- */
+
+static const AhBusConfig config_one_worker = { .n_workers = 1 };
+static const AhBusConfig config_two_workers = { .n_workers = 2 };
+
+static void
+test_route_wildcards (Fixture       *fixture,
+                      gconstpointer  user_data)
+{
+  Agent *exact = fixture_add_subscriber (fixture, "orders.eu.created", NULL, NULL);
+  Agent *star = fixture_add_subscriber (fixture, "orders.*.created", NULL, NULL);
+  Agent *tail = fixture_add_subscriber (fixture, "orders.>", NULL, NULL);
+  Agent *twice = fixture_add_agent (fixture, NULL, NULL);
+  AhBusGroup *group = ah_bus_group_new (fixture->bus, "twice", AH_DELIVERY_QUEUE);
+  g_autoptr(GError) error = NULL;
+  guint subscription;
+
+  g_test_summary ("Routing follows the patterns; a group reached by two of its patterns "
+                  "gets one copy; unsubscribing takes effect on cached subjects");
+
+  ah_bus_group_add (group, twice->endpoint);
+  subscription = ah_bus_subscribe (fixture->bus, "orders.>", group, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (ah_bus_subscribe (fixture->bus, "*.eu.*", group, &error), >, 0);
+  g_assert_no_error (error);
+  ah_bus_start (fixture->bus);
+
+  publish (fixture, "orders.eu.created", "1");
+  publish (fixture, "orders.us.created", "2");
+  publish (fixture, "orders", "3");
+  publish (fixture, "orders.eu.created.late", "4");
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (count_received (fixture, exact->id, AH_MESSAGE_PUBLISH), ==, 1);
+  g_assert_cmpuint (count_received (fixture, star->id, AH_MESSAGE_PUBLISH), ==, 2);
+  g_assert_cmpuint (count_received (fixture, tail->id, AH_MESSAGE_PUBLISH), ==, 3);
+  g_assert_cmpuint (count_received (fixture, twice->id, AH_MESSAGE_PUBLISH), ==, 3);
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_NO_ROUTE), ==, 1);   /* "orders" */
+
+  /* "orders.eu.created" is cached by now; the change must still show. */
+  ah_bus_unsubscribe (fixture->bus, subscription);
+  publish (fixture, "orders.eu.created", "5");
+  publish (fixture, "orders.us.created", "6");
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (count_received (fixture, twice->id, AH_MESSAGE_PUBLISH), ==, 4);
+  g_assert_cmpuint (count_received (fixture, tail->id, AH_MESSAGE_PUBLISH), ==, 5);
+}
+
+static void
+test_route_queue_spread (Fixture       *fixture,
+                         gconstpointer  user_data)
+{
+  AhBusGroup *group = ah_bus_group_new (fixture->bus, "workers", AH_DELIVERY_QUEUE);
+  g_autoptr(GError) error = NULL;
+  Agent *members[4];
+
+  g_test_summary ("A queue group gives each message to one member, round robin over all");
+
+  for (guint i = 0; i < G_N_ELEMENTS (members); i++)
+    {
+      members[i] = fixture_add_agent (fixture, NULL, NULL);
+      ah_bus_group_add (group, members[i]->endpoint);
+    }
+  ah_bus_group_add (group, members[0]->endpoint);   /* already in: no second share */
+  g_assert_cmpuint (ah_bus_group_get_size (group), ==, 4);
+  g_assert_cmpuint (ah_bus_subscribe (fixture->bus, "jobs.*", group, &error), >, 0);
+  ah_bus_start (fixture->bus);
+
+  for (guint i = 0; i < 400; i++)
+    publish (fixture, "jobs.new", "job");
+  fixture_wait_idle (fixture);
+
+  for (guint i = 0; i < G_N_ELEMENTS (members); i++)
+    g_assert_cmpuint (count_received (fixture, members[i]->id, AH_MESSAGE_PUBLISH), ==, 100);
+
+  ah_bus_group_remove (group, members[3]->endpoint);
+  g_assert_cmpuint (ah_bus_group_get_size (group), ==, 3);
+  for (guint i = 0; i < 30; i++)
+    publish (fixture, "jobs.new", "job");
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (count_received (fixture, members[3]->id, AH_MESSAGE_PUBLISH), ==, 100);
+  for (guint i = 0; i < 3; i++)
+    g_assert_cmpuint (count_received (fixture, members[i]->id, AH_MESSAGE_PUBLISH), ==, 110);
+}
+
+static void
+test_route_broadcast_shared (Fixture       *fixture,
+                             gconstpointer  user_data)
+{
+  AhBusGroup *group = ah_bus_group_new (fixture->bus, "all", AH_DELIVERY_BROADCAST);
+  g_autoptr(GError) error = NULL;
+  AhBusCounters counters;
+  Received *first = NULL;
+
+  g_test_summary ("A broadcast group gives every member the message, all sharing one "
+                  "payload; one publish to k members is k accepted messages");
+
+  for (guint i = 0; i < 3; i++)
+    ah_bus_group_add (group, fixture_add_agent (fixture, NULL, NULL)->endpoint);
+  g_assert_cmpuint (ah_bus_subscribe (fixture->bus, "news", group, &error), >, 0);
+
+  /* Before start, so all three hold the message at once. */
+  publish (fixture, "news", "extra");
+  ah_bus_start (fixture->bus);
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (fixture->received->len, ==, 3);
+  for (guint i = 0; i < 3; i++)
+    {
+      Received *received = g_ptr_array_index (fixture->received, i);
+
+      g_assert_cmpmem (g_bytes_get_data (received->payload, NULL),
+                       g_bytes_get_size (received->payload), "extra", 5);
+      g_assert_cmpint (received->kind, ==, AH_MESSAGE_PUBLISH);
+      g_assert_cmpstr (received->subject, ==, "news");
+      if (first == NULL)
+        first = received;
+      else
+        g_assert_true (received->data == first->data);   /* not copied per recipient */
+    }
+
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.published, ==, 1);
+  g_assert_cmpuint (counters.accepted, ==, 3);
+  g_assert_cmpuint (counters.delivered, ==, 3);
+}
+
+static void
+test_route_no_route (Fixture       *fixture,
+                     gconstpointer  user_data)
+{
+  AhBusGroup *empty = ah_bus_group_new (fixture->bus, "empty", AH_DELIVERY_BROADCAST);
+  g_autoptr(GError) error = NULL;
+  AhBusCounters counters;
+  DeadLetter *dead;
+
+  g_test_summary ("A publish that reaches nobody (no subscription, or only empty groups) "
+                  "is one accepted message, dead-lettered as no-route");
+
+  g_assert_cmpuint (ah_bus_subscribe (fixture->bus, "void.>", empty, &error), >, 0);
+  ah_bus_start (fixture->bus);
+  publish (fixture, "nowhere", "x");
+  publish (fixture, "void.deep", "y");
+  fixture_wait_idle (fixture);
+
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.accepted, ==, 2);
+  g_assert_cmpuint (counters.dead_lettered, ==, 2);
+  g_assert_cmpuint (fixture->dead->len, ==, 2);
+  dead = g_ptr_array_index (fixture->dead, 1);
+  g_assert_cmpint (dead->reason, ==, AH_DEAD_LETTER_NO_ROUTE);
+  g_assert_cmpuint (dead->intended, ==, AH_AGENT_ID_NONE);
+  g_assert_cmpstr (dead->subject, ==, "void.deep");
+  g_assert_cmpstr (ah_dead_letter_reason_to_string (AH_DEAD_LETTER_NO_ROUTE), ==, "no-route");
+}
+
+static void
+test_route_invalid (Fixture       *fixture,
+                    gconstpointer  user_data)
+{
+  AhBusGroup *group = ah_bus_group_new (fixture->bus, "g", AH_DELIVERY_QUEUE);
+  g_autoptr(GError) error = NULL;
+  AhBusCounters counters;
+
+  g_test_summary ("Invalid subjects and patterns are refused with a precise error and "
+                  "counted as failed messages");
+
+  g_assert_cmpuint (ah_bus_subscribe (fixture->bus, "a.>.b", group, &error), ==, 0);
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_SUBJECT);
+  g_assert_cmpstr (error->message, ==, "'a.>.b' is not a valid subject pattern");
+  g_clear_error (&error);
+
+  g_assert_cmpuint (ah_bus_subscribe_func (fixture->bus, "", AH_DELIVERY_QUEUE, agent_handle,
+                                           NULL, &error), ==, 0);
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_SUBJECT);
+  g_clear_error (&error);
+
+  g_assert_false (ah_bus_publish (fixture->bus, AH_AGENT_ID_NONE, "a.*", "x", 1,
+                                  AH_PRIORITY_NORMAL, &error));
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_SUBJECT);
+  g_assert_cmpstr (error->message, ==, "'a.*' is not a valid subject");
+  g_clear_error (&error);
+
+  g_assert_false (ah_bus_send (fixture->bus, AH_AGENT_ID_NONE, 1, "bad subject", "x", 1,
+                               AH_PRIORITY_NORMAL, &error));
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_SUBJECT);
+  g_clear_error (&error);
+
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.published, ==, 2);
+  g_assert_cmpuint (counters.accepted, ==, 2);
+  g_assert_cmpuint (counters.failed, ==, 2);
+  g_assert_cmpuint (fixture->dead->len, ==, 0);
+}
+
+static void
+test_route_observer (Fixture       *fixture,
+                     gconstpointer  user_data)
+{
+  Agent *watcher = g_new0 (Agent, 1);
+  g_autoptr(GError) error = NULL;
+  guint subscription;
+
+  g_test_summary ("An observer function gets matching messages on a worker, like an "
+                  "endpoint, until unsubscribed");
+
+  watcher->fixture = fixture;
+  g_ptr_array_add (fixture->agents, watcher);
+  subscription = ah_bus_subscribe_func (fixture->bus, "log.>", AH_DELIVERY_BROADCAST,
+                                        agent_handle, watcher, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (subscription, >, 0);
+  ah_bus_start (fixture->bus);
+
+  publish (fixture, "log.info", "a");
+  publish (fixture, "log.warn.disk", "b");
+  publish (fixture, "metrics", "c");
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (watcher->n_received, ==, 2);
+
+  ah_bus_unsubscribe (fixture->bus, subscription);
+  ah_bus_unsubscribe (fixture->bus, subscription);   /* unknown now: ignored */
+  publish (fixture, "log.info", "d");
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (watcher->n_received, ==, 2);
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_NO_ROUTE), ==, 2);
+}
+
+/* ---- Direct sends ------------------------------------------------------------------------- */
+
+static gboolean
+step_forward_direct (Agent           *agent,
+                     AhBusCall       *call,
+                     const AhMessage *message)
+{
+  Agent *target = agent->data;
+
+  g_assert_true (ah_bus_call_get_endpoint (call) == agent->endpoint);
+  g_assert_true (ah_bus_call_get_bus (call) == agent->fixture->bus);
+  g_assert_cmpuint (ah_bus_call_get_worker (call), <, ah_bus_get_config (agent->fixture->bus)->n_workers);
+  if (ah_message_get_kind (message) == AH_MESSAGE_DIRECT && target != NULL)
+    g_assert_true (ah_bus_call_send (call, target->id, "fwd", "hop", 3));
+  return TRUE;
+}
+
+static void
+test_send_direct (Fixture       *fixture,
+                  gconstpointer  user_data)
+{
+  Agent *last = fixture_add_agent (fixture, NULL, NULL);
+  Agent *first = fixture_add_agent (fixture, step_forward_direct, last);
+  g_autoptr(GError) error = NULL;
+  Received *received;
+
+  g_test_summary ("Direct sends reach the endpoint by id, from outside and from a handler, "
+                  "with kind DIRECT and the sender's id");
+
+  g_assert_cmpuint (first->id, !=, AH_AGENT_ID_NONE);
+  g_assert_cmpuint (last->id, !=, first->id);
+  g_assert_true (ah_endpoint_get_user_data (first->endpoint) == first);
+  ah_bus_start (fixture->bus);
+  g_assert_true (ah_bus_send (fixture->bus, 77, first->id, "hello", "hi", 2,
+                              AH_PRIORITY_NORMAL, &error));
+  g_assert_no_error (error);
+  fixture_wait_idle (fixture);
+
+  received = get_received (fixture, first->id, AH_MESSAGE_DIRECT);
+  g_assert_cmpuint (received->sender, ==, 77);
+  g_assert_cmpstr (received->subject, ==, "hello");
+  g_assert_cmpint (received->priority, ==, AH_PRIORITY_NORMAL);
+  g_assert_cmpuint (received->correlation, ==, 0);
+  received = get_received (fixture, last->id, AH_MESSAGE_DIRECT);
+  g_assert_cmpuint (received->sender, ==, first->id);
+  g_assert_cmpstr (received->subject, ==, "fwd");
+  g_assert_cmpmem (g_bytes_get_data (received->payload, NULL),
+                   g_bytes_get_size (received->payload), "hop", 3);
+}
+
+static void
+test_send_unknown (Fixture       *fixture,
+                   gconstpointer  user_data)
+{
+  Agent *gone = fixture_add_agent (fixture, NULL, NULL);
+  AhAgentId gone_id = gone->id;
+  g_autoptr(GError) error = NULL;
+  AhBusCounters counters;
+  DeadLetter *dead;
+
+  g_test_summary ("A send to an id that does not exist, or no longer does, is accepted "
+                  "and dead-lettered as no-agent, naming the id");
+
+  ah_bus_endpoint_close (fixture->bus, gone->endpoint);
+  ah_bus_start (fixture->bus);
+  send_to (fixture, 9999, "ping", "?");
+  g_assert_true (ah_bus_send (fixture->bus, AH_AGENT_ID_NONE, gone_id, "ping", "", 0,
+                              AH_PRIORITY_SYSTEM, &error));
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (fixture->dead->len, ==, 2);
+  dead = g_ptr_array_index (fixture->dead, 0);
+  g_assert_cmpint (dead->reason, ==, AH_DEAD_LETTER_NO_AGENT);
+  g_assert_cmpuint (dead->intended, ==, 9999);
+  g_assert_cmpint (dead->kind, ==, AH_MESSAGE_DIRECT);
+  dead = g_ptr_array_index (fixture->dead, 1);
+  g_assert_cmpint (dead->reason, ==, AH_DEAD_LETTER_NO_AGENT);
+  g_assert_cmpuint (dead->intended, ==, gone_id);
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.accepted, ==, 2);
+  g_assert_cmpuint (counters.dead_lettered, ==, 2);
+}
+
+/* ---- Request / reply ---------------------------------------------------------------------- */
+
+typedef struct {
+  guint    timeout_ms;
+  guint    n_replies;      /* how many times the responder answers */
+  guint64  correlation;    /* what ah_bus_call_request returned; under the fixture lock */
+  guint    n_requests;
+  AhMessage *kept;         /* a request the responder holds on to */
+} RequestPlan;
+
+static gboolean
+step_requester (Agent           *agent,
+                AhBusCall       *call,
+                const AhMessage *message)
+{
+  RequestPlan *plan = agent->data;
+
+  if (ah_message_get_kind (message) == AH_MESSAGE_DIRECT
+      && strcmp (ah_message_get_subject (message), "go") == 0)
+    {
+      guint64 correlation = ah_bus_call_request (call, "svc.echo", "question", 8,
+                                                 plan->timeout_ms);
+
+      g_assert_cmpuint (correlation, !=, 0);
+      pthread_mutex_lock (&agent->fixture->lock);
+      plan->correlation = correlation;
+      plan->n_requests++;
+      pthread_mutex_unlock (&agent->fixture->lock);
+    }
+  return TRUE;
+}
+
+static gboolean
+step_responder (Agent           *agent,
+                AhBusCall       *call,
+                const AhMessage *message)
+{
+  RequestPlan *plan = agent->data;
+
+  if (ah_message_get_kind (message) == AH_MESSAGE_REQUEST)
+    {
+      for (guint i = 0; i < plan->n_replies; i++)
+        g_assert_true (ah_bus_call_reply (call, message, "answer", 6));
+      if (plan->n_replies == 0 && plan->kept == NULL)
+        plan->kept = ah__message_ref ((AhMessage *) message);
+    }
+  else if (ah_message_get_kind (message) == AH_MESSAGE_DIRECT && plan->kept != NULL)
+    {
+      /* Told to answer now that the requester timed out. */
+      g_assert_true (ah_bus_call_reply (call, plan->kept, "too late", 8));
+      g_clear_pointer (&plan->kept, ah__message_unref);
+    }
+  else
+    {
+      /* A reply to something that is not a request is refused. */
+      g_assert_false (ah_bus_call_reply (call, message, "", 0));
+    }
+  return TRUE;
+}
+
+static void
+test_request_reply (Fixture       *fixture,
+                    gconstpointer  user_data)
+{
+  RequestPlan plan = { .timeout_ms = 60000, .n_replies = 1 };
+  Agent *requester = fixture_add_agent (fixture, step_requester, &plan);
+  Agent *responder = fixture_add_subscriber (fixture, "svc.*", step_responder, &plan);
+  AhBusCounters counters;
+  Received *request, *reply;
+
+  g_test_summary ("A request reaches the responder as REQUEST; its reply comes back to "
+                  "the requester as REPLY with the same correlation id");
+
+  ah_bus_start (fixture->bus);
+  send_to (fixture, requester->id, "go", "");
+  send_to (fixture, responder->id, "noise", "");   /* not a request: no reply possible */
+  fixture_wait_idle (fixture);
+
+  request = get_received (fixture, responder->id, AH_MESSAGE_REQUEST);
+  g_assert_cmpuint (request->sender, ==, requester->id);
+  g_assert_cmpuint (request->correlation, ==, plan.correlation);
+  g_assert_cmpstr (request->subject, ==, "svc.echo");
+  reply = get_received (fixture, requester->id, AH_MESSAGE_REPLY);
+  g_assert_cmpuint (reply->correlation, ==, plan.correlation);
+  g_assert_cmpuint (reply->sender, ==, responder->id);
+  g_assert_cmpint (reply->priority, ==, AH_PRIORITY_NORMAL);
+  g_assert_cmpstr (reply->subject, ==, "svc.echo");
+  g_assert_cmpmem (g_bytes_get_data (reply->payload, NULL), g_bytes_get_size (reply->payload),
+                   "answer", 6);
+  g_assert_cmpuint (count_received (fixture, requester->id, AH_MESSAGE_TIMEOUT), ==, 0);
+
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.requests, ==, 1);
+  g_assert_cmpuint (counters.request_timeouts, ==, 0);
+  g_assert_cmpuint (counters.failed, ==, 1);       /* the reply to "noise" */
+  g_assert_true (ah_bus_is_idle (fixture->bus));   /* the request is complete */
+}
+
+static void
+test_request_timeout (Fixture       *fixture,
+                      gconstpointer  user_data)
+{
+  RequestPlan plan = { .timeout_ms = 30, .n_replies = 0 };
+  Agent *requester = fixture_add_agent (fixture, step_requester, &plan);
+  AhBusCounters counters;
+  Received *timeout;
+
+  g_test_summary ("A request nobody answers brings the requester exactly one TIMEOUT, at "
+                  "system priority, with its correlation id; the bus is busy until then");
+
+  fixture_add_subscriber (fixture, "svc.echo", step_responder, &plan);
+  ah_bus_start (fixture->bus);
+  send_to (fixture, requester->id, "go", "");
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (count_received (fixture, requester->id, AH_MESSAGE_TIMEOUT), ==, 1);
+  timeout = get_received (fixture, requester->id, AH_MESSAGE_TIMEOUT);
+  g_assert_cmpuint (timeout->correlation, ==, plan.correlation);
+  g_assert_cmpint (timeout->priority, ==, AH_PRIORITY_SYSTEM);
+  g_assert_cmpstr (timeout->subject, ==, "svc.echo");
+  g_assert_cmpuint (g_bytes_get_size (timeout->payload), ==, 0);
+  g_assert_cmpuint (count_received (fixture, requester->id, AH_MESSAGE_REPLY), ==, 0);
+
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.requests, ==, 1);
+  g_assert_cmpuint (counters.request_timeouts, ==, 1);
+  g_clear_pointer (&plan.kept, ah__message_unref);
+}
+
+static void
+test_request_pending_blocks_idle (Fixture       *fixture,
+                                  gconstpointer  user_data)
+{
+  RequestPlan plan = { .timeout_ms = 60000, .n_replies = 0 };
+  Agent *requester = fixture_add_agent (fixture, step_requester, &plan);
+
+  g_test_summary ("A pending request keeps the bus from being idle; stopping cancels it");
+
+  fixture_add_subscriber (fixture, "svc.echo", step_responder, &plan);
+  ah_bus_start (fixture->bus);
+  send_to (fixture, requester->id, "go", "");
+  g_assert_false (ah_bus_wait_idle (fixture->bus, 50 * 1000));
+  g_assert_false (ah_bus_is_idle (fixture->bus));
+
+  ah_bus_stop (fixture->bus, 0);
+  g_assert_true (ah_bus_is_idle (fixture->bus));
+  g_assert_cmpuint (count_received (fixture, requester->id, AH_MESSAGE_TIMEOUT), ==, 0);
+  g_clear_pointer (&plan.kept, ah__message_unref);
+}
+
+static void
+test_request_no_responders (Fixture       *fixture,
+                            gconstpointer  user_data)
+{
+  RequestPlan plan = { .timeout_ms = 60000 };
+  Agent *requester = fixture_add_agent (fixture, step_requester, &plan);
+  Received *outcome;
+  DeadLetter *dead;
+
+  g_test_summary ("A request routed to nobody is dead-lettered (no-route) and the requester "
+                  "gets NO_RESPONDERS at once, not after the timeout");
+
+  ah_bus_start (fixture->bus);
+  send_to (fixture, requester->id, "go", "");
+  fixture_wait_idle (fixture);   /* would take 60 s if the request stayed pending */
+
+  outcome = get_received (fixture, requester->id, AH_MESSAGE_NO_RESPONDERS);
+  g_assert_cmpuint (outcome->correlation, ==, plan.correlation);
+  g_assert_cmpint (outcome->priority, ==, AH_PRIORITY_SYSTEM);
+  g_assert_cmpstr (outcome->subject, ==, "svc.echo");
+  g_assert_cmpuint (fixture->dead->len, ==, 1);
+  dead = g_ptr_array_index (fixture->dead, 0);
+  g_assert_cmpint (dead->reason, ==, AH_DEAD_LETTER_NO_ROUTE);
+  g_assert_cmpint (dead->kind, ==, AH_MESSAGE_REQUEST);
+}
+
+static gboolean
+step_requester_then_poke (Agent           *agent,
+                          AhBusCall       *call,
+                          const AhMessage *message)
+{
+  Agent *responder = g_ptr_array_index (agent->fixture->agents, 1);
+
+  step_requester (agent, call, message);
+  /* Once timed out, tell the responder to answer after all. */
+  if (ah_message_get_kind (message) == AH_MESSAGE_TIMEOUT)
+    g_assert_true (ah_bus_call_send (call, responder->id, "answer-now", "", 0));
+  return TRUE;
+}
+
+static void
+test_request_late_reply (Fixture       *fixture,
+                         gconstpointer  user_data)
+{
+  RequestPlan twice = { .timeout_ms = 60000, .n_replies = 2 };
+  RequestPlan after = { .timeout_ms = 20, .n_replies = 0 };
+  Agent *requester = fixture_add_agent (fixture, step_requester, &twice);
+  Agent *responder = fixture_add_subscriber (fixture, "svc.echo", step_responder, &twice);
+
+  g_test_summary ("Only the first reply is delivered; a second one, and one after the "
+                  "timeout, are dead-lettered as late replies");
+
+  ah_bus_start (fixture->bus);
+  send_to (fixture, requester->id, "go", "");
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (count_received (fixture, requester->id, AH_MESSAGE_REPLY), ==, 1);
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_LATE_REPLY), ==, 1);
+
+  /* Same agents, new plan: no answer until the TIMEOUT has arrived. */
+  requester->step = step_requester_then_poke;
+  requester->data = &after;
+  responder->data = &after;
+  send_to (fixture, requester->id, "go", "");
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (count_received (fixture, requester->id, AH_MESSAGE_TIMEOUT), ==, 1);
+  g_assert_cmpuint (count_received (fixture, requester->id, AH_MESSAGE_REPLY), ==, 1);
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_LATE_REPLY), ==, 2);
+  g_assert_null (after.kept);
+}
+
+/* ---- Order, priority, batches ---------------------------------------------------------------- */
+
+typedef struct {
+  Agent  *target;
+  guint   n_messages;
+  guint   slot;
+} Burst;
+
+static gboolean
+step_send_burst (Agent           *agent,
+                 AhBusCall       *call,
+                 const AhMessage *message)
+{
+  Burst *burst = agent->data;
+
+  if (ah_message_get_kind (message) != AH_MESSAGE_DIRECT
+      || strcmp (ah_message_get_subject (message), "go") != 0)
+    return TRUE;
+  for (guint i = 1; i <= burst->n_messages; i++)
+    {
+      Sequenced sequenced = { burst->slot, i };
+
+      g_assert_true (ah_bus_call_send (call, burst->target->id, "seq", &sequenced,
+                                       sizeof sequenced));
+    }
+  return TRUE;
+}
+
+typedef struct {
+  Fixture *fixture;
+  Agent   *target;
+  guint    slot;
+  guint    n_messages;
+} ExternalSender;
+
+static gpointer
+external_sender_main (gpointer data)
+{
+  ExternalSender *sender = data;
+
+  for (guint i = 1; i <= sender->n_messages; i++)
+    {
+      Sequenced sequenced = { sender->slot, i };
+      g_autoptr(GError) error = NULL;
+
+      g_assert_true (ah_bus_send (sender->fixture->bus, 1000 + sender->slot, sender->target->id,
+                                  "seq", &sequenced, sizeof sequenced, AH_PRIORITY_NORMAL,
+                                  &error));
+      g_assert_no_error (error);
+    }
+  return NULL;
+}
+
+static const AhBusConfig config_order_fail = {
+  .n_workers = 2, .publish_batch = 16, .handler_batch = 7, .mailbox_capacity = 100000,
+  .overflow = AH_OVERFLOW_FAIL };
+static const AhBusConfig config_order_block = {
+  .n_workers = 2, .publish_batch = 16, .handler_batch = 7, .mailbox_capacity = 8,
+  .overflow = AH_OVERFLOW_BLOCK };
+
+static void
+test_order_per_sender (Fixture       *fixture,
+                       gconstpointer  user_data)
+{
+  const guint n_messages = 3000;
+  Agent *consumer = fixture_add_agent (fixture, step_check_sequence, NULL);
+  Burst burst_a, burst_b;
+  Agent *producer_a = fixture_add_agent (fixture, step_send_burst, &burst_a);
+  Agent *producer_b = fixture_add_agent (fixture, step_send_burst, &burst_b);
+  ExternalSender external = { fixture, consumer, 2, n_messages };
+  pthread_t thread;
+
+  g_test_summary ("Messages from one sender to one endpoint arrive in order, across "
+                  "outbox flushes, workers and backpressure, with other senders interleaved");
+
+  burst_a = (Burst) { consumer, n_messages, 0 };
+  burst_b = (Burst) { consumer, n_messages, 1 };
+  ah_bus_start (fixture->bus);
+  send_to (fixture, producer_a->id, "go", "");
+  send_to (fixture, producer_b->id, "go", "");
+  g_assert_cmpint (pthread_create (&thread, NULL, external_sender_main, &external), ==, 0);
+  pthread_join (thread, NULL);
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (consumer->n_received, ==, 3 * n_messages);
+  g_assert_false (consumer->out_of_order);
+  for (guint slot = 0; slot < 3; slot++)
+    g_assert_cmpuint (consumer->last_sequence[slot], ==, n_messages);
+  g_assert_cmpuint (consumer->max_batch, <=, 7);
+}
+
+static void
+test_priority_system_first (Fixture       *fixture,
+                            gconstpointer  user_data)
+{
+  Agent *agent = fixture_add_agent (fixture, NULL, NULL);
+  g_autoptr(GError) error = NULL;
+
+  g_test_summary ("System messages overtake a backlog of normal ones; each lane stays FIFO");
+
+  for (guint i = 0; i < 10; i++)
+    {
+      g_autofree char *text = g_strdup_printf ("n%u", i);
+
+      send_to (fixture, agent->id, "work", text);
+    }
+  g_assert_true (ah_bus_send (fixture->bus, AH_AGENT_ID_NONE, agent->id, "ctl", "s0", 2,
+                              AH_PRIORITY_SYSTEM, &error));
+  g_assert_true (ah_bus_send (fixture->bus, AH_AGENT_ID_NONE, agent->id, "ctl", "s1", 2,
+                              AH_PRIORITY_SYSTEM, &error));
+  ah_bus_start (fixture->bus);
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (fixture->received->len, ==, 12);
+  for (guint i = 0; i < 12; i++)
+    {
+      Received *received = g_ptr_array_index (fixture->received, i);
+      g_autofree char *expected = i < 2 ? g_strdup_printf ("s%u", i)
+                                        : g_strdup_printf ("n%u", i - 2);
+
+      g_assert_cmpmem (g_bytes_get_data (received->payload, NULL),
+                       g_bytes_get_size (received->payload), expected, strlen (expected));
+      g_assert_cmpint (received->priority, ==, i < 2 ? AH_PRIORITY_SYSTEM : AH_PRIORITY_NORMAL);
+    }
+}
+
+static const AhBusConfig config_small_batches = { .n_workers = 1, .handler_batch = 8 };
+
+static void
+test_batch_limit (Fixture       *fixture,
+                  gconstpointer  user_data)
+{
+  Agent *agent = fixture_add_agent (fixture, NULL, NULL);
+  AhBusCounters counters;
+
+  g_test_summary ("A handler never gets more than handler_batch messages; a backlog is "
+                  "split into full batches");
+
+  for (guint i = 0; i < 100; i++)
+    send_to (fixture, agent->id, "work", "x");
+  ah_bus_start (fixture->bus);
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (agent->n_received, ==, 100);
+  g_assert_cmpuint (agent->max_batch, ==, 8);
+  g_assert_cmpuint (agent->n_calls, ==, 13);   /* 12 full batches and the last 4 */
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.batches, ==, 13);
+  g_assert_cmpuint (counters.delivered, ==, 100);
+  g_assert_cmpuint (counters.n_workers, ==, 1);
+  g_assert_cmpfloat (counters.latency_p50_us, >, 0);
+  g_assert_cmpfloat (counters.latency_p50_us, <=, counters.latency_p95_us);
+  g_assert_cmpfloat (counters.latency_p95_us, <=, counters.latency_p99_us);
+  g_assert_cmpfloat (counters.latency_p99_us, <=, counters.latency_max_us);
+}
+
+typedef struct {
+  Agent   *consumer;
+  gboolean seen_mid_call;   /* under the fixture lock */
+} FlushPlan;
+
+static gboolean
+step_publish_and_watch (Agent           *agent,
+                        AhBusCall       *call,
+                        const AhMessage *message)
+{
+  FlushPlan *plan = agent->data;
+  Fixture *fixture = agent->fixture;
+  gint64 deadline = deadline_in_us (WAIT_US);
+
+  if (ah_message_get_kind (message) != AH_MESSAGE_DIRECT)
+    return TRUE;
+
+  for (guint i = 0; i < 4; i++)
+    g_assert_true (ah_bus_call_publish (call, "out", "x", 1));
+
+  /* publish_batch is 4: those four must reach the consumer, on the
+   * other worker, while this handler is still running. */
+  pthread_mutex_lock (&fixture->lock);
+  while (plan->consumer->n_received < 4)
+    if (!fixture_wait_until (fixture, deadline))
+      break;
+  plan->seen_mid_call = plan->consumer->n_received == 4;
+  pthread_mutex_unlock (&fixture->lock);
+
+  for (guint i = 0; i < 3; i++)
+    g_assert_true (ah_bus_call_publish (call, "out", "y", 1));
+  return TRUE;
+}
+
+static const AhBusConfig config_flush = { .n_workers = 2, .publish_batch = 4 };
+
+static void
+test_outbox_flush_mid_call (Fixture       *fixture,
+                            gconstpointer  user_data)
+{
+  FlushPlan plan = { 0 };
+  Agent *producer = fixture_add_agent (fixture, step_publish_and_watch, &plan);
+
+  g_test_summary ("The outbox is flushed during the call when it holds publish_batch "
+                  "messages, and the rest when the handler returns");
+
+  plan.consumer = fixture_add_subscriber (fixture, "out", NULL, NULL);
+  /* Round robin over two workers: consecutive ids are on different ones. */
+  g_assert_cmpuint (producer->id % 2, !=, plan.consumer->id % 2);
+  ah_bus_start (fixture->bus);
+  send_to (fixture, producer->id, "go", "");
+  fixture_wait_idle (fixture);
+
+  g_assert_true (plan.seen_mid_call);
+  g_assert_cmpuint (plan.consumer->n_received, ==, 7);
+}
+
+/* ---- Overflow ----------------------------------------------------------------------------------- */
+
+static const AhBusConfig config_fail_small = {
+  .n_workers = 1, .mailbox_capacity = 4, .overflow = AH_OVERFLOW_FAIL };
+
+static gboolean
+step_send_over_capacity (Agent           *agent,
+                         AhBusCall       *call,
+                         const AhMessage *message)
+{
+  Agent *target = agent->data;
+
+  if (strcmp (ah_message_get_subject (message), "go") != 0)
+    return TRUE;
+  for (guint i = 0; i < 4; i++)
+    g_assert_true (ah_bus_call_send (call, target->id, "fill", "", 0));
+  /* The four are only reserved, not queued yet, and still count. */
+  g_assert_false (ah_bus_call_send (call, target->id, "fill", "", 0));
+  g_assert_cmpuint (ah_bus_call_request (call, "full.one", "", 0, 1000), ==, 0);
+  return TRUE;
+}
+
+static void
+test_overflow_fail (Fixture       *fixture,
+                    gconstpointer  user_data)
+{
+  AhBusGroup *group = ah_bus_group_new (fixture->bus, "pair", AH_DELIVERY_BROADCAST);
+  Agent *full = fixture_add_agent (fixture, NULL, NULL);
+  Agent *roomy = fixture_add_agent (fixture, NULL, NULL);
+  Agent *target = fixture_add_subscriber (fixture, "full.one", NULL, NULL);
+  Agent *sender = fixture_add_agent (fixture, step_send_over_capacity, target);
+  g_autoptr(GError) error = NULL;
+  g_autofree char *expected = NULL;
+  AhBusCounters counters;
+
+  g_test_summary ("Under the fail policy a full mailbox refuses the message: the publish "
+                  "returns FALSE, the message is failed and dead-lettered as overflow, and "
+                  "broadcast recipients with room still get it");
+
+  ah_bus_group_add (group, full->endpoint);
+  ah_bus_group_add (group, roomy->endpoint);
+  g_assert_cmpuint (ah_bus_subscribe (fixture->bus, "pair", group, &error), >, 0);
+  for (guint i = 0; i < 4; i++)
+    send_to (fixture, full->id, "fill", "");
+
+  g_assert_false (ah_bus_publish (fixture->bus, AH_AGENT_ID_NONE, "pair", "p", 1,
+                                  AH_PRIORITY_NORMAL, &error));
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_OVERFLOW);
+  expected = g_strdup_printf ("the mailbox of agent %" G_GUINT64_FORMAT " is full", full->id);
+  g_assert_cmpstr (error->message, ==, expected);
+  g_clear_error (&error);
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_OVERFLOW), ==, 1);
+  g_assert_cmpuint (((DeadLetter *) g_ptr_array_index (fixture->dead, 0))->intended, ==, full->id);
+
+  /* System messages are never refused. */
+  g_assert_true (ah_bus_send (fixture->bus, AH_AGENT_ID_NONE, full->id, "ctl", "", 0,
+                              AH_PRIORITY_SYSTEM, &error));
+
+  ah_bus_start (fixture->bus);
+  send_to (fixture, sender->id, "go", "");
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (count_received (fixture, full->id, AH_MESSAGE_DIRECT), ==, 5);
+  g_assert_cmpuint (count_received (fixture, roomy->id, AH_MESSAGE_PUBLISH), ==, 1);
+  g_assert_cmpuint (count_received (fixture, target->id, AH_MESSAGE_DIRECT), ==, 4);
+  g_assert_cmpuint (count_received (fixture, target->id, AH_MESSAGE_REQUEST), ==, 0);
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_OVERFLOW), ==, 3);
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.failed, ==, 3);
+  g_assert_cmpuint (counters.requests, ==, 0);
+}
+
+static const AhBusConfig config_block_small = {
+  .n_workers = 2, .mailbox_capacity = 4, .publish_batch = 8, .overflow = AH_OVERFLOW_BLOCK };
+
+typedef struct {
+  Fixture *fixture;
+  Agent   *target;
+  guint    n_messages;
+  gboolean done;    /* under the fixture lock */
+} BlockedPublisher;
+
+static gpointer
+blocked_publisher_main (gpointer data)
+{
+  BlockedPublisher *publisher = data;
+  Fixture *fixture = publisher->fixture;
+
+  for (guint i = 1; i <= publisher->n_messages; i++)
+    {
+      Sequenced sequenced = { 0, i };
+      g_autoptr(GError) error = NULL;
+
+      g_assert_true (ah_bus_send (fixture->bus, 5, publisher->target->id, "seq", &sequenced,
+                                  sizeof sequenced, AH_PRIORITY_NORMAL, &error));
+      g_assert_no_error (error);
+    }
+  pthread_mutex_lock (&fixture->lock);
+  publisher->done = TRUE;
+  pthread_cond_broadcast (&fixture->cond);
+  pthread_mutex_unlock (&fixture->lock);
+  return NULL;
+}
+
+static void
+test_overflow_block_external (Fixture       *fixture,
+                              gconstpointer  user_data)
+{
+  Agent *consumer = fixture_add_agent (fixture, step_check_sequence, NULL);
+  BlockedPublisher publisher = { fixture, consumer, 200, FALSE };
+  gint64 deadline = deadline_in_us (100 * 1000);
+  pthread_t thread;
+  gboolean done_early;
+
+  g_test_summary ("Under the block policy an outside publisher waits for room in a full "
+                  "mailbox, then completes; nothing is lost and the order holds");
+
+  /* Workers not started: the mailbox fills after 4 and the thread waits. */
+  g_assert_cmpint (pthread_create (&thread, NULL, blocked_publisher_main, &publisher), ==, 0);
+  pthread_mutex_lock (&fixture->lock);
+  while (!publisher.done)
+    if (!fixture_wait_until (fixture, deadline))
+      break;
+  done_early = publisher.done;
+  pthread_mutex_unlock (&fixture->lock);
+  g_assert_false (done_early);
+
+  ah_bus_start (fixture->bus);
+  pthread_join (thread, NULL);
+  fixture_wait_idle (fixture);
+
+  g_assert_true (publisher.done);
+  g_assert_cmpuint (consumer->n_received, ==, 200);
+  g_assert_false (consumer->out_of_order);
+  g_assert_cmpuint (consumer->last_sequence[0], ==, 200);
+  g_assert_cmpuint (fixture->dead->len, ==, 0);
+}
+
+static gboolean
+step_send_to_self (Agent           *agent,
+                   AhBusCall       *call,
+                   const AhMessage *message)
+{
+  if (strcmp (ah_message_get_subject (message), "go") == 0)
+    for (guint i = 0; i < 20; i++)
+      g_assert_true (ah_bus_call_send (call, agent->id, "self", "", 0));
+  return TRUE;
+}
+
+static void
+test_overflow_block_handler (Fixture       *fixture,
+                             gconstpointer  user_data)
+{
+  const guint n_messages = 500;
+  Agent *consumer = fixture_add_agent (fixture, step_check_sequence, NULL);
+  Burst burst = { consumer, n_messages, 0 };
+  Agent *producer = fixture_add_agent (fixture, step_send_burst, &burst);
+  Agent *local_consumer = fixture_add_agent (fixture, step_check_sequence, NULL);
+  Agent *loner = fixture_add_agent (fixture, step_send_to_self, NULL);
+  Burst local_burst = { local_consumer, n_messages, 1 };
+  Agent *local_producer = fixture_add_agent (fixture, step_send_burst, &local_burst);
+
+  g_test_summary ("Under the block policy a handler is never blocked: what meets a full "
+                  "mailbox waits in order and is retried as room appears; nothing is lost, "
+                  "also for an endpoint filling its own mailbox");
+
+  /* Round robin over 2 workers: consumer 0, producer 1, local_consumer 0,
+   * loner 1, local_producer 0: one pair across workers, one on the same. */
+  g_assert_cmpuint (consumer->id % 2, !=, producer->id % 2);
+  g_assert_cmpuint (local_consumer->id % 2, ==, local_producer->id % 2);
+  ah_bus_start (fixture->bus);
+  send_to (fixture, producer->id, "go", "");
+  send_to (fixture, local_producer->id, "go", "");
+  send_to (fixture, loner->id, "go", "");
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (consumer->n_received, ==, n_messages);
+  g_assert_false (consumer->out_of_order);
+  g_assert_cmpuint (local_consumer->n_received, ==, n_messages);
+  g_assert_false (local_consumer->out_of_order);
+  g_assert_cmpuint (loner->n_received, ==, 21);
+  g_assert_cmpuint (fixture->dead->len, ==, 0);
+}
+
+/* ---- Failure, close, stop, idle ------------------------------------------------------------- */
+
+static gboolean
+step_fail_on_bad (Agent           *agent,
+                  AhBusCall       *call,
+                  const AhMessage *message)
+{
+  gsize size;
+  const char *data = ah_message_get_data (message, &size);
+
+  g_assert_cmpint (data[size], ==, '\0');   /* the convenience NUL */
+  if (strcmp (data, "bad") != 0)
+    return TRUE;
+  /* Published before failing: accepted, so still delivered. */
+  g_assert_true (ah_bus_call_publish (call, "aftermath", "x", 1));
+  return FALSE;
+}
+
+static void
+test_handler_failure (Fixture       *fixture,
+                      gconstpointer  user_data)
+{
+  Agent *agent = fixture_add_agent (fixture, step_fail_on_bad, NULL);
+  Agent *observer = fixture_add_subscriber (fixture, "aftermath", NULL, NULL);
+  AhBusCounters counters;
+
+  g_test_summary ("A handler returning FALSE fails its whole batch (each message dead-"
+                  "lettered as handler-failed); what it published is still delivered");
+
+  send_to (fixture, agent->id, "work", "ok");
+  send_to (fixture, agent->id, "work", "bad");
+  send_to (fixture, agent->id, "work", "ok");
+  ah_bus_start (fixture->bus);
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (agent->n_calls, ==, 1);
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_HANDLER_FAILED), ==, 3);
+  g_assert_cmpuint (count_received (fixture, observer->id, AH_MESSAGE_PUBLISH), ==, 1);
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.failed, ==, 3);
+  g_assert_cmpuint (counters.delivered, ==, 1);
+}
+
+static gboolean
+step_close_self (Agent           *agent,
+                 AhBusCall       *call,
+                 const AhMessage *message)
+{
+  ah_bus_endpoint_close (ah_bus_call_get_bus (call), agent->endpoint);
+  return TRUE;
+}
+
+static const AhBusConfig config_batch_of_one = { .n_workers = 1, .handler_batch = 1 };
+
+static void
+test_close_dead_letters (Fixture       *fixture,
+                         gconstpointer  user_data)
+{
+  Agent *idle = fixture_add_agent (fixture, NULL, NULL);
+  Agent *quitter = fixture_add_agent (fixture, step_close_self, NULL);
+  AhAgentId idle_id = idle->id;
+
+  g_test_summary ("Closing an endpoint dead-letters what is queued for it (agent-stopped); "
+                  "closing from its own handler completes when the handler returns");
+
+  for (guint i = 0; i < 5; i++)
+    send_to (fixture, idle->id, "work", "x");
+  ah_bus_endpoint_close (fixture->bus, idle->endpoint);
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_AGENT_STOPPED), ==, 5);
+  g_assert_cmpuint (((DeadLetter *) g_ptr_array_index (fixture->dead, 0))->intended, ==, idle_id);
+  send_to (fixture, idle_id, "work", "x");
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_NO_AGENT), ==, 1);
+
+  for (guint i = 0; i < 4; i++)
+    send_to (fixture, quitter->id, "work", "x");
+  ah_bus_start (fixture->bus);
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (quitter->n_calls, ==, 1);   /* handler_batch 1: one message handled */
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_AGENT_STOPPED), ==, 8);
+}
+
+typedef struct {
+  Fixture  *fixture;
+  Agent    *agent;
+  gboolean  handler_running;   /* under the fixture lock */
+  gboolean  handler_finished;
+  gboolean  finished_before_close_returned;
+  gboolean  close_returned;
+} CloseRace;
+
+static gboolean
+step_wait_for_gate (Agent           *agent,
+                    AhBusCall       *call,
+                    const AhMessage *message)
+{
+  CloseRace *race = agent->data;
+  Fixture *fixture = agent->fixture;
+  gint64 deadline = deadline_in_us (WAIT_US);
+
+  pthread_mutex_lock (&fixture->lock);
+  race->handler_running = TRUE;
+  pthread_cond_broadcast (&fixture->cond);
+  while (!fixture->gate_open)
+    if (!fixture_wait_until (fixture, deadline))
+      break;
+  race->handler_finished = TRUE;
+  pthread_mutex_unlock (&fixture->lock);
+  return TRUE;
+}
+
+static gpointer
+closer_main (gpointer data)
+{
+  CloseRace *race = data;
+
+  ah_bus_endpoint_close (race->fixture->bus, race->agent->endpoint);
+  pthread_mutex_lock (&race->fixture->lock);
+  race->finished_before_close_returned = race->handler_finished;
+  race->close_returned = TRUE;
+  pthread_cond_broadcast (&race->fixture->cond);
+  pthread_mutex_unlock (&race->fixture->lock);
+  return NULL;
+}
+
+static void
+test_close_waits_for_handler (Fixture       *fixture,
+                              gconstpointer  user_data)
+{
+  CloseRace race = { fixture };
+  gint64 deadline = deadline_in_us (WAIT_US);
+  pthread_t thread;
+
+  g_test_summary ("Closing an endpoint from another thread waits for its running batch");
+
+  race.agent = fixture_add_agent (fixture, step_wait_for_gate, &race);
+  ah_bus_start (fixture->bus);
+  send_to (fixture, race.agent->id, "work", "1");
+  send_to (fixture, race.agent->id, "work", "2");
+
+  pthread_mutex_lock (&fixture->lock);
+  while (!race.handler_running)
+    if (!fixture_wait_until (fixture, deadline))
+      break;
+  pthread_mutex_unlock (&fixture->lock);
+  g_assert_true (race.handler_running);
+
+  /* The close must not return while the handler is held at the gate. */
+  g_assert_cmpint (pthread_create (&thread, NULL, closer_main, &race), ==, 0);
+  deadline = deadline_in_us (100 * 1000);
+  pthread_mutex_lock (&fixture->lock);
+  while (!race.close_returned)
+    if (!fixture_wait_until (fixture, deadline))
+      break;
+  g_assert_false (race.close_returned);
+  pthread_mutex_unlock (&fixture->lock);
+  fixture_open_gate (fixture);
+  pthread_join (thread, NULL);
+  fixture_wait_idle (fixture);
+
+  g_assert_true (race.finished_before_close_returned);
+  g_assert_cmpuint (race.agent->n_received + count_dead (fixture, AH_DEAD_LETTER_AGENT_STOPPED),
+                    ==, 2);
+}
+
+static void
+test_stop_leftovers (Fixture       *fixture,
+                     gconstpointer  user_data)
+{
+  Agent *agent = fixture_add_agent (fixture, NULL, NULL);
+  g_autoptr(GError) error = NULL;
+  AhBusCounters counters;
+
+  g_test_summary ("Stopping dead-letters what is still queued (shutdown); publishing "
+                  "afterwards fails with an error");
+
+  for (guint i = 0; i < 3; i++)
+    send_to (fixture, agent->id, "work", "x");
+  g_assert_false (ah_bus_is_idle (fixture->bus));
+  ah_bus_stop (fixture->bus, 0);
+
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_SHUTDOWN), ==, 3);
+  g_assert_true (ah_bus_is_idle (fixture->bus));
+  g_assert_false (ah_bus_publish (fixture->bus, AH_AGENT_ID_NONE, "late", "x", 1,
+                                  AH_PRIORITY_NORMAL, &error));
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_STATE);
+  g_assert_cmpstr (error->message, ==, "the bus is stopped");
+  g_clear_error (&error);
+  g_assert_false (ah_bus_send (fixture->bus, AH_AGENT_ID_NONE, agent->id, "late", "x", 1,
+                               AH_PRIORITY_NORMAL, &error));
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_STATE);
+
+  /* Closing after the stop is allowed: the pools do it at shutdown. */
+  ah_bus_endpoint_close (fixture->bus, agent->endpoint);
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.accepted, ==, 3);
+  g_assert_cmpuint (counters.dead_lettered, ==, 3);
+}
+
+static void
+test_stop_drains (Fixture       *fixture,
+                  gconstpointer  user_data)
+{
+  Agent *agent = fixture_add_agent (fixture, NULL, NULL);
+
+  g_test_summary ("Stopping with a drain timeout lets the workers finish queued work first");
+
+  for (guint i = 0; i < 50; i++)
+    send_to (fixture, agent->id, "work", "x");
+  ah_bus_start (fixture->bus);
+  ah_bus_stop (fixture->bus, WAIT_US);
+  g_assert_cmpuint (agent->n_received, ==, 50);
+  g_assert_cmpuint (fixture->dead->len, ==, 0);
+}
+
+static void
+test_idle_func_and_wait (Fixture       *fixture,
+                         gconstpointer  user_data)
+{
+  Agent *agent = fixture_add_agent (fixture, NULL, NULL);
+  guint n_idle_calls;
+
+  g_test_summary ("wait_idle returns once nothing is in flight, the idle func runs when "
+                  "the bus becomes idle, and a bus with queued work is not idle");
+
+  g_assert_true (ah_bus_is_idle (fixture->bus));
+  g_assert_true (ah_bus_wait_idle (fixture->bus, 0));
+  send_to (fixture, agent->id, "work", "x");
+  g_assert_false (ah_bus_is_idle (fixture->bus));
+  g_assert_false (ah_bus_wait_idle (fixture->bus, 0));
+  g_assert_false (ah_bus_wait_idle (fixture->bus, 20 * 1000));   /* no workers yet */
+
+  ah_bus_start (fixture->bus);
+  g_assert_true (ah_bus_wait_idle (fixture->bus, -1));
+  pthread_mutex_lock (&fixture->lock);
+  n_idle_calls = fixture->n_idle_calls;
+  pthread_mutex_unlock (&fixture->lock);
+  g_assert_cmpuint (n_idle_calls, >=, 1);
+  g_assert_cmpuint (agent->n_received, ==, 1);
+}
+
+static void
+test_config_defaults (Fixture       *fixture,
+                      gconstpointer  user_data)
+{
+  const AhBusConfig *config = ah_bus_get_config (fixture->bus);
+
+  g_test_summary ("Zero config fields take the documented defaults");
+
+  g_assert_cmpuint (config->n_workers, ==, g_get_num_processors ());
+  g_assert_cmpuint (config->publish_batch, ==, 256);
+  g_assert_cmpuint (config->handler_batch, ==, 32);
+  g_assert_cmpuint (config->mailbox_capacity, ==, 1024);
+  g_assert_cmpint (config->overflow, ==, AH_OVERFLOW_FAIL);
+}
+
+int
+main (int    argc,
+      char **argv)
+{
+  g_test_init (&argc, &argv, G_TEST_OPTION_ISOLATE_DIRS, NULL);
+
+  g_test_add_func ("/bus/subject/syntax", test_subject_syntax);
+  g_test_add_func ("/bus/pattern/match", test_pattern_matching);
+  g_test_add_func ("/bus/pattern/trie", test_subject_trie);
+
+#define BUS_TEST(path, config, func) \
+  g_test_add (path, Fixture, config, fixture_set_up, func, fixture_tear_down)
+
+  BUS_TEST ("/bus/config/defaults", NULL, test_config_defaults);
+  BUS_TEST ("/bus/route/wildcards", &config_two_workers, test_route_wildcards);
+  BUS_TEST ("/bus/route/queue-spread", &config_two_workers, test_route_queue_spread);
+  BUS_TEST ("/bus/route/broadcast-shared", &config_two_workers, test_route_broadcast_shared);
+  BUS_TEST ("/bus/route/no-route", &config_one_worker, test_route_no_route);
+  BUS_TEST ("/bus/route/invalid", &config_one_worker, test_route_invalid);
+  BUS_TEST ("/bus/route/observer", &config_two_workers, test_route_observer);
+  BUS_TEST ("/bus/send/direct", &config_two_workers, test_send_direct);
+  BUS_TEST ("/bus/send/unknown", &config_one_worker, test_send_unknown);
+  BUS_TEST ("/bus/request/reply", &config_two_workers, test_request_reply);
+  BUS_TEST ("/bus/request/timeout", &config_two_workers, test_request_timeout);
+  BUS_TEST ("/bus/request/pending", &config_two_workers, test_request_pending_blocks_idle);
+  BUS_TEST ("/bus/request/no-responders", &config_one_worker, test_request_no_responders);
+  BUS_TEST ("/bus/request/late-reply", &config_two_workers, test_request_late_reply);
+  BUS_TEST ("/bus/order/per-sender", &config_order_fail, test_order_per_sender);
+  BUS_TEST ("/bus/order/per-sender-backpressure", &config_order_block, test_order_per_sender);
+  BUS_TEST ("/bus/priority/system-first", &config_one_worker, test_priority_system_first);
+  BUS_TEST ("/bus/batch/limit", &config_small_batches, test_batch_limit);
+  BUS_TEST ("/bus/outbox/flush-mid-call", &config_flush, test_outbox_flush_mid_call);
+  BUS_TEST ("/bus/overflow/fail", &config_fail_small, test_overflow_fail);
+  BUS_TEST ("/bus/overflow/block-external", &config_block_small, test_overflow_block_external);
+  BUS_TEST ("/bus/overflow/block-handler", &config_block_small, test_overflow_block_handler);
+  BUS_TEST ("/bus/handler/failure", &config_one_worker, test_handler_failure);
+  BUS_TEST ("/bus/close/dead-letters", &config_batch_of_one, test_close_dead_letters);
+  BUS_TEST ("/bus/close/waits-for-handler", &config_one_worker, test_close_waits_for_handler);
+  BUS_TEST ("/bus/stop/leftovers", &config_one_worker, test_stop_leftovers);
+  BUS_TEST ("/bus/stop/drains", &config_two_workers, test_stop_drains);
+  BUS_TEST ("/bus/idle/func-and-wait", &config_two_workers, test_idle_func_and_wait);
+
+#undef BUS_TEST
+
+  return g_test_run ();
+}

@@ -1,0 +1,71 @@
+/* Messages and the subject trie: internals shared by the bus's own files
+ * (ah-message.c, ah-subject.c, ah-bus.c). Nothing outside the bus needs
+ * this header; everyone else goes through ah-bus-private.h and the
+ * public ah_message_get_*() accessors.
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#pragma once
+
+#include <stdatomic.h>
+
+#include <agenthost/agenthost.h>
+
+G_BEGIN_DECLS
+
+/* Longest subject or pattern, in bytes, without the NUL. */
+#define AH_SUBJECT_MAX_LENGTH 255
+
+/* One allocation holds the struct, the payload, a NUL after the payload
+ * and, when the subject is not interned, a copy of the subject. A message
+ * is immutable once published, so a broadcast to k endpoints shares one
+ * message with k references. */
+struct _AhMessage {
+  atomic_int     ref_count;
+  AhMessageKind  kind;
+  AhPriority     priority;
+  /* Interned (owned by the bus, outliving every message) or pointing
+   * into @data after the payload. */
+  const char    *subject;
+  AhAgentId      sender;
+  AhAgentId      reply_to;          /* REQUEST: the requester; else NONE */
+  guint64        correlation;       /* 0 unless a request kind */
+  gint64         publish_time_ns;   /* CLOCK_MONOTONIC */
+  gsize          size;
+  char           data[];
+};
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+gint64     ah__monotonic_ns       (void);
+
+/* @subject must be valid. When @subject_is_interned, the message points at
+ * it and the caller guarantees it outlives the message; otherwise the
+ * message keeps a copy. The returned message holds one reference. */
+AhMessage *ah__message_new        (AhMessageKind kind, AhPriority priority,
+                                   const char *subject, gboolean subject_is_interned,
+                                   AhAgentId sender, AhAgentId reply_to,
+                                   guint64 correlation, gconstpointer data, gsize size);
+AhMessage *ah__message_ref        (AhMessage *message);
+void       ah__message_unref      (AhMessage *message);
+
+/* The subscription trie: patterns split into tokens, '*' and '>' as
+ * special children, so matching a subject costs its number of tokens
+ * (times the wildcard branches taken), not the number of patterns. The
+ * trie stores opaque values and does no locking: the bus guards it. */
+typedef struct _AhSubjectTrie AhSubjectTrie;
+
+AhSubjectTrie *ah__subject_trie_new    (void);
+void           ah__subject_trie_free   (AhSubjectTrie *trie);
+/* @pattern must be valid. The same value may be inserted under several
+ * patterns. */
+void           ah__subject_trie_insert (AhSubjectTrie *trie, const char *pattern,
+                                        gpointer value);
+/* Returns FALSE when @value was not stored under @pattern. */
+gboolean       ah__subject_trie_remove (AhSubjectTrie *trie, const char *pattern,
+                                        gpointer value);
+/* Appends to @values the value of every pattern matching @subject (a
+ * valid subject), once per matching pattern. */
+void           ah__subject_trie_match  (AhSubjectTrie *trie, const char *subject,
+                                        GPtrArray *values);
+
+G_END_DECLS
