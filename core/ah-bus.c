@@ -244,7 +244,6 @@ struct _AhBus {
   AhTally           external;        /* counts of threads that are not our workers */
   atomic_bool       started;
   atomic_bool       stopping;        /* publishing refused from here on */
-  gboolean          stopped;         /* by the thread that stopped it */
 };
 
 /* The worker running on this thread, and the handler call it is in. */
@@ -512,6 +511,58 @@ ah_endpoint_ref (AhEndpoint *endpoint)
   atomic_fetch_add_explicit (&endpoint->ref_count, 1, memory_order_relaxed);
   return endpoint;
 }
+
+/* The endpoints one message goes to, each with a reference. Most
+ * messages have a handful, kept inline so routing does not allocate. */
+#define AH_RECIPIENTS_INLINE 8
+
+typedef struct {
+  guint        len;
+  guint        allocated;     /* of @heap_items; 0 while the inline slots do */
+  AhEndpoint **heap_items;
+  AhEndpoint  *inline_items[AH_RECIPIENTS_INLINE];
+} AhRecipients;
+
+static AhEndpoint **
+ah_recipients_get (AhRecipients *recipients)
+{
+  return recipients->heap_items != NULL ? recipients->heap_items : recipients->inline_items;
+}
+
+/* Takes over the reference to @endpoint. */
+static void
+ah_recipients_add (AhRecipients *recipients,
+                   AhEndpoint   *endpoint)
+{
+  if (recipients->heap_items == NULL && recipients->len == AH_RECIPIENTS_INLINE)
+    {
+      recipients->allocated = 4 * AH_RECIPIENTS_INLINE;
+      recipients->heap_items = g_new (AhEndpoint *, recipients->allocated);
+      memcpy (recipients->heap_items, recipients->inline_items, sizeof recipients->inline_items);
+    }
+  else if (recipients->heap_items != NULL && recipients->len == recipients->allocated)
+    {
+      recipients->allocated *= 2;
+      recipients->heap_items = g_renew (AhEndpoint *, recipients->heap_items,
+                                        recipients->allocated);
+    }
+  ah_recipients_get (recipients)[recipients->len++] = endpoint;
+}
+
+/* Drops the references still held and the storage. */
+static void
+ah_recipients_clear (AhRecipients *recipients)
+{
+  AhEndpoint **items = ah_recipients_get (recipients);
+
+  for (guint i = 0; i < recipients->len; i++)
+    ah_endpoint_unref (items[i]);
+  recipients->len = 0;
+  g_clear_pointer (&recipients->heap_items, g_free);
+  recipients->allocated = 0;
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (AhRecipients, ah_recipients_clear)
 
 static void
 ah_endpoint_unref_func (gpointer data,
@@ -1017,6 +1068,9 @@ ah_bus_unregister_endpoint_unlocked (AhBus      *self,
   return TRUE;
 }
 
+/* From a handler, closing another endpoint waits for that endpoint's
+ * running batch like any other caller: two handlers closing each other's
+ * endpoints at the same moment would wait for each other. */
 void
 ah_bus_endpoint_close (AhBus      *self,
                        AhEndpoint *endpoint)
@@ -1218,6 +1272,7 @@ ah_bus_subscribe_func (AhBus           *self,
 
   g_return_val_if_fail (self != NULL, 0);
   g_return_val_if_fail (pattern != NULL, 0);
+  g_return_val_if_fail (delivery == AH_DELIVERY_QUEUE || delivery == AH_DELIVERY_BROADCAST, 0);
   g_return_val_if_fail (func != NULL, 0);
   g_return_val_if_fail (error == NULL || *error == NULL, 0);
 
@@ -1308,7 +1363,7 @@ ah_bus_resolve_targets_unlocked (AhBus      *self,
  * called with route_lock held. */
 static void
 ah_targets_pick_unlocked (const AhTargets *targets,
-                          GPtrArray       *recipients)
+                          AhRecipients    *recipients)
 {
   for (guint i = 0; i < targets->n_groups; i++)
     {
@@ -1321,13 +1376,13 @@ ah_targets_pick_unlocked (const AhTargets *targets,
         {
           guint turn = atomic_fetch_add_explicit (&group->next_member, 1, memory_order_relaxed);
 
-          g_ptr_array_add (recipients,
-                           ah_endpoint_ref (g_ptr_array_index (group->members, turn % n_members)));
+          ah_recipients_add (recipients,
+                             ah_endpoint_ref (g_ptr_array_index (group->members, turn % n_members)));
         }
       else
         {
           for (guint j = 0; j < n_members; j++)
-            g_ptr_array_add (recipients, ah_endpoint_ref (g_ptr_array_index (group->members, j)));
+            ah_recipients_add (recipients, ah_endpoint_ref (g_ptr_array_index (group->members, j)));
         }
     }
 }
@@ -1336,9 +1391,9 @@ ah_targets_pick_unlocked (const AhTargets *targets,
  * Returns the interned copy of @subject, or NULL when the subject cache
  * is full and the subject was routed uncached. */
 static const char *
-ah_bus_route_subject (AhBus      *self,
-                      const char *subject,
-                      GPtrArray  *recipients)
+ah_bus_route_subject (AhBus        *self,
+                      const char   *subject,
+                      AhRecipients *recipients)
 {
   AhSubjectEntry *entry;
   AhTargets *uncached = NULL;
@@ -1352,6 +1407,15 @@ ah_bus_route_subject (AhBus      *self,
       interned = entry->subject;
       pthread_rwlock_unlock (&self->route_lock);
       return interned;
+    }
+  if (entry == NULL && g_hash_table_size (self->subjects) >= AH_BUS_SUBJECT_CACHE_MAX)
+    {
+      /* Nothing to cache, so no need for the write lock. */
+      uncached = ah_bus_resolve_targets_unlocked (self, subject);
+      ah_targets_pick_unlocked (uncached, recipients);
+      pthread_rwlock_unlock (&self->route_lock);
+      g_free (uncached);
+      return NULL;
     }
   pthread_rwlock_unlock (&self->route_lock);
 
@@ -1450,15 +1514,18 @@ ah_bus_accept_dead (AhBus              *self,
 /* Queues @message (transfer full) for @recipients (their references are
  * taken over), from a thread outside any handler call. */
 static gboolean
-ah_bus_deliver_external (AhBus      *self,
-                         AhMessage  *message,
-                         GPtrArray  *recipients,
-                         GError    **error)
+ah_bus_deliver_external (AhBus         *self,
+                         AhMessage     *message,
+                         AhRecipients  *recipients,
+                         GError       **error)
 {
   gboolean normal = message->priority != AH_PRIORITY_SYSTEM;
   gboolean reserve = self->config.overflow == AH_OVERFLOW_FAIL && normal;
-  g_autoptr(GArray) envelopes = g_array_sized_new (FALSE, FALSE, sizeof (AhEnvelope),
-                                                    recipients->len);
+  AhEndpoint **items = ah_recipients_get (recipients);
+  AhEnvelope inline_envelopes[AH_RECIPIENTS_INLINE];
+  g_autofree AhEnvelope *heap_envelopes = NULL;
+  AhEnvelope *envelopes = inline_envelopes;
+  guint n_envelopes = 0;
   AhDeliverMode mode;
   AhDeliverResult result;
   guint n_refused = 0;
@@ -1471,11 +1538,13 @@ ah_bus_deliver_external (AhBus      *self,
   else
     mode = AH_DELIVER_WAIT;
 
+  if (recipients->len > AH_RECIPIENTS_INLINE)
+    envelopes = heap_envelopes = g_new (AhEnvelope, recipients->len);
+
   ah_bus_accept (self, recipients->len);
   for (guint i = 0; i < recipients->len; i++)
     {
-      AhEndpoint *to = g_ptr_array_index (recipients, i);
-      AhEnvelope envelope;
+      AhEndpoint *to = items[i];
 
       if (reserve && !ah_endpoint_reserve (to, self->config.mailbox_capacity))
         {
@@ -1485,15 +1554,14 @@ ah_bus_deliver_external (AhBus      *self,
           ah_endpoint_unref (to);
           continue;
         }
-      envelope.message = ah__message_ref (message);
-      envelope.to = to;
-      g_array_append_val (envelopes, envelope);
+      envelopes[n_envelopes].message = ah__message_ref (message);
+      envelopes[n_envelopes].to = to;
+      n_envelopes++;
     }
-  g_ptr_array_set_size (recipients, 0);
+  recipients->len = 0;   /* the references moved to the envelopes */
   ah__message_unref (message);
 
-  ah_bus_deliver (self, (AhEnvelope *) (gpointer) envelopes->data, envelopes->len, mode,
-                  NULL, NULL, &result);
+  ah_bus_deliver (self, envelopes, n_envelopes, mode, NULL, NULL, &result);
   if (result.n_refused > 0 && n_refused == 0)
     first_refused = result.first_refused;
   n_refused += result.n_refused;
@@ -1522,6 +1590,10 @@ ah_bus_check_open (AhBus   *self,
   return FALSE;
 }
 
+/* Under AH_OVERFLOW_BLOCK, a caller outside the workers waits for room;
+ * one on a worker thread (an observer calling back into the host, say)
+ * cannot, since the room may have to be made by that very worker, so a
+ * full mailbox refuses it as under AH_OVERFLOW_FAIL. */
 gboolean
 ah_bus_publish (AhBus        *self,
                 AhAgentId     sender,
@@ -1531,7 +1603,7 @@ ah_bus_publish (AhBus        *self,
                 AhPriority    priority,
                 GError      **error)
 {
-  g_autoptr(GPtrArray) recipients = NULL;
+  g_auto(AhRecipients) recipients = { 0 };
   const char *interned;
   AhMessage *message;
 
@@ -1550,16 +1622,15 @@ ah_bus_publish (AhBus        *self,
       return FALSE;
     }
 
-  recipients = g_ptr_array_new ();
-  interned = ah_bus_route_subject (self, subject, recipients);
+  interned = ah_bus_route_subject (self, subject, &recipients);
   message = ah__message_new (AH_MESSAGE_PUBLISH, priority, interned != NULL ? interned : subject,
                              interned != NULL, sender, AH_AGENT_ID_NONE, 0, data, size);
-  if (recipients->len == 0)
+  if (recipients.len == 0)
     {
       ah_bus_accept_dead (self, message, AH_AGENT_ID_NONE, AH_DEAD_LETTER_NO_ROUTE);
       return TRUE;
     }
-  return ah_bus_deliver_external (self, message, recipients, error);
+  return ah_bus_deliver_external (self, message, &recipients, error);
 }
 
 gboolean
@@ -1572,7 +1643,7 @@ ah_bus_send (AhBus        *self,
              AhPriority    priority,
              GError      **error)
 {
-  g_autoptr(GPtrArray) recipients = NULL;
+  g_auto(AhRecipients) recipients = { 0 };
   AhEndpoint *endpoint;
   AhMessage *message;
 
@@ -1599,9 +1670,8 @@ ah_bus_send (AhBus        *self,
       ah_bus_accept_dead (self, message, to, AH_DEAD_LETTER_NO_AGENT);
       return TRUE;
     }
-  recipients = g_ptr_array_new ();
-  g_ptr_array_add (recipients, endpoint);
-  return ah_bus_deliver_external (self, message, recipients, error);
+  ah_recipients_add (&recipients, endpoint);
+  return ah_bus_deliver_external (self, message, &recipients, error);
 }
 
 /* ---- Request bookkeeping ------------------------------------------------------------------ */
@@ -1840,10 +1910,11 @@ ah_bus_call_count (AhBusCall *call)
  * (references taken over), reserving room first under
  * AH_OVERFLOW_FAIL. Returns how many recipients took it. */
 static guint
-ah_bus_call_queue (AhBusCall *call,
-                   AhMessage *message,
-                   GPtrArray *recipients)
+ah_bus_call_queue (AhBusCall    *call,
+                   AhMessage    *message,
+                   AhRecipients *recipients)
 {
+  AhEndpoint **items = ah_recipients_get (recipients);
   AhBus *self = call->bus;
   gboolean reserve = self->config.overflow == AH_OVERFLOW_FAIL
                      && message->priority != AH_PRIORITY_SYSTEM;
@@ -1852,7 +1923,7 @@ ah_bus_call_queue (AhBusCall *call,
   ah_bus_accept (self, recipients->len);
   for (guint i = 0; i < recipients->len; i++)
     {
-      AhEndpoint *to = g_ptr_array_index (recipients, i);
+      AhEndpoint *to = items[i];
       AhEnvelope envelope;
 
       if (reserve && !ah_endpoint_reserve (to, self->config.mailbox_capacity))
@@ -1866,7 +1937,7 @@ ah_bus_call_queue (AhBusCall *call,
       g_array_append_val (call->worker->outbox, envelope);
       n_queued++;
     }
-  g_ptr_array_set_size (recipients, 0);
+  recipients->len = 0;   /* the references moved to the outbox */
   ah__message_unref (message);
   return n_queued;
 }
@@ -1877,7 +1948,7 @@ ah_bus_call_publish (AhBusCall    *call,
                      gconstpointer data,
                      gsize         size)
 {
-  g_autoptr(GPtrArray) recipients = NULL;
+  g_auto(AhRecipients) recipients = { 0 };
   AhBus *self;
   const char *interned;
   AhMessage *message;
@@ -1896,19 +1967,18 @@ ah_bus_call_publish (AhBusCall    *call,
       return FALSE;
     }
 
-  recipients = g_ptr_array_new ();
-  interned = ah_bus_route_subject (self, subject, recipients);
+  interned = ah_bus_route_subject (self, subject, &recipients);
   message = ah__message_new (AH_MESSAGE_PUBLISH, AH_PRIORITY_NORMAL,
                              interned != NULL ? interned : subject, interned != NULL,
                              call->endpoint->id, AH_AGENT_ID_NONE, 0, data, size);
-  if (recipients->len == 0)
+  if (recipients.len == 0)
     {
       ah_bus_accept_dead (self, message, AH_AGENT_ID_NONE, AH_DEAD_LETTER_NO_ROUTE);
       return TRUE;
     }
 
-  n_recipients = recipients->len;
-  n_queued = ah_bus_call_queue (call, message, recipients);
+  n_recipients = recipients.len;
+  n_queued = ah_bus_call_queue (call, message, &recipients);
   ah_bus_call_count (call);
   return n_queued == n_recipients;
 }
@@ -1920,7 +1990,7 @@ ah_bus_call_send (AhBusCall    *call,
                   gconstpointer data,
                   gsize         size)
 {
-  g_autoptr(GPtrArray) recipients = NULL;
+  g_auto(AhRecipients) recipients = { 0 };
   AhBus *self;
   AhEndpoint *endpoint;
   AhMessage *message;
@@ -1947,9 +2017,8 @@ ah_bus_call_send (AhBusCall    *call,
       return TRUE;
     }
 
-  recipients = g_ptr_array_new ();
-  g_ptr_array_add (recipients, endpoint);
-  n_queued = ah_bus_call_queue (call, message, recipients);
+  ah_recipients_add (&recipients, endpoint);
+  n_queued = ah_bus_call_queue (call, message, &recipients);
   ah_bus_call_count (call);
   return n_queued == 1;
 }
@@ -2036,7 +2105,7 @@ ah_bus_call_request (AhBusCall    *call,
                      gsize         size,
                      guint         timeout_ms)
 {
-  g_autoptr(GPtrArray) recipients = NULL;
+  g_auto(AhRecipients) recipients = { 0 };
   AhBus *self;
   AhAgentId requester;
   const char *interned;
@@ -2057,13 +2126,12 @@ ah_bus_call_request (AhBusCall    *call,
 
   correlation = atomic_fetch_add (&self->next_correlation, 1);
   requester = call->endpoint->id;
-  recipients = g_ptr_array_new ();
-  interned = ah_bus_route_subject (self, subject, recipients);
+  interned = ah_bus_route_subject (self, subject, &recipients);
   message = ah__message_new (AH_MESSAGE_REQUEST, AH_PRIORITY_NORMAL,
                              interned != NULL ? interned : subject, interned != NULL,
                              requester, requester, correlation, data, size);
 
-  if (recipients->len == 0)
+  if (recipients.len == 0)
     {
       AhMessage *no_responders;
 
@@ -2071,8 +2139,8 @@ ah_bus_call_request (AhBusCall    *call,
       no_responders = ah__message_new (AH_MESSAGE_NO_RESPONDERS, AH_PRIORITY_SYSTEM, subject,
                                        FALSE, AH_AGENT_ID_NONE, AH_AGENT_ID_NONE, correlation,
                                        NULL, 0);
-      g_ptr_array_add (recipients, ah_endpoint_ref (call->endpoint));
-      ah_bus_call_queue (call, no_responders, recipients);
+      ah_recipients_add (&recipients, ah_endpoint_ref (call->endpoint));
+      ah_bus_call_queue (call, no_responders, &recipients);
       ah_bus_tally_add (self, AH_TALLY_REQUESTS, 1);
       ah_bus_call_count (call);
       return correlation;
@@ -2080,7 +2148,7 @@ ah_bus_call_request (AhBusCall    *call,
 
   /* Refused by every recipient (full mailboxes under AH_OVERFLOW_FAIL):
    * no request exists, so nothing may ever come back for it. */
-  if (ah_bus_call_queue (call, message, recipients) == 0)
+  if (ah_bus_call_queue (call, message, &recipients) == 0)
     return 0;
 
   /* Registered before the outbox can flush, so no reply can beat it. */
@@ -2452,6 +2520,8 @@ ah_bus_stop (AhBus  *self,
   gboolean started;
 
   g_return_if_fail (self != NULL);
+  /* A worker would wait for itself to drain and to be joined. */
+  g_return_if_fail (ah_bus_worker_for_thread (self) == NULL);
 
   if (atomic_load (&self->stopping))
     return;
@@ -2530,7 +2600,6 @@ ah_bus_stop (AhBus  *self,
       ah_endpoint_unref (endpoint);
     }
 
-  self->stopped = TRUE;
   if (ah_bus_is_idle_now (self))
     ah_bus_notify_idle (self);
 }
@@ -2639,6 +2708,8 @@ ah_bus_wait_idle (AhBus  *self,
   gboolean idle;
 
   g_return_val_if_fail (self != NULL, FALSE);
+  /* The batch of the calling handler is in flight until it returns. */
+  g_return_val_if_fail (ah_bus_worker_for_thread (self) == NULL, FALSE);
 
   if (timeout_us >= 0)
     {

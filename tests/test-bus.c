@@ -650,17 +650,17 @@ test_route_broadcast_shared (Fixture       *fixture,
   g_test_summary ("A broadcast group gives every member the message, all sharing one "
                   "payload; one publish to k members is k accepted messages");
 
-  for (guint i = 0; i < 3; i++)
+  for (guint i = 0; i < 12; i++)
     ah_bus_group_add (group, fixture_add_agent (fixture, NULL, NULL)->endpoint);
   g_assert_cmpuint (ah_bus_subscribe (fixture->bus, "news", group, &error), >, 0);
 
-  /* Before start, so all three hold the message at once. */
+  /* Before start, so all twelve hold the message at once. */
   publish (fixture, "news", "extra");
   ah_bus_start (fixture->bus);
   fixture_wait_idle (fixture);
 
-  g_assert_cmpuint (fixture->received->len, ==, 3);
-  for (guint i = 0; i < 3; i++)
+  g_assert_cmpuint (fixture->received->len, ==, 12);
+  for (guint i = 0; i < 12; i++)
     {
       Received *received = g_ptr_array_index (fixture->received, i);
 
@@ -676,8 +676,8 @@ test_route_broadcast_shared (Fixture       *fixture,
 
   ah_bus_get_counters (fixture->bus, &counters);
   g_assert_cmpuint (counters.published, ==, 1);
-  g_assert_cmpuint (counters.accepted, ==, 3);
-  g_assert_cmpuint (counters.delivered, ==, 3);
+  g_assert_cmpuint (counters.accepted, ==, 12);
+  g_assert_cmpuint (counters.delivered, ==, 12);
 }
 
 static void
@@ -779,6 +779,57 @@ test_route_observer (Fixture       *fixture,
   fixture_wait_idle (fixture);
   g_assert_cmpuint (watcher->n_received, ==, 2);
   g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_NO_ROUTE), ==, 2);
+}
+
+static const AhBusConfig config_roomy = { .n_workers = 1, .mailbox_capacity = 100000 };
+
+typedef struct {
+  guint n_received;
+  char  last_subject[AH_SUBJECT_MAX_LENGTH + 1];
+} Tally;
+
+/* Counts without recording: for tests with very many messages. */
+static gboolean
+tally_handle (AhBusCall               *call,
+              const AhMessage * const *messages,
+              guint                    n_messages,
+              gpointer                 user_data,
+              GError                 **error)
+{
+  Tally *tally = user_data;   /* one endpoint: its handler runs on one thread at a time */
+
+  tally->n_received += n_messages;
+  g_strlcpy (tally->last_subject, ah_message_get_subject (messages[n_messages - 1]),
+             sizeof tally->last_subject);
+  return TRUE;
+}
+
+static void
+test_route_uncached (Fixture       *fixture,
+                     gconstpointer  user_data)
+{
+  const guint n_subjects = 65536 + 10;   /* past the subject cache's bound */
+  Tally tally = { 0 };
+  g_autoptr(GError) error = NULL;
+
+  g_test_summary ("Past the subject cache's bound, new subjects are still routed, each "
+                  "message keeping its own copy of the subject");
+
+  g_assert_cmpuint (ah_bus_subscribe_func (fixture->bus, "flood.>", AH_DELIVERY_QUEUE,
+                                           tally_handle, &tally, &error), >, 0);
+  for (guint i = 0; i < n_subjects; i++)
+    {
+      char subject[32];
+
+      g_snprintf (subject, sizeof subject, "flood.%u", i);
+      g_assert_true (ah_bus_publish (fixture->bus, AH_AGENT_ID_NONE, subject, "x", 1,
+                                     AH_PRIORITY_NORMAL, NULL));
+    }
+  ah_bus_start (fixture->bus);
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (tally.n_received, ==, n_subjects);
+  g_assert_cmpstr (tally.last_subject, ==, "flood.65545");
 }
 
 /* ---- Direct sends ------------------------------------------------------------------------- */
@@ -1377,6 +1428,7 @@ typedef struct {
   Agent   *target;
   guint    n_messages;
   gboolean done;    /* under the fixture lock */
+  GError  *error;
 } BlockedPublisher;
 
 static gpointer
@@ -1401,12 +1453,35 @@ blocked_publisher_main (gpointer data)
   return NULL;
 }
 
+/* Sends until a send fails, keeping the error. */
+static gpointer
+blocked_stop_publisher_main (gpointer data)
+{
+  BlockedPublisher *publisher = data;
+  Fixture *fixture = publisher->fixture;
+  GError *error = NULL;
+
+  for (guint i = 1; i <= publisher->n_messages && error == NULL; i++)
+    {
+      Sequenced sequenced = { 0, i };
+
+      ah_bus_send (fixture->bus, 5, publisher->target->id, "seq", &sequenced,
+                   sizeof sequenced, AH_PRIORITY_NORMAL, &error);
+    }
+  pthread_mutex_lock (&fixture->lock);
+  publisher->error = error;
+  publisher->done = TRUE;
+  pthread_cond_broadcast (&fixture->cond);
+  pthread_mutex_unlock (&fixture->lock);
+  return NULL;
+}
+
 static void
 test_overflow_block_external (Fixture       *fixture,
                               gconstpointer  user_data)
 {
   Agent *consumer = fixture_add_agent (fixture, step_check_sequence, NULL);
-  BlockedPublisher publisher = { fixture, consumer, 200, FALSE };
+  BlockedPublisher publisher = { fixture, consumer, 200, FALSE, NULL };
   gint64 deadline = deadline_in_us (100 * 1000);
   pthread_t thread;
   gboolean done_early;
@@ -1722,6 +1797,63 @@ test_idle_func_and_wait (Fixture       *fixture,
 }
 
 static void
+test_stop_blocked_publisher (Fixture       *fixture,
+                             gconstpointer  user_data)
+{
+  Agent *consumer = fixture_add_agent (fixture, NULL, NULL);
+  BlockedPublisher publisher = { fixture, consumer, 5, FALSE, NULL };
+  gint64 deadline = deadline_in_us (100 * 1000);
+  g_autoptr(GError) error = NULL;
+  Sequenced sequenced = { 0, 6 };
+  pthread_t thread;
+
+  g_test_summary ("Stopping releases a publisher waiting for room: its message is "
+                  "dead-lettered and the publish fails");
+
+  for (guint i = 0; i < 4; i++)
+    send_to (fixture, consumer->id, "fill", "");
+  g_assert_cmpint (pthread_create (&thread, NULL, blocked_stop_publisher_main, &publisher), ==, 0);
+  pthread_mutex_lock (&fixture->lock);
+  while (!publisher.done)
+    if (!fixture_wait_until (fixture, deadline))
+      break;
+  g_assert_false (publisher.done);
+  pthread_mutex_unlock (&fixture->lock);
+
+  ah_bus_stop (fixture->bus, 0);
+  pthread_join (thread, NULL);
+  g_assert_true (publisher.done);
+  g_assert_error (publisher.error, AH_HOST_ERROR, AH_HOST_ERROR_STATE);
+  g_assert_cmpstr (publisher.error->message, ==, "the bus is stopped");
+  g_clear_error (&publisher.error);
+  /* Normally it was waiting and its message is the fifth dead letter;
+   * a thread slow to start meets the stopped bus before it is accepted. */
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_SHUTDOWN), >=, 4);
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_SHUTDOWN), <=, 5);
+
+  g_assert_false (ah_bus_send (fixture->bus, AH_AGENT_ID_NONE, consumer->id, "seq", &sequenced,
+                               sizeof sequenced, AH_PRIORITY_NORMAL, &error));
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_STATE);
+}
+
+static void
+test_publish_misuse (Fixture       *fixture,
+                     gconstpointer  user_data)
+{
+  g_test_summary ("Programming errors are reported as criticals, not crashes");
+
+  g_test_expect_message ("agenthost", G_LOG_LEVEL_CRITICAL, "*subject != NULL*");
+  g_assert_false (ah_bus_publish (fixture->bus, AH_AGENT_ID_NONE, NULL, "", 0,
+                                  AH_PRIORITY_NORMAL, NULL));
+  g_test_assert_expected_messages ();
+
+  g_test_expect_message ("agenthost", G_LOG_LEVEL_CRITICAL, "*data != NULL || size == 0*");
+  g_assert_false (ah_bus_send (fixture->bus, AH_AGENT_ID_NONE, 1, "a", NULL, 3,
+                               AH_PRIORITY_NORMAL, NULL));
+  g_test_assert_expected_messages ();
+}
+
+static void
 test_config_defaults (Fixture       *fixture,
                       gconstpointer  user_data)
 {
@@ -1756,6 +1888,8 @@ main (int    argc,
   BUS_TEST ("/bus/route/no-route", &config_one_worker, test_route_no_route);
   BUS_TEST ("/bus/route/invalid", &config_one_worker, test_route_invalid);
   BUS_TEST ("/bus/route/observer", &config_two_workers, test_route_observer);
+  BUS_TEST ("/bus/route/uncached", &config_roomy, test_route_uncached);
+  BUS_TEST ("/bus/publish/misuse", &config_one_worker, test_publish_misuse);
   BUS_TEST ("/bus/send/direct", &config_two_workers, test_send_direct);
   BUS_TEST ("/bus/send/unknown", &config_one_worker, test_send_unknown);
   BUS_TEST ("/bus/request/reply", &config_two_workers, test_request_reply);
@@ -1776,6 +1910,7 @@ main (int    argc,
   BUS_TEST ("/bus/close/waits-for-handler", &config_one_worker, test_close_waits_for_handler);
   BUS_TEST ("/bus/stop/leftovers", &config_one_worker, test_stop_leftovers);
   BUS_TEST ("/bus/stop/drains", &config_two_workers, test_stop_drains);
+  BUS_TEST ("/bus/stop/blocked-publisher", &config_block_small, test_stop_blocked_publisher);
   BUS_TEST ("/bus/idle/func-and-wait", &config_two_workers, test_idle_func_and_wait);
 
 #undef BUS_TEST
