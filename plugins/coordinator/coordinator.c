@@ -129,8 +129,8 @@ coordinator_load_corpus (AhContext        *ctx,
   if (text_len > COORDINATOR_MAX_CORPUS / repeat)
     {
       g_set_error (error, AH_AGENT_ERROR, AH_AGENT_ERROR_CONFIG,
-                   "corpus of %" G_GSIZE_FORMAT " bytes repeated %u times is larger "
-                   "than %d bytes", text_len, repeat, COORDINATOR_MAX_CORPUS);
+                   "config 'repeat': %u copies of a %" G_GSIZE_FORMAT "-byte text "
+                   "exceed the %d-byte corpus limit", repeat, text_len, COORDINATOR_MAX_CORPUS);
       return FALSE;
     }
 

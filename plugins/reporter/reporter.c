@@ -219,7 +219,10 @@ reporter_format_report (ReporterState *self)
   g_string_append_printf (out, "  corpus: %u chunks, %" G_GUINT64_FORMAT " words, %"
                           G_GUINT64_FORMAT " distinct words\n",
                           self->total_chunks, self->corpus_words, self->corpus_distinct);
-  g_string_append_printf (out, "  top %u words:\n", n_top);
+  if (n_top == 0)
+    g_string_append (out, "  top words: none\n");
+  else
+    g_string_append_printf (out, "  top %u words:\n", n_top);
   for (guint i = 0; i < n_top; i++)
     {
       const WcWordCount *entry = g_ptr_array_index (ranked, i);
