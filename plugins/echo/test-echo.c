@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* The echo plugin in a real host, through the public API only: replies,
  * republishing on reply_subject, the loop guard, its config checks and
- * manifests/echo.yaml (found through G_TEST_SRCDIR, the source root). */
+ * manifests/echo.yaml (found from G_TEST_SRCDIR, which tests/meson.build
+ * sets to the tests/ source directory). */
 #include <agenthost/agenthost.h>
 
 #include <string.h>
@@ -207,7 +208,8 @@ test_config_length (void)
 static void
 test_manifest_shipped (void)
 {
-  g_autofree char *path = g_test_build_filename (G_TEST_DIST, "manifests", "echo.yaml", NULL);
+  g_autofree char *path = g_test_build_filename (G_TEST_DIST, "..", "manifests", "echo.yaml",
+                                                NULL);
   g_autoptr(GError) error = NULL;
   g_autoptr(AhManifest) manifest = ah_manifest_load (path, &error);
   g_autoptr(AhHost) host = NULL;
