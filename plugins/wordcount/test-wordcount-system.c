@@ -456,6 +456,82 @@ test_chunk_request (void)
   g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_TIMEOUT);
 }
 
+/* Host subscription: every payload seen, as text. */
+static void
+collect_payload (const AhMessage *message,
+                 gpointer         user_data)
+{
+  GPtrArray *payloads = user_data;
+  gsize size;
+  const char *data = ah_message_get_data (message, &size);
+
+  g_mutex_lock (&capture.lock);
+  g_ptr_array_add (payloads, g_strndup (data, size));
+  g_mutex_unlock (&capture.lock);
+}
+
+static gint
+compare_strings (gconstpointer a,
+                 gconstpointer b)
+{
+  return strcmp (*(const char * const *) a, *(const char * const *) b);
+}
+
+static void
+test_validator_verdicts (void)
+{
+  g_autofree char *corpus = write_corpus ("verdicts.txt", "hello world hello");
+  g_autofree char *yaml = g_strdup_printf (
+    "name: verdicts\n"
+    "agents:\n"
+    "  coordinator:\n"
+    "    plugin: coordinator\n"
+    "    subscribe: [corpus.chunk]\n"
+    "    config: {corpus_file: '%s', chunks: 1}\n"
+    "  validator: {plugin: validator, pool_size: 2, subscribe: [results.count]}\n", corpus);
+  static const char *results[] = {
+    "chunk 0 1 3\nhello 2\nworld 1\n",
+    "chunk 0 1 2\nhello 1\n",
+    "chunk 0 1 2\nhello 2\n",
+    "chunk 0 1 4\nhello 3\nworld 1\n",
+    "chunk 0 1 4\nhello 2\nwide 1\nworld 1\n",
+  };
+  g_autoptr(GPtrArray) validated = g_ptr_array_new_with_free_func (g_free);
+  g_autoptr(GPtrArray) rejected = g_ptr_array_new_with_free_func (g_free);
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhHost) host = host_new_from_yaml (yaml, &error);
+
+  g_test_summary ("A result equal to the recount is republished byte for byte on "
+                  "results.validated; any difference is rejected with its reason");
+  g_assert_no_error (error);
+  g_assert_cmpuint (ah_host_subscribe (host, "results.validated", collect_payload, validated,
+                                       &error), >, 0);
+  g_assert_cmpuint (ah_host_subscribe (host, "results.rejected", collect_payload, rejected,
+                                       &error), >, 0);
+  g_assert_true (ah_host_start (host, &error));
+  g_assert_no_error (error);
+
+  for (guint i = 0; i < G_N_ELEMENTS (results); i++)
+    g_assert_true (ah_host_publish (host, "results.count", results[i], strlen (results[i]),
+                                    &error));
+  g_assert_true (ah_host_wait_idle (host, 10 * G_USEC_PER_SEC));
+  g_clear_pointer (&host, ah_host_free);
+
+  g_assert_cmpuint (validated->len, ==, 1);
+  g_assert_cmpstr (g_ptr_array_index (validated, 0), ==, results[0]);
+  /* Two validators: sorted, the order they finished in does not matter. */
+  g_ptr_array_sort (rejected, compare_strings);
+  g_assert_cmpuint (rejected->len, ==, 4);
+  g_assert_cmpstr (g_ptr_array_index (rejected, 0), ==,
+                   "chunk 0 1\nheader says 2 words, the lines add up to 1\n");
+  g_assert_cmpstr (g_ptr_array_index (rejected, 1), ==,
+                   "chunk 0 1\nword 'hello' counted 3, recount 2\n");
+  g_assert_cmpstr (g_ptr_array_index (rejected, 2), ==,
+                   "chunk 0 1\nword 'wide' not in the chunk\n");
+  g_assert_cmpstr (g_ptr_array_index (rejected, 3), ==,
+                   "chunk 0 1\nword 'world' missing (recount 1)\n");
+}
+
 int
 main (int    argc,
       char **argv)
@@ -479,6 +555,7 @@ main (int    argc,
     }
   g_test_add_func ("/demo/payload/invalid", test_payload_invalid);
   g_test_add_func ("/demo/chunk/request", test_chunk_request);
+  g_test_add_func ("/demo/validator/verdicts", test_validator_verdicts);
 
   result = g_test_run ();
 
