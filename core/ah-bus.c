@@ -2436,6 +2436,10 @@ ah_bus_new (const AhBusConfig *config)
   g_return_val_if_fail (config == NULL || config->overflow == AH_OVERFLOW_FAIL
                         || config->overflow == AH_OVERFLOW_BLOCK, NULL);
 
+  /* G_DEFINE_QUARK's lazy init is a plain store: do it here, before any
+   * bus thread exists, so publishers never race on it. */
+  (void) AH_HOST_ERROR;
+
   self = g_new0 (AhBus, 1);
   if (config != NULL)
     self->config = *config;
