@@ -1138,6 +1138,49 @@ test_request_late_reply (Fixture       *fixture,
   g_assert_null (after.kept);
 }
 
+static gboolean
+step_fill_then_reply (Agent           *agent,
+                      AhBusCall       *call,
+                      const AhMessage *message)
+{
+  if (ah_message_get_kind (message) != AH_MESSAGE_REQUEST)
+    return TRUE;
+  /* Takes the requester's only slot, so the reply finds no room. */
+  g_assert_true (ah_bus_call_send (call, ah_message_get_sender (message), "fill", "", 0));
+  g_assert_false (ah_bus_call_reply (call, message, "answer", 6));
+  return TRUE;
+}
+
+static const AhBusConfig config_fail_tiny = {
+  .n_workers = 1, .mailbox_capacity = 1, .overflow = AH_OVERFLOW_FAIL };
+
+static void
+test_request_reply_refused (Fixture       *fixture,
+                            gconstpointer  user_data)
+{
+  RequestPlan plan = { .timeout_ms = 30 };
+  Agent *requester = fixture_add_agent (fixture, step_requester, &plan);
+  DeadLetter *dead;
+
+  g_test_summary ("A reply refused by a full mailbox leaves the request pending, so the "
+                  "requester still gets exactly one outcome: its TIMEOUT");
+
+  fixture_add_subscriber (fixture, "svc.echo", step_fill_then_reply, NULL);
+  ah_bus_start (fixture->bus);
+  send_to (fixture, requester->id, "go", "");
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (count_received (fixture, requester->id, AH_MESSAGE_REPLY), ==, 0);
+  g_assert_cmpuint (count_received (fixture, requester->id, AH_MESSAGE_TIMEOUT), ==, 1);
+  g_assert_cmpuint (get_received (fixture, requester->id, AH_MESSAGE_TIMEOUT)->correlation, ==,
+                    plan.correlation);
+  g_assert_cmpuint (fixture->dead->len, ==, 1);
+  dead = g_ptr_array_index (fixture->dead, 0);
+  g_assert_cmpint (dead->reason, ==, AH_DEAD_LETTER_OVERFLOW);
+  g_assert_cmpint (dead->kind, ==, AH_MESSAGE_REPLY);
+  g_assert_cmpuint (dead->intended, ==, requester->id);
+}
+
 /* ---- Order, priority, batches ---------------------------------------------------------------- */
 
 typedef struct {
@@ -1522,6 +1565,53 @@ step_send_to_self (Agent           *agent,
     for (guint i = 0; i < 20; i++)
       g_assert_true (ah_bus_call_send (call, agent->id, "self", "", 0));
   return TRUE;
+}
+
+typedef struct {
+  Agent   *target;
+  gboolean refused;
+  GError  *error;
+} OutsideSend;
+
+static gboolean
+step_send_outside_call (Agent           *agent,
+                        AhBusCall       *call,
+                        const AhMessage *message)
+{
+  OutsideSend *plan = agent->data;
+
+  /* The host API from a worker thread, into a full mailbox: it must not
+   * wait, since this very worker is the one to make room. */
+  plan->refused = !ah_bus_send (agent->fixture->bus, agent->id, plan->target->id, "x", "", 0,
+                                AH_PRIORITY_NORMAL, &plan->error);
+  return TRUE;
+}
+
+static const AhBusConfig config_block_one_worker = {
+  .n_workers = 1, .mailbox_capacity = 4, .overflow = AH_OVERFLOW_BLOCK };
+
+static void
+test_overflow_block_on_worker (Fixture       *fixture,
+                               gconstpointer  user_data)
+{
+  OutsideSend plan = { 0 };
+  Agent *sender = fixture_add_agent (fixture, step_send_outside_call, &plan);
+
+  g_test_summary ("Under the block policy, ah_bus_send() called on a worker thread refuses "
+                  "a full mailbox instead of waiting for itself");
+
+  plan.target = fixture_add_agent (fixture, NULL, NULL);
+  send_to (fixture, sender->id, "go", "");   /* runs first: its turn comes first */
+  for (guint i = 0; i < 4; i++)
+    send_to (fixture, plan.target->id, "fill", "");
+  ah_bus_start (fixture->bus);
+  fixture_wait_idle (fixture);
+
+  g_assert_true (plan.refused);
+  g_assert_error (plan.error, AH_HOST_ERROR, AH_HOST_ERROR_OVERFLOW);
+  g_clear_error (&plan.error);
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_OVERFLOW), ==, 1);
+  g_assert_cmpuint (count_received (fixture, plan.target->id, AH_MESSAGE_DIRECT), ==, 4);
 }
 
 static void
@@ -1921,6 +2011,7 @@ main (int    argc,
   BUS_TEST ("/bus/request/pending", &config_two_workers, test_request_pending_blocks_idle);
   BUS_TEST ("/bus/request/no-responders", &config_one_worker, test_request_no_responders);
   BUS_TEST ("/bus/request/late-reply", &config_two_workers, test_request_late_reply);
+  BUS_TEST ("/bus/request/reply-refused", &config_fail_tiny, test_request_reply_refused);
   BUS_TEST ("/bus/order/per-sender", &config_order_fail, test_order_per_sender);
   BUS_TEST ("/bus/order/per-sender-backpressure", &config_order_block, test_order_per_sender);
   BUS_TEST ("/bus/priority/system-first", &config_one_worker, test_priority_system_first);
@@ -1929,6 +2020,8 @@ main (int    argc,
   BUS_TEST ("/bus/overflow/fail", &config_fail_small, test_overflow_fail);
   BUS_TEST ("/bus/overflow/block-external", &config_block_small, test_overflow_block_external);
   BUS_TEST ("/bus/overflow/block-handler", &config_block_small, test_overflow_block_handler);
+  BUS_TEST ("/bus/overflow/block-on-worker", &config_block_one_worker,
+            test_overflow_block_on_worker);
   BUS_TEST ("/bus/handler/failure", &config_one_worker, test_handler_failure);
   BUS_TEST ("/bus/close/dead-letters", &config_batch_of_one, test_close_dead_letters);
   BUS_TEST ("/bus/close/waits-for-handler", &config_one_worker, test_close_waits_for_handler);
