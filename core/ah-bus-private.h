@@ -127,4 +127,30 @@ AhEndpoint *ah_bus_call_get_endpoint  (AhBusCall *call);
 AhBus      *ah_bus_call_get_bus       (AhBusCall *call);
 guint       ah_bus_call_get_worker    (AhBusCall *call);
 
+/* ---- For the offload pool and the test harness ----------------------- */
+
+/* Work the bus cannot see (an offloaded function running) keeps it from
+ * being idle: one hold per pending piece of work, released when its
+ * result has been sent (or dropped). */
+void        ah_bus_hold               (AhBus *self);
+void        ah_bus_release            (AhBus *self);
+/* A fresh id from the bus's correlation counter (never 0): offload ids
+ * and request correlation ids never collide. */
+guint64     ah_bus_new_correlation    (AhBus *self);
+/* ah_bus_send with the kind and correlation id given: offload results
+ * (AH_MESSAGE_OFFLOAD_DONE / _FAILED). From any thread outside a
+ * handler; never blocks (a full mailbox under AH_OVERFLOW_BLOCK still
+ * takes it: the agent asked for it). */
+gboolean    ah_bus_send_full          (AhBus *self, AhAgentId sender, AhAgentId to,
+                                       const char *subject, gconstpointer data, gsize size,
+                                       AhPriority priority, AhMessageKind kind,
+                                       guint64 correlation, GError **error);
+
+/* Sees every message the bus accepts, once per publish/send/request/reply
+ * (not once per recipient), on the accepting thread, before routing.
+ * @recipient is the addressee of direct sends and replies, else
+ * AH_AGENT_ID_NONE. Must not block or publish. For the test harness. */
+typedef void (*AhBusTapFunc) (const AhMessage *message, AhAgentId recipient, gpointer user_data);
+void        ah_bus_set_tap_func       (AhBus *self, AhBusTapFunc func, gpointer user_data);
+
 G_END_DECLS

@@ -109,6 +109,14 @@ ah_context_get_index (AhContext *ctx)
   return ctx->agent->index;
 }
 
+guint
+ah_context_get_pool_size (AhContext *ctx)
+{
+  g_return_val_if_fail (ctx != NULL, 0);
+
+  return ah_pool_get_type (ctx->agent->pool)->pool_size;
+}
+
 void
 ah_context_request_stop (AhContext *ctx,
                          int        exit_code)

@@ -9,8 +9,9 @@
  *
  * SPDX-License-Identifier: MIT
  */
-#include "ah-pool-private.h"
+#include "ah-host-private.h"
 #include "ah-loader-private.h"
+#include "ah-config-private.h"
 
 #include <string.h>
 
@@ -88,14 +89,16 @@ host_load_plugin (AhManifest                *manifest,
   if (path != NULL)
     {
       plugin = g_hash_table_lookup (cache, path);
-      if (plugin != NULL)
-        return plugin;
-      plugin = ah_plugin_open (path, &local_error);
-      if (plugin != NULL)
+      if (plugin == NULL)
         {
-          g_hash_table_insert (cache, g_steal_pointer (&path), plugin);
-          return plugin;
+          plugin = ah_plugin_open (path, &local_error);
+          if (plugin != NULL)
+            g_hash_table_insert (cache, g_steal_pointer (&path), plugin);
         }
+      /* The type's config is checked against the plugin's schema here, so
+       * validate and run refuse the same manifests. */
+      if (plugin != NULL)
+        return ah_config_check (manifest, type, ah_plugin_get_desc (plugin), error) ? plugin : NULL;
     }
 
   g_set_error (error, AH_MANIFEST_ERROR, AH_MANIFEST_ERROR_PLUGIN,
@@ -482,9 +485,8 @@ ah_host_spawn (AhHost     *self,
   if (!host_check_running (self, error))
     return AH_AGENT_ID_NONE;
 
-  for (guint i = 0; i < self->n_pools; i++)
-    if (g_str_equal (ah_pool_get_name (self->pools[i]), type_name))
-      return ah_pool_spawn (self->pools[i], error);
+  if (ah_host_find_pool (self, type_name) != NULL)
+    return ah_pool_spawn (ah_host_find_pool (self, type_name), error);
 
   g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_UNKNOWN_TYPE,
                "no agent type '%s' in manifest '%s'", type_name, self->manifest->name);
@@ -508,6 +510,28 @@ ah_host_terminate (AhHost   *self,
   g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_UNKNOWN_AGENT,
                "no live agent %" G_GUINT64_FORMAT, agent);
   return FALSE;
+}
+
+AhBus *
+ah_host_get_bus (AhHost *self)
+{
+  return self->bus;
+}
+
+AhManifest *
+ah_host_get_manifest (AhHost *self)
+{
+  return self->manifest;
+}
+
+AhPool *
+ah_host_find_pool (AhHost     *self,
+                   const char *name)
+{
+  for (guint i = 0; i < self->n_pools; i++)
+    if (g_str_equal (ah_pool_get_name (self->pools[i]), name))
+      return self->pools[i];
+  return NULL;
 }
 
 /* ---- accounting ---------------------------------------------------------- */
@@ -605,8 +629,9 @@ ah_host_format_summary (AhHost *self)
   g_string_append_printf (out, "agenthost: '%s' ran %.3f s, stopped by %s, exit code %d\n",
                           self->manifest->name, stats.elapsed_s,
                           stop_reason_names[self->stop_reason], self->exit_code);
-  g_string_append_printf (out, "  agents      %" G_GUINT64_FORMAT " started (%u types, %u alive), %u workers, pre-warmed in %.3f ms\n",
-                          agents_started, stats.n_types, stats.n_agents, stats.n_workers, stats.prewarm_ms);
+  g_string_append_printf (out, "  agents      %" G_GUINT64_FORMAT " started (%u type%s, %u alive), %u workers, pre-warmed in %.3f ms\n",
+                          agents_started, stats.n_types, stats.n_types == 1 ? "" : "s",
+                          stats.n_agents, stats.n_workers, stats.prewarm_ms);
   g_string_append_printf (out, "  messages    %" G_GUINT64_FORMAT " published, %" G_GUINT64_FORMAT " accepted = %"
                           G_GUINT64_FORMAT " delivered + %" G_GUINT64_FORMAT " dead-lettered + %"
                           G_GUINT64_FORMAT " failed + %" G_GUINT64_FORMAT " in flight\n",

@@ -12,6 +12,7 @@
 #include <agenthost/agenthost.h>
 #include "ah-bus-private.h"
 #include "ah-manifest-private.h"
+#include "ah-offload-private.h"
 
 G_BEGIN_DECLS
 
@@ -65,6 +66,12 @@ gboolean    ah_pool_owns           (AhPool *self, AhAgentId id);
 /* Stops every live agent (at host shutdown, after the bus stopped). */
 void        ah_pool_terminate_all  (AhPool *self);
 void        ah_pool_get_stats      (AhPool *self, AhTypeStats *ret_stats);
+/* The ids of the live agents, by slot index. (element-type AhAgentId) */
+GArray     *ah_pool_get_live_ids   (AhPool *self);
+
+/* The host's offload pool, which the agents' ah_offload() use. */
+void        ah_pool_set_offload_pool (AhPool *self, AhOffloadPool *offload);
+AhOffloadPool *ah_pool_get_offload_pool (AhPool *self);
 
 /* The config value of @key for the agents of @pool, or NULL. */
 const char *ah_pool_lookup_config  (AhPool *self, const char *key);

@@ -14,6 +14,7 @@
  * SPDX-License-Identifier: MIT
  */
 #include "ah-pool-private.h"
+#include "ah-config-private.h"
 
 #include <string.h>
 
@@ -32,7 +33,8 @@ struct _AhPool {
   gpointer                   stop_data;
   AhBusGroup                *queue_group;      /* NULL until a queue subscription */
   AhBusGroup                *broadcast_group;  /* NULL until a broadcast one */
-  GHashTable                *config;       /* key -> value, borrowed from the manifest */
+  GHashTable                *config;       /* key -> value, see ah_config_table_new() */
+  AhOffloadPool             *offload;      /* the host's; may be NULL */
   gsize                      state_stride;
 
   GMutex                     lock;
@@ -81,6 +83,19 @@ ah_pool_lookup_config (AhPool     *self,
 }
 
 void
+ah_pool_set_offload_pool (AhPool        *self,
+                          AhOffloadPool *offload)
+{
+  self->offload = offload;
+}
+
+AhOffloadPool *
+ah_pool_get_offload_pool (AhPool *self)
+{
+  return self->offload;
+}
+
+void
 ah_pool_request_stop (AhPool *self,
                       int     exit_code)
 {
@@ -124,12 +139,7 @@ ah_pool_new (AhBus                     *bus,
   self->stop_data = stop_data;
   g_mutex_init (&self->lock);
 
-  self->config = g_hash_table_new (g_str_hash, g_str_equal);
-  for (guint i = 0; i < type->config->len; i++)
-    {
-      const AhManifestConfigEntry *entry = g_ptr_array_index (type->config, i);
-      g_hash_table_insert (self->config, entry->key, entry->value);
-    }
+  self->config = ah_config_table_new (type, self->desc);
 
   /* Touch nothing yet: calloc'd pages are mapped lazily, and pre-warm
    * writes each slot from the thread that initialises it. */
@@ -425,6 +435,24 @@ ah_pool_get_stats (AhPool      *self,
 
   ret_stats->handled = __atomic_load_n (&self->handled, __ATOMIC_RELAXED);
   ret_stats->handler_failures = __atomic_load_n (&self->handler_failures, __ATOMIC_RELAXED);
+}
+
+GArray *
+ah_pool_get_live_ids (AhPool *self)
+{
+  GArray *ids = g_array_new (FALSE, FALSE, sizeof (AhAgentId));
+
+  g_mutex_lock (&self->lock);
+  for (guint i = 0; i < self->slots->len; i++)
+    {
+      AhAgent *agent = g_ptr_array_index (self->slots, i);
+
+      if (agent->state == AH_AGENT_READY)
+        g_array_append_val (ids, agent->id);
+    }
+  g_mutex_unlock (&self->lock);
+
+  return ids;
 }
 
 static gboolean

@@ -85,8 +85,8 @@ typedef struct {
 } BrokenPlugin;
 
 static const BrokenPlugin broken_plugins[] = {
-  { "abi-major", AH_PLUGIN_ERROR_ABI, "ABI 2.0, host supports 1.0" },
-  { "abi-minor-newer", AH_PLUGIN_ERROR_ABI, "ABI 1.99, host supports 1.0" },
+  { "abi-major", AH_PLUGIN_ERROR_ABI, "ABI 2.0, host supports 1.1" },
+  { "abi-minor-newer", AH_PLUGIN_ERROR_ABI, "ABI 1.99, host supports 1.1" },
   { "no-entry", AH_PLUGIN_ERROR_NO_ENTRY, "missing symbol ah_plugin_entry" },
   { "entry-in-dependency", AH_PLUGIN_ERROR_NO_ENTRY,
     "missing symbol ah_plugin_entry (the one found belongs to its dependency */entry-provider.so)" },
@@ -467,7 +467,7 @@ static const char name_64[] =
 
 static void desc_abi_major_0 (AhPluginDesc *d) { d->abi_version = 0; }
 static void desc_abi_major_2 (AhPluginDesc *d) { d->abi_version = 2u << 16 | 1u; }
-static void desc_abi_minor_1 (AhPluginDesc *d) { d->abi_version = 1u << 16 | 1u; }
+static void desc_abi_minor_1 (AhPluginDesc *d) { d->abi_version = 1u << 16 | 2u; }
 static void desc_size_zero (AhPluginDesc *d) { d->struct_size = 0; }
 static void desc_size_before_handler (AhPluginDesc *d) { d->struct_size = G_STRUCT_OFFSET (AhPluginDesc, handle_batch) + 4; }
 static void desc_size_larger (AhPluginDesc *d) { d->struct_size = sizeof (AhPluginDesc) + sizeof (gpointer); }
@@ -486,7 +486,7 @@ static void desc_description_bad_utf8 (AhPluginDesc *d) { d->description = "\xc3
 static void desc_handler_null (AhPluginDesc *d) { d->handle_batch = NULL; }
 static void desc_state_huge (AhPluginDesc *d) { d->state_size = (gsize) 64 * 1024 * 1024 + 1; }
 static void desc_flags_unknown (AhPluginDesc *d) { d->flags = AH_PLUGIN_FLAG_STATE_LAYOUT_STABLE | 0x40; }
-static void desc_reserved_set (AhPluginDesc *d) { d->reserved[7] = (gpointer) desc_test_handle_batch; }
+static void desc_reserved_set (AhPluginDesc *d) { d->reserved[6] = (gpointer) desc_test_handle_batch; }
 
 typedef struct {
   const char   *name;
@@ -496,15 +496,15 @@ typedef struct {
 } InvalidDesc;
 
 static const InvalidDesc invalid_descs[] = {
-  { "abi-major-0", desc_abi_major_0, AH_PLUGIN_ERROR_ABI, "test.so: ABI 0.0, host supports 1.0" },
-  { "abi-major-2", desc_abi_major_2, AH_PLUGIN_ERROR_ABI, "test.so: ABI 2.1, host supports 1.0" },
-  { "abi-minor-newer", desc_abi_minor_1, AH_PLUGIN_ERROR_ABI, "test.so: ABI 1.1, host supports 1.0" },
+  { "abi-major-0", desc_abi_major_0, AH_PLUGIN_ERROR_ABI, "test.so: ABI 0.0, host supports 1.1" },
+  { "abi-major-2", desc_abi_major_2, AH_PLUGIN_ERROR_ABI, "test.so: ABI 2.1, host supports 1.1" },
+  { "abi-minor-newer", desc_abi_minor_1, AH_PLUGIN_ERROR_ABI, "test.so: ABI 1.2, host supports 1.1" },
   { "struct-size-zero", desc_size_zero, AH_PLUGIN_ERROR_INVALID_DESC,
     "test.so: invalid descriptor: struct_size 0 is smaller than the * bytes ABI 1.0 requires" },
   { "struct-size-before-handler", desc_size_before_handler, AH_PLUGIN_ERROR_INVALID_DESC,
     "test.so: invalid descriptor: struct_size * is smaller than the * bytes ABI 1.0 requires" },
   { "struct-size-larger", desc_size_larger, AH_PLUGIN_ERROR_INVALID_DESC,
-    "test.so: invalid descriptor: struct_size * is larger than the * bytes of ABI 1.0" },
+    "test.so: invalid descriptor: struct_size * is larger than the * bytes of ABI 1.1" },
   { "struct-size-mid-field", desc_size_mid_field, AH_PLUGIN_ERROR_INVALID_DESC,
     "test.so: invalid descriptor: struct_size * does not end on a field boundary" },
   { "name-null", desc_name_null, AH_PLUGIN_ERROR_INVALID_DESC,
@@ -536,7 +536,7 @@ static const InvalidDesc invalid_descs[] = {
   { "flags-unknown", desc_flags_unknown, AH_PLUGIN_ERROR_INVALID_DESC,
     "test.so: invalid descriptor: flags 0x41 has unknown bits 0x40" },
   { "reserved-set", desc_reserved_set, AH_PLUGIN_ERROR_INVALID_DESC,
-    "test.so: invalid descriptor: reserved[7] is not zero" },
+    "test.so: invalid descriptor: reserved[6] is not zero" },
 };
 
 static void
@@ -572,13 +572,13 @@ test_loader_desc_abi_first (void)
   *tiny = 2u << 16;
   g_assert_false (ah__plugin_desc_check ((const AhPluginDesc *) tiny, "tiny.so", &copy, NULL, &error));
   g_assert_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_ABI);
-  g_assert_cmpstr (error->message, ==, "tiny.so: ABI 2.0, host supports 1.0");
+  g_assert_cmpstr (error->message, ==, "tiny.so: ABI 2.0, host supports 1.1");
   g_clear_error (&error);
 
   *tiny = 1u << 16 | 7u;
   g_assert_false (ah__plugin_desc_check ((const AhPluginDesc *) tiny, "tiny.so", &copy, NULL, &error));
   g_assert_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_ABI);
-  g_assert_cmpstr (error->message, ==, "tiny.so: ABI 1.7, host supports 1.0");
+  g_assert_cmpstr (error->message, ==, "tiny.so: ABI 1.7, host supports 1.1");
 }
 
 static void
@@ -660,7 +660,7 @@ test_loader_describe_good (void)
       "version:         1.2.3\n"
       "description:     Test plugin with every hook\n"
       "file:            %s\n"
-      "abi:             1.0 (host 1.0)\n"
+      "abi:             1.1 (host 1.1)\n"
       "descriptor size: %u bytes (host %u)\n"
       "state size:      %u bytes\n"
       "flags:           state-layout-stable\n"
@@ -692,7 +692,7 @@ test_loader_describe_old_struct (void)
       "version:         0.9.0\n"
       "description:     (none)\n"
       "file:            %s\n"
-      "abi:             1.0 (host 1.0)\n"
+      "abi:             1.1 (host 1.1)\n"
       "descriptor size: %u bytes (host %u)\n"
       "state size:      0 bytes\n"
       "flags:           none\n"

@@ -10,4 +10,5 @@
 #include <agenthost/ah-manifest.h>
 #include <agenthost/ah-loader.h>
 #include <agenthost/ah-host.h>
+#include <agenthost/ah-testing.h>
 #undef AH_INSIDE

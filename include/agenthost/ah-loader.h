@@ -43,6 +43,14 @@ AH_API const AhPluginDesc *ah_plugin_get_desc     (AhPlugin *self);
 /* A multi-line human description: name, version, ABI, state size, hooks,
  * as `agenthost inspect` prints it. */
 AH_API char               *ah_plugin_describe     (AhPlugin *self);
+/* (0.2) Reads @path as an ELF file, without loading it, and returns what
+ * would make the plugin unsafe to unload or reload, or to keep isolated,
+ * one line each: constructors and destructors, thread-local destructors,
+ * unique (STB_GNU_UNIQUE) symbols, thread-local storage, symbols exported
+ * beyond the entry point. An empty array when there is nothing to say;
+ * NULL with an AH_PLUGIN_ERROR when the file is not a readable ELF
+ * shared object. */
+AH_API GStrv               ah_plugin_lint         (const char *path, GError **error);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (AhPlugin, ah_plugin_unref)
 

@@ -21,7 +21,7 @@ G_BEGIN_DECLS
  * too (it may rely on fields this host does not know); one built against
  * an older minor is accepted and the fields it lacks read as unset. */
 #define AH_PLUGIN_ABI_MAJOR 1
-#define AH_PLUGIN_ABI_MINOR 0
+#define AH_PLUGIN_ABI_MINOR 1
 #define AH_PLUGIN_ABI_VERSION ((guint32) ((AH_PLUGIN_ABI_MAJOR << 16) | AH_PLUGIN_ABI_MINOR))
 #define AH_PLUGIN_ABI_VERSION_MAJOR(v) ((guint32) (v) >> 16)
 #define AH_PLUGIN_ABI_VERSION_MINOR(v) ((guint32) (v) & 0xffff)
@@ -32,6 +32,50 @@ G_BEGIN_DECLS
 typedef struct _AhContext AhContext;   /* opaque; valid only during the hook call it is passed to */
 typedef struct _AhMessage AhMessage;   /* opaque, immutable; borrowed during a handler call */
 typedef struct _AhPluginDesc AhPluginDesc;
+
+/* ---- Configuration schema (ABI 1.1) ----------------------------------- */
+
+typedef enum {
+  AH_CONFIG_STRING = 1,
+  AH_CONFIG_INT,            /* decimal, 64-bit */
+  AH_CONFIG_DOUBLE,
+  AH_CONFIG_BOOL,           /* true or false */
+} AhConfigType;
+
+typedef enum {
+  AH_CONFIG_FLAG_NONE     = 0,
+  AH_CONFIG_FLAG_REQUIRED = 1 << 0,   /* validate fails when the key is absent */
+} AhConfigFlags;
+
+/**
+ * AhConfigKey:
+ *
+ * One key a plugin accepts in its agent type's `config:` block. A plugin
+ * that declares a schema (AhPluginDesc.config_schema, a table ended by
+ * AH_CONFIG_KEY_END) gets its config checked by `agenthost validate` and
+ * `agenthost run` before any agent starts: unknown keys, wrong types and
+ * out-of-range values are reported as FILE:LINE:COL errors. A plugin
+ * without a schema accepts any config, as in ABI 1.0.
+ */
+typedef struct {
+  /* The key, dotted for nested mappings ("limits.max"). NULL ends the table. */
+  const char   *name;
+  AhConfigType  type;
+  guint32       flags;            /* AhConfigFlags */
+  /* The value when the manifest has none, written as in YAML ("10",
+   * "true", "echo.out"); ah_config_get_*() return it. NULL: no default. */
+  const char   *default_value;
+  /* AH_CONFIG_INT and AH_CONFIG_DOUBLE: the inclusive range. Both 0
+   * means any value. */
+  gdouble       min;
+  gdouble       max;
+  /* One line for `agenthost inspect` and the docs. */
+  const char   *description;
+  /*< private >*/
+  gpointer      reserved[2];
+} AhConfigKey;
+
+#define AH_CONFIG_KEY_END { NULL, 0, 0, NULL, 0, 0, NULL, { NULL, NULL } }
 
 /* Flags of AhPluginDesc.flags. */
 typedef enum {
@@ -116,10 +160,13 @@ struct _AhPluginDesc {
   gboolean   (*state_restore)  (AhContext *ctx, gpointer state, guint32 format,
                                 GBytes *snapshot, GError **error);
 
+  /* (ABI 1.1) The keys this plugin accepts in `config:`, ended by
+   * AH_CONFIG_KEY_END; NULL accepts anything. See AhConfigKey. */
+  const AhConfigKey *config_schema;
+
   /*< private >*/
-  /* Reserved for optional fields of later minor versions (configuration
-   * schema, offload hooks). Leave zeroed. */
-  gpointer     reserved[8];
+  /* Reserved for optional fields of later minor versions. Leave zeroed. */
+  gpointer     reserved[7];
 };
 
 /**
@@ -206,16 +253,43 @@ AH_API AhAgentId     ah_context_get_self         (AhContext *ctx);
 AH_API const char   *ah_context_get_type_name    (AhContext *ctx);
 /* 0-based index of this agent within its pool, stable for its life. */
 AH_API guint         ah_context_get_index        (AhContext *ctx);
+/* (ABI 1.1) How many agents of this type the manifest's pool_size asks for. */
+AH_API guint         ah_context_get_pool_size    (AhContext *ctx);
 /* Asks the host to stop the run with @exit_code once the messages now in
  * flight are handled. */
 AH_API void          ah_context_request_stop     (AhContext *ctx, int exit_code);
 
+/* ---- Blocking work: offload to the host's I/O threads (ABI 1.1) ----- */
+
+/* Runs on one of the host's I/O threads, never on a bus worker, so it may
+ * block: read files, run subprocesses, talk to the network. It must not
+ * call the context API (it has no context) and must not touch the
+ * agent's state: whatever it needs is in @data. It should give up when
+ * @cancellable is cancelled (the host is stopping). Return the result
+ * (may be an empty GBytes), or NULL with @error set. */
+typedef GBytes *(*AhOffloadFunc) (gpointer data, GCancellable *cancellable, GError **error);
+
+/* Hands @func (@data) to the host's bounded pool of I/O threads. Returns
+ * an id (never 0); the outcome comes back to this agent as an ordinary
+ * message, after the messages already in its mailbox: kind
+ * AH_MESSAGE_OFFLOAD_DONE with the result as payload, or
+ * AH_MESSAGE_OFFLOAD_FAILED with the error message as payload, its
+ * correlation id the returned id and its subject "$SYS.offload".
+ * Returns 0 when the offload queue is full (the manifest's
+ * offload.queue) or the host is stopping: @func never runs then.
+ * @destroy (may be NULL) frees @data once @func has returned, or when it
+ * will never run, on whichever thread that is. */
+AH_API guint64       ah_offload                  (AhContext *ctx, AhOffloadFunc func,
+                                                  gpointer data, GDestroyNotify destroy);
+
 /* ---- Configuration: the agent type's `config:` mapping -------------- */
 
 /* Scalars of the manifest's `config:` block, by key. Nested mappings are
- * addressed with dots ("limits.max"). Returns @default_value when the
- * key is absent. A value that does not parse as the asked type is
- * reported by validate; at run time the default is returned. */
+ * addressed with dots ("limits.max"), sequence items with their index
+ * ("words.0"). When the key is absent: the default of the plugin's
+ * config schema if it declares one, else @default_value. A value that
+ * does not parse as the asked type gives @default_value (a plugin with a
+ * schema never sees one: validate refuses it). */
 AH_API const char   *ah_config_get_string        (AhContext *ctx, const char *key, const char *default_value);
 AH_API gint64        ah_config_get_int           (AhContext *ctx, const char *key, gint64 default_value);
 AH_API gdouble       ah_config_get_double        (AhContext *ctx, const char *key, gdouble default_value);

@@ -9,6 +9,7 @@
 #endif
 
 #include <glib.h>
+#include <gio/gio.h>   /* GCancellable, for offloaded work */
 
 G_BEGIN_DECLS
 
@@ -49,6 +50,8 @@ typedef enum {
   AH_MESSAGE_REPLY,          /* the answer to a request this agent made */
   AH_MESSAGE_TIMEOUT,        /* a request this agent made got no reply in time */
   AH_MESSAGE_NO_RESPONDERS,  /* a request this agent made had nobody to go to */
+  AH_MESSAGE_OFFLOAD_DONE,   /* (ABI 1.1) an ah_offload() of this agent returned a result */
+  AH_MESSAGE_OFFLOAD_FAILED, /* (ABI 1.1) an ah_offload() of this agent failed; the payload is the error message */
 } AhMessageKind;
 
 /* How the agents of one type share a subscription. */
