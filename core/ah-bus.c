@@ -25,7 +25,9 @@
  * Accounting. Every message is accepted once per recipient and then
  * settled exactly once: delivered, dead-lettered or failed. Settling
  * happens after the dead-letter callback and after a batch's outbox is
- * flushed, so in_flight == 0 really means nothing is left to do.
+ * flushed, so in_flight == 0 really means nothing is left to do. The
+ * bus is idle when, besides, no request is pending and nobody holds it
+ * (ah_bus_hold: work the bus cannot see, such as a running offload).
  *
  * SPDX-License-Identifier: MIT
  */
@@ -232,6 +234,7 @@ struct _AhBus {
   gboolean          timer_stopping;
   pthread_t         timer_thread;
   atomic_uint       n_pending;
+  atomic_uint       n_held;          /* ah_bus_hold() calls not yet released */
 
   _Atomic gint64    in_flight;
   pthread_mutex_t   idle_lock;
@@ -242,6 +245,14 @@ struct _AhBus {
   pthread_mutex_t   dead_letter_lock;
   AhDeadLetterFunc  dead_letter_func;  /* under dead_letter_lock */
   gpointer          dead_letter_data;
+
+  /* Read-locked around each tap call, so that once ah_bus_set_tap_func()
+   * returns the previous func is neither running nor called again.
+   * @tap_set spares the lock when nobody taps. */
+  pthread_rwlock_t  tap_lock;
+  atomic_bool       tap_set;
+  AhBusTapFunc      tap_func;          /* under tap_lock */
+  gpointer          tap_data;
 
   AhTally           external;        /* counts of threads that are not our workers */
   atomic_bool       started;
@@ -376,10 +387,17 @@ ah_latency_record (AhLatency *latency,
     atomic_store_explicit (&latency->max_ns, value, memory_order_relaxed);
 }
 
+/* No request pending and no work held outside the bus (offloads). */
+static gboolean
+ah_bus_nothing_pending (AhBus *self)
+{
+  return atomic_load (&self->n_pending) == 0 && atomic_load (&self->n_held) == 0;
+}
+
 static gboolean
 ah_bus_is_idle_now (AhBus *self)
 {
-  return atomic_load (&self->in_flight) == 0 && atomic_load (&self->n_pending) == 0;
+  return atomic_load (&self->in_flight) == 0 && ah_bus_nothing_pending (self);
 }
 
 static void
@@ -418,7 +436,7 @@ ah_bus_settle (AhBus        *self,
 {
   ah_bus_tally_add (self, field, n);
   if (atomic_fetch_sub (&self->in_flight, (gint64) n) == (gint64) n
-      && atomic_load (&self->n_pending) == 0)
+      && ah_bus_nothing_pending (self))
     ah_bus_notify_idle (self);
 }
 
@@ -444,6 +462,24 @@ ah_bus_dead_letter (AhBus              *self,
                  reason == AH_DEAD_LETTER_OVERFLOW || reason == AH_DEAD_LETTER_HANDLER_FAILED
                  ? AH_TALLY_FAILED : AH_TALLY_DEAD_LETTERED,
                  1);
+}
+
+/* Shows @message to the tap, if one is set. Called once per publish,
+ * send, request, reply or send_full that passed its checks, before the
+ * message is queued or dead-lettered, so the tap sees a handler's
+ * messages in the order it sent them. */
+static void
+ah_bus_tap (AhBus           *self,
+            const AhMessage *message,
+            AhAgentId        recipient)
+{
+  if (!atomic_load_explicit (&self->tap_set, memory_order_acquire))
+    return;
+
+  pthread_rwlock_rdlock (&self->tap_lock);
+  if (self->tap_func != NULL)
+    self->tap_func (message, recipient, self->tap_data);
+  pthread_rwlock_unlock (&self->tap_lock);
 }
 
 /* ---- Lanes ------------------------------------------------------------------------ */
@@ -665,6 +701,7 @@ typedef enum {
   AH_DELIVER_WAIT,       /* AH_OVERFLOW_BLOCK, outside the workers: wait for room */
   AH_DELIVER_DEFER,      /* AH_OVERFLOW_BLOCK, a handler's outbox: defer, never wait */
   AH_DELIVER_REFUSE,     /* AH_OVERFLOW_BLOCK, a worker outside any outbox: refuse */
+  AH_DELIVER_FORCE,      /* AH_OVERFLOW_BLOCK, ah_bus_send_full: past the capacity if need be */
 } AhDeliverMode;
 
 typedef enum {
@@ -739,6 +776,13 @@ ah_endpoint_enqueue_locked (AhEndpoint         *endpoint,
         case AH_DELIVER_REFUSE:
           if (atomic_load (&endpoint->normal_used) >= capacity)
             return AH_ENQUEUE_REFUSED;
+          atomic_fetch_add (&endpoint->normal_used, 1);
+          break;
+
+        case AH_DELIVER_FORCE:
+          /* The agent asked for this message (an offload's result), so
+           * it must not be lost, and the thread sending it must not wait
+           * on an agent that may be slow for long. */
           atomic_fetch_add (&endpoint->normal_used, 1);
           break;
 
@@ -1539,11 +1583,13 @@ ah_bus_accept_dead (AhBus              *self,
 /* ---- Publishing from outside the handlers ------------------------------------------------ */
 
 /* Queues @message (transfer full) for @recipients (their references are
- * taken over), from a thread outside any handler call. */
+ * taken over), from a thread outside any handler call. With @never_wait,
+ * AH_OVERFLOW_BLOCK queues past a full mailbox instead of waiting. */
 static gboolean
 ah_bus_deliver_external (AhBus         *self,
                          AhMessage     *message,
                          AhRecipients  *recipients,
+                         gboolean       never_wait,
                          GError       **error)
 {
   gboolean normal = message->priority != AH_PRIORITY_SYSTEM;
@@ -1560,6 +1606,8 @@ ah_bus_deliver_external (AhBus         *self,
 
   if (self->config.overflow == AH_OVERFLOW_FAIL)
     mode = AH_DELIVER_RESERVED;
+  else if (never_wait)
+    mode = AH_DELIVER_FORCE;
   else if (ah_bus_worker_for_thread (self) != NULL)
     mode = AH_DELIVER_REFUSE;   /* waiting on a worker could wait for itself */
   else
@@ -1652,12 +1700,13 @@ ah_bus_publish (AhBus        *self,
   interned = ah_bus_route_subject (self, subject, &recipients);
   message = ah__message_new (AH_MESSAGE_PUBLISH, priority, interned != NULL ? interned : subject,
                              interned != NULL, sender, AH_AGENT_ID_NONE, 0, data, size);
+  ah_bus_tap (self, message, AH_AGENT_ID_NONE);
   if (recipients.len == 0)
     {
       ah_bus_accept_dead (self, message, AH_AGENT_ID_NONE, AH_DEAD_LETTER_NO_ROUTE);
       return TRUE;
     }
-  return ah_bus_deliver_external (self, message, &recipients, error);
+  return ah_bus_deliver_external (self, message, &recipients, FALSE, error);
 }
 
 gboolean
@@ -1691,6 +1740,7 @@ ah_bus_send (AhBus        *self,
 
   message = ah__message_new (AH_MESSAGE_DIRECT, priority, subject, FALSE, sender,
                              AH_AGENT_ID_NONE, 0, data, size);
+  ah_bus_tap (self, message, to);
   endpoint = ah_bus_lookup_endpoint (self, to);
   if (endpoint == NULL)
     {
@@ -1698,7 +1748,58 @@ ah_bus_send (AhBus        *self,
       return TRUE;
     }
   ah_recipients_add (&recipients, endpoint);
-  return ah_bus_deliver_external (self, message, &recipients, error);
+  return ah_bus_deliver_external (self, message, &recipients, FALSE, error);
+}
+
+/* Never waits, even under AH_OVERFLOW_BLOCK: the sender is typically an
+ * offload thread delivering a result the agent asked for, and the agent
+ * must not be able to stall the host's I/O threads by being slow. Under
+ * AH_OVERFLOW_FAIL a full mailbox refuses it like any send. */
+gboolean
+ah_bus_send_full (AhBus         *self,
+                  AhAgentId      sender,
+                  AhAgentId      to,
+                  const char    *subject,
+                  gconstpointer  data,
+                  gsize          size,
+                  AhPriority     priority,
+                  AhMessageKind  kind,
+                  guint64        correlation,
+                  GError       **error)
+{
+  g_auto(AhRecipients) recipients = { 0 };
+  AhEndpoint *endpoint;
+  AhMessage *message;
+
+  g_return_val_if_fail (self != NULL, FALSE);
+  g_return_val_if_fail (subject != NULL, FALSE);
+  g_return_val_if_fail (data != NULL || size == 0, FALSE);
+  g_return_val_if_fail (priority == AH_PRIORITY_NORMAL || priority == AH_PRIORITY_SYSTEM, FALSE);
+  g_return_val_if_fail (kind >= AH_MESSAGE_PUBLISH && kind <= AH_MESSAGE_OFFLOAD_FAILED, FALSE);
+  /* From a handler it would overtake the handler's own outbox. */
+  g_return_val_if_fail (ah_bus_current_call == NULL || ah_bus_current_call->bus != self, FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  ah_bus_tally_add (self, AH_TALLY_PUBLISHED, 1);
+  if (!ah_bus_check_open (self, error))
+    return FALSE;
+  if (!ah_bus_check_message (subject, size, error))
+    {
+      ah_bus_count_refused (self);
+      return FALSE;
+    }
+
+  message = ah__message_new (kind, priority, subject, FALSE, sender, AH_AGENT_ID_NONE,
+                             correlation, data, size);
+  ah_bus_tap (self, message, to);
+  endpoint = ah_bus_lookup_endpoint (self, to);
+  if (endpoint == NULL)
+    {
+      ah_bus_accept_dead (self, message, to, AH_DEAD_LETTER_NO_AGENT);
+      return TRUE;
+    }
+  ah_recipients_add (&recipients, endpoint);
+  return ah_bus_deliver_external (self, message, &recipients, TRUE, error);
 }
 
 /* ---- Request bookkeeping ------------------------------------------------------------------ */
@@ -1998,6 +2099,7 @@ ah_bus_call_publish (AhBusCall    *call,
   message = ah__message_new (AH_MESSAGE_PUBLISH, AH_PRIORITY_NORMAL,
                              interned != NULL ? interned : subject, interned != NULL,
                              call->endpoint->id, AH_AGENT_ID_NONE, 0, data, size);
+  ah_bus_tap (self, message, AH_AGENT_ID_NONE);
   if (recipients.len == 0)
     {
       ah_bus_accept_dead (self, message, AH_AGENT_ID_NONE, AH_DEAD_LETTER_NO_ROUTE);
@@ -2037,6 +2139,7 @@ ah_bus_call_send (AhBusCall    *call,
 
   message = ah__message_new (AH_MESSAGE_DIRECT, AH_PRIORITY_NORMAL, subject, FALSE,
                              call->endpoint->id, AH_AGENT_ID_NONE, 0, data, size);
+  ah_bus_tap (self, message, to);
   endpoint = ah_bus_lookup_endpoint (self, to);
   if (endpoint == NULL)
     {
@@ -2078,6 +2181,7 @@ ah_bus_call_reply (AhBusCall       *call,
   reply = ah__message_new (AH_MESSAGE_REPLY, AH_PRIORITY_NORMAL, request->subject, FALSE,
                            call->endpoint->id, AH_AGENT_ID_NONE, request->correlation,
                            data, size);
+  ah_bus_tap (self, reply, request->reply_to);
   if (!ah_bus_request_is_pending (self, request->correlation))
     {
       ah_bus_accept_dead (self, reply, request->reply_to, AH_DEAD_LETTER_LATE_REPLY);
@@ -2151,12 +2255,13 @@ ah_bus_call_request (AhBusCall    *call,
       return 0;
     }
 
-  correlation = atomic_fetch_add (&self->next_correlation, 1);
+  correlation = ah_bus_new_correlation (self);
   requester = call->endpoint->id;
   interned = ah_bus_route_subject (self, subject, &recipients);
   message = ah__message_new (AH_MESSAGE_REQUEST, AH_PRIORITY_NORMAL,
                              interned != NULL ? interned : subject, interned != NULL,
                              requester, requester, correlation, data, size);
+  ah_bus_tap (self, message, AH_AGENT_ID_NONE);
 
   if (recipients.len == 0)
     {
@@ -2458,6 +2563,8 @@ ah_bus_new (const AhBusConfig *config)
   atomic_init (&self->next_endpoint_id, 1);
   atomic_init (&self->next_correlation, 1);
   atomic_init (&self->n_pending, 0);
+  atomic_init (&self->n_held, 0);
+  atomic_init (&self->tap_set, FALSE);
   atomic_init (&self->in_flight, 0);
   atomic_init (&self->started, FALSE);
   atomic_init (&self->stopping, FALSE);
@@ -2484,6 +2591,12 @@ ah_bus_new (const AhBusConfig *config)
   pthread_mutex_init (&self->idle_lock, NULL);
   ah_cond_init_monotonic (&self->idle_cond);
   pthread_mutex_init (&self->dead_letter_lock, NULL);
+  /* Writer-preferring, as route_lock, so setting the tap does not starve
+   * behind a stream of publishers. */
+  pthread_rwlockattr_init (&rwlock_attr);
+  pthread_rwlockattr_setkind_np (&rwlock_attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init (&self->tap_lock, &rwlock_attr);
+  pthread_rwlockattr_destroy (&rwlock_attr);
 
   self->workers = g_new0 (AhWorker *, self->config.n_workers);
   for (guint i = 0; i < self->config.n_workers; i++)
@@ -2670,6 +2783,7 @@ ah_bus_free (AhBus *self)
   pthread_mutex_destroy (&self->idle_lock);
   pthread_cond_destroy (&self->idle_cond);
   pthread_mutex_destroy (&self->dead_letter_lock);
+  pthread_rwlock_destroy (&self->tap_lock);
 
   for (guint i = 0; i < self->config.n_workers; i++)
     {
@@ -2841,4 +2955,68 @@ ah_bus_get_counters (AhBus         *self,
   ret_counters->latency_p99_us = ah_latency_percentile_us (counts, total, max_ns, 0.99);
   ret_counters->latency_max_us = (gdouble) max_ns / 1000.0;
   ret_counters->n_workers = self->config.n_workers;
+}
+
+/* ---- For the offload pool and the test harness ------------------------------------------ */
+
+void
+ah_bus_hold (AhBus *self)
+{
+  g_return_if_fail (self != NULL);
+
+  atomic_fetch_add (&self->n_held, 1);
+}
+
+void
+ah_bus_release (AhBus *self)
+{
+  guint held;
+
+  g_return_if_fail (self != NULL);
+
+  /* A compare-and-swap rather than a plain decrement: an unbalanced
+   * release must not wrap the count round and keep the bus busy for ever. */
+  held = atomic_load (&self->n_held);
+  do
+    {
+      if (held == 0)
+        {
+          g_critical ("%s: released more often than held", G_STRFUNC);
+          return;
+        }
+    }
+  while (!atomic_compare_exchange_weak (&self->n_held, &held, held - 1));
+
+  if (held == 1 && ah_bus_is_idle_now (self))
+    ah_bus_notify_idle (self);
+}
+
+guint64
+ah_bus_new_correlation (AhBus *self)
+{
+  guint64 correlation;
+
+  g_return_val_if_fail (self != NULL, 0);
+
+  /* 0 means "no correlation"; skipping it matters only after 2^64 ids. */
+  do
+    correlation = atomic_fetch_add (&self->next_correlation, 1);
+  while (correlation == 0);
+  return correlation;
+}
+
+/* Must not be called from the tap func itself: it waits for running
+ * tap calls to end. */
+void
+ah_bus_set_tap_func (AhBus        *self,
+                     AhBusTapFunc  func,
+                     gpointer      user_data)
+{
+  g_return_if_fail (self != NULL);
+
+  pthread_rwlock_wrlock (&self->tap_lock);
+  self->tap_func = func;
+  self->tap_data = func != NULL ? user_data : NULL;
+  atomic_store_explicit (&self->tap_set, func != NULL, memory_order_release);
+  pthread_rwlock_unlock (&self->tap_lock);
 }

@@ -1,6 +1,9 @@
 /* Tests of the event bus: subjects, routing, mailboxes, workers,
  * request/reply, overflow policies, close and stop, counters.
  *
+ * Also the additions for offloading and the test harness: holds, fresh
+ * correlation ids, send_full and the tap.
+ *
  * Every test gets a fresh bus; the tear-down stops it and checks that
  * accepted == delivered + dead_lettered + failed. Test threads use
  * pthread locks, like the bus, so ThreadSanitizer sees every edge.
@@ -1961,6 +1964,508 @@ test_config_defaults (Fixture       *fixture,
   g_assert_cmpint (config->overflow, ==, AH_OVERFLOW_FAIL);
 }
 
+/* ---- Hold, correlation, send_full, tap ------------------------------------------------- */
+
+static void
+test_hold_keeps_busy (Fixture       *fixture,
+                      gconstpointer  user_data)
+{
+  Agent *agent = fixture_add_agent (fixture, NULL, NULL);
+  guint n_idle_calls;
+
+  g_test_summary ("A hold keeps the bus from being idle even with nothing in flight; the "
+                  "last release makes it idle and runs the idle func; an unbalanced "
+                  "release is a critical that leaves the count at 0");
+
+  ah_bus_start (fixture->bus);
+  ah_bus_hold (fixture->bus);
+  ah_bus_hold (fixture->bus);
+  send_to (fixture, agent->id, "work", "x");
+  /* Once the message is handled only the holds keep the bus busy. */
+  pthread_mutex_lock (&fixture->lock);
+  while (agent->n_received < 1)
+    g_assert_true (fixture_wait_until (fixture, deadline_in_us (WAIT_US)));
+  pthread_mutex_unlock (&fixture->lock);
+  g_assert_false (ah_bus_wait_idle (fixture->bus, 50 * 1000));
+  g_assert_false (ah_bus_is_idle (fixture->bus));
+
+  ah_bus_release (fixture->bus);
+  g_assert_false (ah_bus_is_idle (fixture->bus));
+  pthread_mutex_lock (&fixture->lock);
+  n_idle_calls = fixture->n_idle_calls;
+  pthread_mutex_unlock (&fixture->lock);
+
+  ah_bus_release (fixture->bus);
+  g_assert_true (ah_bus_is_idle (fixture->bus));
+  g_assert_true (ah_bus_wait_idle (fixture->bus, 0));
+  pthread_mutex_lock (&fixture->lock);
+  g_assert_cmpuint (fixture->n_idle_calls, ==, n_idle_calls + 1);
+  pthread_mutex_unlock (&fixture->lock);
+
+  g_test_expect_message ("agenthost", G_LOG_LEVEL_CRITICAL, "*released more often than held*");
+  ah_bus_release (fixture->bus);
+  g_test_assert_expected_messages ();
+  g_assert_true (ah_bus_is_idle (fixture->bus));
+}
+
+typedef struct {
+  Fixture  *fixture;
+  gboolean  released;   /* under the fixture lock */
+} DelayedRelease;
+
+static gpointer
+delayed_release_main (gpointer data)
+{
+  DelayedRelease *release = data;
+  Fixture *fixture = release->fixture;
+
+  /* Released only once the test has seen the bus busy. */
+  pthread_mutex_lock (&fixture->lock);
+  while (!fixture->gate_open)
+    pthread_cond_wait (&fixture->cond, &fixture->lock);
+  release->released = TRUE;
+  pthread_mutex_unlock (&fixture->lock);
+  ah_bus_release (fixture->bus);
+  return NULL;
+}
+
+static void
+test_hold_wait_idle (Fixture       *fixture,
+                     gconstpointer  user_data)
+{
+  DelayedRelease release = { fixture, FALSE };
+  pthread_t thread;
+
+  g_test_summary ("wait_idle returns when another thread releases the last hold, "
+                  "not before");
+
+  ah_bus_start (fixture->bus);
+  ah_bus_hold (fixture->bus);
+  g_assert_cmpint (pthread_create (&thread, NULL, delayed_release_main, &release), ==, 0);
+  g_assert_false (ah_bus_wait_idle (fixture->bus, 20 * 1000));
+  fixture_open_gate (fixture);
+  g_assert_true (ah_bus_wait_idle (fixture->bus, WAIT_US));
+  pthread_mutex_lock (&fixture->lock);
+  g_assert_true (release.released);
+  pthread_mutex_unlock (&fixture->lock);
+  pthread_join (thread, NULL);
+}
+
+static void
+test_correlation_unique (Fixture       *fixture,
+                         gconstpointer  user_data)
+{
+  RequestPlan plan = { .timeout_ms = 60000, .n_replies = 1 };
+  Agent *requester = fixture_add_agent (fixture, step_requester, &plan);
+  g_autoptr(GHashTable) seen = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, NULL);
+  guint64 before, after;
+
+  g_test_summary ("ah_bus_new_correlation never returns 0 and shares its counter with "
+                  "requests, so offload ids and request ids never collide");
+
+  fixture_add_subscriber (fixture, "svc.echo", step_responder, &plan);
+  for (guint i = 0; i < 100; i++)
+    {
+      guint64 correlation = ah_bus_new_correlation (fixture->bus);
+
+      g_assert_cmpuint (correlation, !=, 0);
+      g_assert_true (g_hash_table_add (seen, g_memdup2 (&correlation, sizeof correlation)));
+    }
+  before = ah_bus_new_correlation (fixture->bus);
+  ah_bus_start (fixture->bus);
+  send_to (fixture, requester->id, "go", "");
+  fixture_wait_idle (fixture);
+  after = ah_bus_new_correlation (fixture->bus);
+
+  g_assert_cmpuint (plan.correlation, >, before);
+  g_assert_cmpuint (plan.correlation, <, after);
+  g_assert_false (g_hash_table_contains (seen, &plan.correlation));
+}
+
+static void
+test_send_full_kind (Fixture       *fixture,
+                     gconstpointer  user_data)
+{
+  Agent *agent = fixture_add_agent (fixture, NULL, NULL);
+  g_autoptr(GError) error = NULL;
+  Received *done, *failed;
+  DeadLetter *dead;
+
+  g_test_summary ("send_full delivers the kind, correlation, sender, subject and payload "
+                  "given; to an unknown id it is accepted and dead-lettered as no-agent");
+
+  ah_bus_start (fixture->bus);
+  g_assert_true (ah_bus_send_full (fixture->bus, 77, agent->id, "$SYS.offload", "result", 6,
+                                   AH_PRIORITY_NORMAL, AH_MESSAGE_OFFLOAD_DONE, 41, &error));
+  g_assert_no_error (error);
+  g_assert_true (ah_bus_send_full (fixture->bus, AH_AGENT_ID_NONE, agent->id, "$SYS.offload",
+                                   "boom", 4, AH_PRIORITY_NORMAL, AH_MESSAGE_OFFLOAD_FAILED, 42,
+                                   &error));
+  g_assert_true (ah_bus_send_full (fixture->bus, AH_AGENT_ID_NONE, 9999, "$SYS.offload", "", 0,
+                                   AH_PRIORITY_NORMAL, AH_MESSAGE_OFFLOAD_DONE, 43, &error));
+  g_assert_no_error (error);
+  fixture_wait_idle (fixture);
+
+  done = get_received (fixture, agent->id, AH_MESSAGE_OFFLOAD_DONE);
+  g_assert_cmpuint (done->correlation, ==, 41);
+  g_assert_cmpuint (done->sender, ==, 77);
+  g_assert_cmpint (done->priority, ==, AH_PRIORITY_NORMAL);
+  g_assert_cmpstr (done->subject, ==, "$SYS.offload");
+  g_assert_cmpmem (g_bytes_get_data (done->payload, NULL), g_bytes_get_size (done->payload),
+                   "result", 6);
+  failed = get_received (fixture, agent->id, AH_MESSAGE_OFFLOAD_FAILED);
+  g_assert_cmpuint (failed->correlation, ==, 42);
+  g_assert_cmpuint (failed->sender, ==, AH_AGENT_ID_NONE);
+  g_assert_cmpuint (fixture->dead->len, ==, 1);
+  dead = g_ptr_array_index (fixture->dead, 0);
+  g_assert_cmpint (dead->reason, ==, AH_DEAD_LETTER_NO_AGENT);
+  g_assert_cmpint (dead->kind, ==, AH_MESSAGE_OFFLOAD_DONE);
+  g_assert_cmpuint (dead->intended, ==, 9999);
+}
+
+static void
+test_send_full_block_never_waits (Fixture       *fixture,
+                                  gconstpointer  user_data)
+{
+  Agent *agent = fixture_add_agent (fixture, step_check_sequence, NULL);
+  g_autoptr(GError) error = NULL;
+  Sequenced sequenced = { 0, 0 };
+  Received *last;
+
+  g_test_summary ("Under the block policy send_full does not wait for a full mailbox: the "
+                  "message goes past the capacity and arrives after what was queued");
+
+  /* No workers yet: nothing makes room, so a wait would never end. */
+  for (guint i = 1; i <= 4; i++)
+    {
+      sequenced.sequence = i;
+      g_assert_true (ah_bus_send (fixture->bus, AH_AGENT_ID_NONE, agent->id, "seq", &sequenced,
+                                  sizeof sequenced, AH_PRIORITY_NORMAL, &error));
+    }
+  sequenced.sequence = 5;
+  g_assert_true (ah_bus_send_full (fixture->bus, AH_AGENT_ID_NONE, agent->id, "seq", &sequenced,
+                                   sizeof sequenced, AH_PRIORITY_NORMAL,
+                                   AH_MESSAGE_OFFLOAD_DONE, 5, &error));
+  g_assert_no_error (error);
+
+  ah_bus_start (fixture->bus);
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (agent->n_received, ==, 5);
+  g_assert_false (agent->out_of_order);
+  last = g_ptr_array_index (fixture->received, 4);
+  g_assert_cmpint (last->kind, ==, AH_MESSAGE_OFFLOAD_DONE);
+  g_assert_cmpuint (fixture->dead->len, ==, 0);
+}
+
+static void
+test_send_full_fail_refused (Fixture       *fixture,
+                             gconstpointer  user_data)
+{
+  Agent *agent = fixture_add_agent (fixture, NULL, NULL);
+  g_autoptr(GError) error = NULL;
+  g_autofree char *expected = NULL;
+  AhBusCounters counters;
+  DeadLetter *dead;
+
+  g_test_summary ("Under the fail policy send_full to a full mailbox is refused like any "
+                  "send: FALSE, an overflow error, counted failed and dead-lettered");
+
+  for (guint i = 0; i < 4; i++)
+    send_to (fixture, agent->id, "fill", "");
+  g_assert_false (ah_bus_send_full (fixture->bus, AH_AGENT_ID_NONE, agent->id, "$SYS.offload",
+                                    "r", 1, AH_PRIORITY_NORMAL, AH_MESSAGE_OFFLOAD_DONE, 9,
+                                    &error));
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_OVERFLOW);
+  expected = g_strdup_printf ("the mailbox of agent %" G_GUINT64_FORMAT " is full", agent->id);
+  g_assert_cmpstr (error->message, ==, expected);
+  g_assert_cmpuint (fixture->dead->len, ==, 1);
+  dead = g_ptr_array_index (fixture->dead, 0);
+  g_assert_cmpint (dead->reason, ==, AH_DEAD_LETTER_OVERFLOW);
+  g_assert_cmpint (dead->kind, ==, AH_MESSAGE_OFFLOAD_DONE);
+
+  ah_bus_start (fixture->bus);
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (count_received (fixture, agent->id, AH_MESSAGE_DIRECT), ==, 4);
+  g_assert_cmpuint (count_received (fixture, agent->id, AH_MESSAGE_OFFLOAD_DONE), ==, 0);
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.failed, ==, 1);
+}
+
+static void
+test_send_full_refusals (Fixture       *fixture,
+                         gconstpointer  user_data)
+{
+  Agent *agent = fixture_add_agent (fixture, NULL, NULL);
+  g_autoptr(GError) error = NULL;
+  AhBusCounters counters;
+
+  g_test_summary ("send_full refuses an invalid subject (counted failed) and a stopped bus, "
+                  "with the same errors as ah_bus_send");
+
+  g_assert_false (ah_bus_send_full (fixture->bus, AH_AGENT_ID_NONE, agent->id, "bad..subject",
+                                    "", 0, AH_PRIORITY_NORMAL, AH_MESSAGE_OFFLOAD_DONE, 1,
+                                    &error));
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_SUBJECT);
+  g_assert_cmpstr (error->message, ==, "'bad..subject' is not a valid subject");
+  g_clear_error (&error);
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.failed, ==, 1);
+
+  ah_bus_stop (fixture->bus, 0);
+  g_assert_false (ah_bus_send_full (fixture->bus, AH_AGENT_ID_NONE, agent->id, "$SYS.offload",
+                                    "", 0, AH_PRIORITY_NORMAL, AH_MESSAGE_OFFLOAD_DONE, 2,
+                                    &error));
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_STATE);
+  g_assert_cmpstr (error->message, ==, "the bus is stopped");
+}
+
+typedef struct {
+  gboolean refused;   /* what send_full returned from the handler */
+  gboolean tried;
+} HandlerSendFull;
+
+static gboolean
+step_send_full_in_handler (Agent           *agent,
+                           AhBusCall       *call,
+                           const AhMessage *message)
+{
+  HandlerSendFull *plan = agent->data;
+
+  g_test_expect_message ("agenthost", G_LOG_LEVEL_CRITICAL, "*ah_bus_current_call == NULL*");
+  plan->refused = !ah_bus_send_full (ah_bus_call_get_bus (call), agent->id, agent->id, "x",
+                                     "", 0, AH_PRIORITY_NORMAL, AH_MESSAGE_OFFLOAD_DONE, 1, NULL);
+  g_test_assert_expected_messages ();
+  plan->tried = TRUE;
+  return TRUE;
+}
+
+static void
+test_send_full_from_handler (Fixture       *fixture,
+                             gconstpointer  user_data)
+{
+  HandlerSendFull plan = { FALSE, FALSE };
+  Agent *agent = fixture_add_agent (fixture, step_send_full_in_handler, &plan);
+
+  g_test_summary ("send_full from a handler is a programming error (it would overtake the "
+                  "handler's outbox): a critical, and nothing is sent");
+
+  send_to (fixture, agent->id, "go", "");
+  ah_bus_start (fixture->bus);
+  fixture_wait_idle (fixture);
+  g_assert_true (plan.tried);
+  g_assert_true (plan.refused);
+  g_assert_cmpuint (agent->n_received, ==, 1);
+}
+
+typedef struct {
+  AhMessageKind  kind;
+  char          *subject;
+  AhAgentId      sender;
+  AhAgentId      recipient;
+  guint64        correlation;
+  char          *text;
+} Tapped;
+
+typedef struct {
+  pthread_mutex_t lock;
+  GPtrArray      *tapped;   /* (element-type Tapped) under @lock */
+} TapLog;
+
+static void
+tapped_free (gpointer data)
+{
+  Tapped *tapped = data;
+
+  g_free (tapped->subject);
+  g_free (tapped->text);
+  g_free (tapped);
+}
+
+static void
+tap_log_record (const AhMessage *message,
+                AhAgentId        recipient,
+                gpointer         user_data)
+{
+  TapLog *log = user_data;
+  Tapped *tapped = g_new0 (Tapped, 1);
+  gsize size;
+  const char *data = ah_message_get_data (message, &size);
+
+  tapped->kind = ah_message_get_kind (message);
+  tapped->subject = g_strdup (ah_message_get_subject (message));
+  tapped->sender = ah_message_get_sender (message);
+  tapped->recipient = recipient;
+  tapped->correlation = ah_message_get_correlation (message);
+  tapped->text = g_strndup (data, size);
+  pthread_mutex_lock (&log->lock);
+  g_ptr_array_add (log->tapped, tapped);
+  pthread_mutex_unlock (&log->lock);
+}
+
+static void
+tap_log_init (TapLog *log)
+{
+  pthread_mutex_init (&log->lock, NULL);
+  log->tapped = g_ptr_array_new_with_free_func (tapped_free);
+}
+
+static void
+tap_log_clear (TapLog *log)
+{
+  g_ptr_array_unref (log->tapped);
+  pthread_mutex_destroy (&log->lock);
+}
+
+static void
+assert_tapped (TapLog        *log,
+               guint          index,
+               AhMessageKind  kind,
+               const char    *subject,
+               AhAgentId      sender,
+               AhAgentId      recipient,
+               const char    *text)
+{
+  Tapped *tapped;
+
+  g_assert_cmpuint (index, <, log->tapped->len);
+  tapped = g_ptr_array_index (log->tapped, index);
+  g_assert_cmpint (tapped->kind, ==, kind);
+  g_assert_cmpstr (tapped->subject, ==, subject);
+  g_assert_cmpuint (tapped->sender, ==, sender);
+  g_assert_cmpuint (tapped->recipient, ==, recipient);
+  g_assert_cmpstr (tapped->text, ==, text);
+}
+
+static void
+test_tap_external (Fixture       *fixture,
+                   gconstpointer  user_data)
+{
+  AhBusGroup *group = ah_bus_group_new (fixture->bus, "all", AH_DELIVERY_BROADCAST);
+  Agent *a = fixture_add_agent (fixture, NULL, NULL);
+  Agent *b = fixture_add_agent (fixture, NULL, NULL);
+  g_autoptr(GError) error = NULL;
+  TapLog log;
+
+  g_test_summary ("The tap sees each external publish, send and send_full once (not once "
+                  "per recipient), with the addressee of direct sends, even when nobody "
+                  "gets the message; refused input and a cleared tap see nothing");
+
+  tap_log_init (&log);
+  ah_bus_group_add (group, a->endpoint);
+  ah_bus_group_add (group, b->endpoint);
+  g_assert_cmpuint (ah_bus_subscribe (fixture->bus, "all.>", group, &error), >, 0);
+  ah_bus_set_tap_func (fixture->bus, tap_log_record, &log);
+  ah_bus_start (fixture->bus);
+
+  publish (fixture, "all.hello", "to both");
+  publish (fixture, "nobody.listens", "lost");
+  send_to (fixture, b->id, "direct", "to b");
+  send_to (fixture, 9999, "direct", "to nobody");
+  g_assert_true (ah_bus_send_full (fixture->bus, 3, a->id, "$SYS.offload", "done", 4,
+                                   AH_PRIORITY_NORMAL, AH_MESSAGE_OFFLOAD_DONE, 12, &error));
+  g_assert_false (ah_bus_publish (fixture->bus, AH_AGENT_ID_NONE, "bad..subject", "", 0,
+                                  AH_PRIORITY_NORMAL, &error));
+  g_clear_error (&error);
+  fixture_wait_idle (fixture);
+
+  pthread_mutex_lock (&log.lock);
+  g_assert_cmpuint (log.tapped->len, ==, 5);
+  assert_tapped (&log, 0, AH_MESSAGE_PUBLISH, "all.hello", AH_AGENT_ID_NONE, AH_AGENT_ID_NONE,
+                 "to both");
+  assert_tapped (&log, 1, AH_MESSAGE_PUBLISH, "nobody.listens", AH_AGENT_ID_NONE,
+                 AH_AGENT_ID_NONE, "lost");
+  assert_tapped (&log, 2, AH_MESSAGE_DIRECT, "direct", AH_AGENT_ID_NONE, b->id, "to b");
+  assert_tapped (&log, 3, AH_MESSAGE_DIRECT, "direct", AH_AGENT_ID_NONE, 9999, "to nobody");
+  assert_tapped (&log, 4, AH_MESSAGE_OFFLOAD_DONE, "$SYS.offload", 3, a->id, "done");
+  g_assert_cmpuint (((Tapped *) g_ptr_array_index (log.tapped, 4))->correlation, ==, 12);
+  pthread_mutex_unlock (&log.lock);
+  g_assert_cmpuint (a->n_received, ==, 2);   /* the broadcast and the send_full */
+
+  ah_bus_set_tap_func (fixture->bus, NULL, NULL);
+  publish (fixture, "all.again", "untapped");
+  fixture_wait_idle (fixture);
+  pthread_mutex_lock (&log.lock);
+  g_assert_cmpuint (log.tapped->len, ==, 5);
+  pthread_mutex_unlock (&log.lock);
+
+  tap_log_clear (&log);
+}
+
+/* Publishes, sends to the responder (the plan's first agent), requests
+ * and, as the responder, replies: everything a handler can send. */
+static gboolean
+step_tap_everything (Agent           *agent,
+                     AhBusCall       *call,
+                     const AhMessage *message)
+{
+  Agent *responder = agent->data;
+
+  switch (ah_message_get_kind (message))
+    {
+    case AH_MESSAGE_DIRECT:
+      if (strcmp (ah_message_get_subject (message), "go") == 0)
+        {
+          g_assert_true (ah_bus_call_publish (call, "out.note", "n", 1));
+          g_assert_true (ah_bus_call_send (call, responder->id, "hint", "h", 1));
+          g_assert_cmpuint (ah_bus_call_request (call, "svc.ask", "q", 1, 60000), !=, 0);
+          g_assert_cmpuint (ah_bus_call_request (call, "svc.none", "q2", 2, 60000), !=, 0);
+        }
+      break;
+
+    case AH_MESSAGE_REQUEST:
+      g_assert_true (ah_bus_call_reply (call, message, "a", 1));
+      break;
+
+    case AH_MESSAGE_PUBLISH:
+    case AH_MESSAGE_REPLY:
+    case AH_MESSAGE_TIMEOUT:
+    case AH_MESSAGE_NO_RESPONDERS:
+    case AH_MESSAGE_OFFLOAD_DONE:
+    case AH_MESSAGE_OFFLOAD_FAILED:
+    default:
+      break;
+    }
+  return TRUE;
+}
+
+static void
+test_tap_handlers (Fixture       *fixture,
+                   gconstpointer  user_data)
+{
+  Agent *responder = fixture_add_subscriber (fixture, "svc.ask", step_tap_everything, NULL);
+  Agent *agent = fixture_add_agent (fixture, step_tap_everything, responder);
+  TapLog log;
+  guint64 correlation;
+
+  g_test_summary ("The tap sees what handlers publish, send, request and reply, in the "
+                  "order they did it, the reply with its requester as recipient; the "
+                  "NO_RESPONDERS the bus makes itself is not tapped");
+
+  responder->data = responder;
+  tap_log_init (&log);
+  ah_bus_set_tap_func (fixture->bus, tap_log_record, &log);
+  ah_bus_start (fixture->bus);
+  send_to (fixture, agent->id, "go", "");
+  fixture_wait_idle (fixture);
+  ah_bus_set_tap_func (fixture->bus, NULL, NULL);
+
+  g_assert_cmpuint (count_received (fixture, agent->id, AH_MESSAGE_REPLY), ==, 1);
+  g_assert_cmpuint (count_received (fixture, agent->id, AH_MESSAGE_NO_RESPONDERS), ==, 1);
+  g_assert_cmpuint (count_received (fixture, responder->id, AH_MESSAGE_DIRECT), ==, 1);
+  g_assert_cmpuint (log.tapped->len, ==, 6);
+  assert_tapped (&log, 0, AH_MESSAGE_DIRECT, "go", AH_AGENT_ID_NONE, agent->id, "");
+  assert_tapped (&log, 1, AH_MESSAGE_PUBLISH, "out.note", agent->id, AH_AGENT_ID_NONE, "n");
+  assert_tapped (&log, 2, AH_MESSAGE_DIRECT, "hint", agent->id, responder->id, "h");
+  assert_tapped (&log, 3, AH_MESSAGE_REQUEST, "svc.ask", agent->id, AH_AGENT_ID_NONE, "q");
+  assert_tapped (&log, 4, AH_MESSAGE_REQUEST, "svc.none", agent->id, AH_AGENT_ID_NONE, "q2");
+  assert_tapped (&log, 5, AH_MESSAGE_REPLY, "svc.ask", responder->id, agent->id, "a");
+  correlation = ((Tapped *) g_ptr_array_index (log.tapped, 3))->correlation;
+  g_assert_cmpuint (correlation, !=, 0);
+  g_assert_cmpuint (((Tapped *) g_ptr_array_index (log.tapped, 5))->correlation, ==, correlation);
+
+  tap_log_clear (&log);
+}
+
 #if defined (__SANITIZE_THREAD__)
 #  define TEST_UNDER_TSAN 1
 #elif defined (__has_feature)
@@ -2029,6 +2534,17 @@ main (int    argc,
   BUS_TEST ("/bus/stop/drains", &config_two_workers, test_stop_drains);
   BUS_TEST ("/bus/stop/blocked-publisher", &config_block_small, test_stop_blocked_publisher);
   BUS_TEST ("/bus/idle/func-and-wait", &config_two_workers, test_idle_func_and_wait);
+  BUS_TEST ("/bus/hold/keeps-busy", &config_two_workers, test_hold_keeps_busy);
+  BUS_TEST ("/bus/hold/wait-idle", &config_two_workers, test_hold_wait_idle);
+  BUS_TEST ("/bus/correlation/unique", &config_two_workers, test_correlation_unique);
+  BUS_TEST ("/bus/send-full/kind", &config_two_workers, test_send_full_kind);
+  BUS_TEST ("/bus/send-full/block-never-waits", &config_block_one_worker,
+            test_send_full_block_never_waits);
+  BUS_TEST ("/bus/send-full/fail-refused", &config_fail_small, test_send_full_fail_refused);
+  BUS_TEST ("/bus/send-full/refusals", &config_one_worker, test_send_full_refusals);
+  BUS_TEST ("/bus/send-full/from-handler", &config_one_worker, test_send_full_from_handler);
+  BUS_TEST ("/bus/tap/external", &config_two_workers, test_tap_external);
+  BUS_TEST ("/bus/tap/handlers", &config_two_workers, test_tap_handlers);
 
 #undef BUS_TEST
 
