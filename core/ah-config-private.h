@@ -12,18 +12,23 @@ G_BEGIN_DECLS
 
 /* Checks the schema table a plugin declares (the loader calls it): every
  * name a dotted key of [A-Za-z0-9_-] tokens, no name twice, a known
- * type, known flags, min <= max, a default that parses as its type and
- * lies in its range, at most 256 keys before AH_CONFIG_KEY_END. Errors
- * are AH_PLUGIN_ERROR_INVALID_DESC, "PATH: invalid config schema: ...". */
+ * type, known flags, finite bounds with min <= max, a range only on a
+ * number (whole bounds for an integer), a default that parses as its
+ * type and lies in its range, no default on a required key, bounded
+ * UTF-8 texts, at most 256 keys before AH_CONFIG_KEY_END. Errors are
+ * AH_PLUGIN_ERROR_INVALID_DESC, "PATH: invalid config schema: ...". */
 gboolean    ah_config_schema_check    (const AhConfigKey *schema, const char *path,
                                        GError **error);
 
 /* Checks @type's `config:` against @desc's schema, when it has one:
  * unknown keys, values of the wrong type, out of range, required keys
  * missing. One error, AH_MANIFEST_ERROR (UNKNOWN_KEY, WRONG_TYPE,
- * OUT_OF_RANGE, MISSING_KEY), one line:
- * "FILE:LINE:COL: error: agent type 'T': config 'KEY': WHAT", at the
- * value (the agent type's key for a missing one). */
+ * OUT_OF_RANGE, MISSING_KEY), one line
+ * "FILE:LINE:COL: error: agent type 'T': WHAT", at the value (the agent
+ * type's key for a missing one), WHAT one of
+ * "unknown config key 'KEY' (plugin 'P' accepts K1, K2...)",
+ * "config 'KEY' must be ..., got 'VALUE'",
+ * "missing required config key 'KEY' (TYPE: DESCRIPTION)". */
 gboolean    ah_config_check           (AhManifest *manifest, const AhManifestAgentType *type,
                                        const AhPluginDesc *desc, GError **error);
 

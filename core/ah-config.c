@@ -13,8 +13,15 @@
 #include <math.h>
 #include <string.h>
 
-#define AH_CONFIG_SCHEMA_MAX_KEYS 256
-#define AH_CONFIG_KEY_MAX_LEN     128
+#define AH_CONFIG_SCHEMA_MAX_KEYS      256
+#define AH_CONFIG_KEY_MAX_LEN          128
+/* A default stands for a value the manifest could hold: same cap. */
+#define AH_CONFIG_DEFAULT_MAX_LEN      AH_MANIFEST_MAX_SCALAR
+#define AH_CONFIG_DESCRIPTION_MAX_LEN  1024
+/* As the manifest's own messages: input quoted in a message is cut here. */
+#define AH_CONFIG_MESSAGE_TEXT_MAX     80
+/* Keys an unknown-key message lists before "and N more". */
+#define AH_CONFIG_MESSAGE_MAX_KEYS     16
 
 static const char *
 config_type_name (AhConfigType type)
@@ -29,10 +36,52 @@ config_type_name (AhConfigType type)
     }
 }
 
+/* Text from the manifest or the plugin, quoted in a message or in
+ * `inspect` output: control characters are escaped so that it stays one
+ * line, and long text is cut on a character boundary (the manifest's
+ * rule, so that every line of validate reads alike). */
+static char *
+config_text_for_message (const char *text,
+                         gsize       max_bytes)
+{
+  GString *out = g_string_new (NULL);
+
+  for (gsize i = 0; text[i] != '\0'; i++)
+    {
+      guchar c = (guchar) text[i];
+
+      if (i >= max_bytes && (c & 0xC0) != 0x80)
+        {
+          g_string_append (out, "...");
+          break;
+        }
+      if (c == '\\')
+        g_string_append (out, "\\\\");
+      else if (c == '\n')
+        g_string_append (out, "\\n");
+      else if (c == '\t')
+        g_string_append (out, "\\t");
+      else if (c == '\r')
+        g_string_append (out, "\\r");
+      else if (c < 0x20 || c == 0x7F)
+        g_string_append_printf (out, "\\x%02X", c);
+      else
+        g_string_append_c (out, (char) c);
+    }
+  return g_string_free (out, FALSE);
+}
+
+/* Plain decimal, as the manifest takes its own integers: an optional
+ * '-', no '+', no leading zero (YAML 1.1 read 010 as 8), no hex. */
 static gboolean
 config_parse_int (const char *text,
                   gint64     *ret_value)
 {
+  const char *digits = text[0] == '-' ? text + 1 : text;
+  gsize n_digits = strspn (digits, "0123456789");
+
+  if (n_digits == 0 || digits[n_digits] != '\0' || (digits[0] == '0' && n_digits > 1))
+    return FALSE;
   return g_ascii_string_to_signed (text, 10, G_MININT64, G_MAXINT64, ret_value, NULL);
 }
 
@@ -42,7 +91,9 @@ config_parse_double (const char *text,
 {
   char *end = NULL;
 
-  if (*text == '\0' || g_ascii_isspace (*text))
+  /* Decimal notation only: strtod() alone would also take leading
+   * spaces, hex floats, "inf" and "nan". */
+  if (*text == '\0' || text[strspn (text, "0123456789+-.eE")] != '\0')
     return FALSE;
   errno = 0;
   *ret_value = g_ascii_strtod (text, &end);
@@ -70,6 +121,18 @@ config_key_has_range (const AhConfigKey *key)
          && !(key->min == 0 && key->max == 0);
 }
 
+static char *
+config_expected_value (const AhConfigKey *key)
+{
+  if (key->type == AH_CONFIG_INT)
+    return config_key_has_range (key)
+           ? g_strdup_printf ("must be an integer between %.0f and %.0f", key->min, key->max)
+           : g_strdup ("must be an integer");
+  return config_key_has_range (key)
+         ? g_strdup_printf ("must be a number between %g and %g", key->min, key->max)
+         : g_strdup ("must be a number");
+}
+
 /* Checks @text against @key. On failure returns a description of what
  * was expected, for the error message, and whether the value was of the
  * wrong type or out of range in @ret_code. */
@@ -91,16 +154,12 @@ config_value_problem (const AhConfigKey *key,
       return config_parse_bool (text, &bool_value) ? NULL : g_strdup ("must be true or false");
     case AH_CONFIG_INT:
       if (!config_parse_int (text, &int_value))
-        return config_key_has_range (key)
-               ? g_strdup_printf ("must be an integer between %.0f and %.0f", key->min, key->max)
-               : g_strdup ("must be an integer");
+        return config_expected_value (key);
       double_value = (gdouble) int_value;
       break;
     case AH_CONFIG_DOUBLE:
       if (!config_parse_double (text, &double_value))
-        return config_key_has_range (key)
-               ? g_strdup_printf ("must be a number between %g and %g", key->min, key->max)
-               : g_strdup ("must be a number");
+        return config_expected_value (key);
       break;
     default:
       return g_strdup ("has an unknown type in the plugin's schema");
@@ -108,9 +167,7 @@ config_value_problem (const AhConfigKey *key,
 
   *ret_code = AH_MANIFEST_ERROR_OUT_OF_RANGE;
   if (config_key_has_range (key) && (double_value < key->min || double_value > key->max))
-    return key->type == AH_CONFIG_INT
-           ? g_strdup_printf ("must be an integer between %.0f and %.0f", key->min, key->max)
-           : g_strdup_printf ("must be a number between %g and %g", key->min, key->max);
+    return config_expected_value (key);
 
   return NULL;
 }
@@ -118,7 +175,7 @@ config_value_problem (const AhConfigKey *key,
 static gboolean
 config_key_name_is_valid (const char *name)
 {
-  gsize len = strlen (name);
+  gsize len = strnlen (name, AH_CONFIG_KEY_MAX_LEN + 1);
   gboolean token_start = TRUE;
 
   if (len == 0 || len > AH_CONFIG_KEY_MAX_LEN)
@@ -139,77 +196,146 @@ config_key_name_is_valid (const char *name)
   return !token_start;
 }
 
+/* A text the host prints (a default, a description): bounded, read no
+ * further than the bound plus one, and UTF-8. Returns what is wrong. */
+static char *
+config_text_problem (const char *text,
+                     gsize       max_len)
+{
+  gsize len = strnlen (text, max_len + 1);
+
+  if (len > max_len)
+    return g_strdup_printf ("is longer than %" G_GSIZE_FORMAT " bytes", max_len);
+  if (!g_utf8_validate (text, (gssize) len, NULL))
+    return g_strdup ("is not valid UTF-8");
+  return NULL;
+}
+
+static gboolean config_schema_error (GError **error, const char *path, const char *format, ...)
+  G_GNUC_PRINTF (3, 4);
+
+/* Always returns FALSE, so a check can end with `return config_schema_error (...)`. */
+static gboolean
+config_schema_error (GError    **error,
+                     const char *path,
+                     const char *format,
+                     ...)
+{
+  va_list args;
+  g_autofree char *what = NULL;
+
+  va_start (args, format);
+  what = g_strdup_vprintf (format, args);
+  va_end (args);
+  g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_INVALID_DESC,
+               "%s: invalid config schema: %s", path, what);
+  return FALSE;
+}
+
+static gboolean
+config_schema_key_check (const AhConfigKey *key,
+                         guint              index,
+                         GHashTable        *seen,
+                         const char        *path,
+                         GError           **error)
+{
+  g_autofree char *problem = NULL;
+  AhManifestError code;
+
+  if (!config_key_name_is_valid (key->name))
+    {
+      g_autofree char *shown = config_text_for_message (key->name, AH_CONFIG_MESSAGE_TEXT_MAX);
+
+      return config_schema_error (error, path, "key %u: '%s' is not a key name (at most "
+                                  "%d bytes of dot-separated tokens of letters, digits, "
+                                  "'_' and '-')", index, shown, AH_CONFIG_KEY_MAX_LEN);
+    }
+  if (!g_hash_table_add (seen, (gpointer) key->name))
+    return config_schema_error (error, path, "key '%s' declared twice", key->name);
+  if (key->type < AH_CONFIG_STRING || key->type > AH_CONFIG_BOOL)
+    return config_schema_error (error, path, "key '%s' has unknown type %d",
+                                key->name, (int) key->type);
+  if ((key->flags & ~(guint32) AH_CONFIG_FLAG_REQUIRED) != 0)
+    return config_schema_error (error, path, "key '%s' has unknown flags 0x%x",
+                                key->name, key->flags);
+
+  if (!isfinite (key->min) || !isfinite (key->max))
+    return config_schema_error (error, path, "key '%s' has a range bound that is not a "
+                                "finite number", key->name);
+  /* min and max mean nothing to these types: a plugin that sets them
+   * expects a check the host would never make. */
+  if ((key->type == AH_CONFIG_STRING || key->type == AH_CONFIG_BOOL)
+      && (key->min != 0 || key->max != 0))
+    return config_schema_error (error, path, "key '%s' is a %s and cannot have a range",
+                                key->name, config_type_name (key->type));
+  if (key->min > key->max)
+    return config_schema_error (error, path, "key '%s' has min %g above max %g",
+                                key->name, key->min, key->max);
+  if (key->type == AH_CONFIG_INT && (key->min != floor (key->min) || key->max != floor (key->max)))
+    return config_schema_error (error, path, "key '%s' is an integer but its range %g..%g "
+                                "is not", key->name, key->min, key->max);
+
+  if (key->description != NULL
+      && (problem = config_text_problem (key->description, AH_CONFIG_DESCRIPTION_MAX_LEN)) != NULL)
+    return config_schema_error (error, path, "the description of key '%s' %s",
+                                key->name, problem);
+
+  if (key->default_value == NULL)
+    return TRUE;
+  /* The default would never be used: the plugin author meant one of the two. */
+  if ((key->flags & AH_CONFIG_FLAG_REQUIRED) != 0)
+    return config_schema_error (error, path, "key '%s' is required and has a default",
+                                key->name);
+  if ((problem = config_text_problem (key->default_value, AH_CONFIG_DEFAULT_MAX_LEN)) != NULL)
+    return config_schema_error (error, path, "the default of key '%s' %s",
+                                key->name, problem);
+  if ((problem = config_value_problem (key, key->default_value, &code)) != NULL)
+    {
+      g_autofree char *shown = config_text_for_message (key->default_value,
+                                                        AH_CONFIG_MESSAGE_TEXT_MAX);
+
+      return config_schema_error (error, path, "the default of key '%s' %s, got '%s'",
+                                  key->name, problem, shown);
+    }
+
+  return TRUE;
+}
+
+/**
+ * ah_config_schema_check:
+ * @schema: (nullable): a plugin's schema table
+ * @path: the plugin file, for messages
+ * @error: return location for an %AH_PLUGIN_ERROR_INVALID_DESC
+ *
+ * Checks the table as the plugin author wrote it, so that a mistake in
+ * it is reported when the plugin loads, not as a puzzling refusal of a
+ * correct manifest later. A NULL @schema is no schema, and passes.
+ *
+ * Returns: %TRUE when the schema is well-formed
+ */
 gboolean
 ah_config_schema_check (const AhConfigKey *schema,
                         const char        *path,
                         GError           **error)
 {
   g_autoptr(GHashTable) seen = NULL;
-  guint i;
+
+  g_return_val_if_fail (path != NULL, FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
 
   if (schema == NULL)
     return TRUE;
 
   seen = g_hash_table_new (g_str_hash, g_str_equal);
-  for (i = 0; i < AH_CONFIG_SCHEMA_MAX_KEYS && schema[i].name != NULL; i++)
+  for (guint i = 0; schema[i].name != NULL; i++)
     {
-      const AhConfigKey *key = &schema[i];
-      g_autofree char *problem = NULL;
-      AhManifestError code;
-
-      if (!config_key_name_is_valid (key->name))
-        {
-          g_autofree char *escaped = g_strescape (key->name, NULL);
-
-          g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_INVALID_DESC,
-                       "%s: invalid config schema: key %u: '%.*s' is not a key "
-                       "(dot-separated tokens of letters, digits, '_' and '-')",
-                       path, i, 80, escaped);
-          return FALSE;
-        }
-      if (!g_hash_table_add (seen, (gpointer) key->name))
-        {
-          g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_INVALID_DESC,
-                       "%s: invalid config schema: key '%s' declared twice", path, key->name);
-          return FALSE;
-        }
-      if (key->type < AH_CONFIG_STRING || key->type > AH_CONFIG_BOOL)
-        {
-          g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_INVALID_DESC,
-                       "%s: invalid config schema: key '%s' has unknown type %d",
-                       path, key->name, (int) key->type);
-          return FALSE;
-        }
-      if ((key->flags & ~(guint32) AH_CONFIG_FLAG_REQUIRED) != 0)
-        {
-          g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_INVALID_DESC,
-                       "%s: invalid config schema: key '%s' has unknown flags 0x%x",
-                       path, key->name, key->flags);
-          return FALSE;
-        }
-      if (isnan (key->min) || isnan (key->max) || key->min > key->max)
-        {
-          g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_INVALID_DESC,
-                       "%s: invalid config schema: key '%s' has min %g above max %g",
-                       path, key->name, key->min, key->max);
-          return FALSE;
-        }
-      if (key->default_value != NULL
-          && (problem = config_value_problem (key, key->default_value, &code)) != NULL)
-        {
-          g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_INVALID_DESC,
-                       "%s: invalid config schema: the default of key '%s' %s",
-                       path, key->name, problem);
-          return FALSE;
-        }
-    }
-
-  if (i == AH_CONFIG_SCHEMA_MAX_KEYS)
-    {
-      g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_INVALID_DESC,
-                   "%s: invalid config schema: more than %d keys, or no AH_CONFIG_KEY_END",
-                   path, AH_CONFIG_SCHEMA_MAX_KEYS - 1);
-      return FALSE;
+      /* The bound also stops the walk of a table that lacks its end
+       * marker before it wanders far into the plugin's data. */
+      if (i == AH_CONFIG_SCHEMA_MAX_KEYS)
+        return config_schema_error (error, path, "more than %d keys, or no AH_CONFIG_KEY_END",
+                                    AH_CONFIG_SCHEMA_MAX_KEYS);
+      if (!config_schema_key_check (&schema[i], i, seen, path, error))
+        return FALSE;
     }
 
   return TRUE;
@@ -225,6 +351,20 @@ config_schema_find (const AhConfigKey *schema,
   return NULL;
 }
 
+/* Whether @name is an item of the sequence @parent: "PARENT.N". */
+static gboolean
+config_name_is_item_of (const char *name,
+                        const char *parent)
+{
+  gsize parent_len = strlen (parent);
+  const char *index;
+
+  if (strncmp (name, parent, parent_len) != 0 || name[parent_len] != '.')
+    return FALSE;
+  index = name + parent_len + 1;
+  return *index != '\0' && index[strspn (index, "0123456789")] == '\0';
+}
+
 /* The schema key that a flattened config key belongs to: the key itself,
  * or, for the items of a sequence ("words.0"), the sequence's key. */
 static const AhConfigKey *
@@ -238,31 +378,76 @@ config_schema_find_for_entry (const AhConfigKey *schema,
   if (key != NULL)
     return key;
   last_dot = strrchr (name, '.');
-  if (last_dot == NULL || !g_ascii_isdigit (last_dot[1]))
+  if (last_dot == NULL)
     return NULL;
-  for (const char *p = last_dot + 1; *p != '\0'; p++)
-    if (!g_ascii_isdigit (*p))
-      return NULL;
-  parent = g_strndup (name, last_dot - name);
+  parent = g_strndup (name, (gsize) (last_dot - name));
+  if (!config_name_is_item_of (name, parent))
+    return NULL;
   return config_schema_find (schema, parent);
+}
+
+/* Whether the manifest gives @name, as a scalar or as a sequence. */
+static gboolean
+config_type_has_key (const AhManifestAgentType *type,
+                     const char                *name)
+{
+  for (guint i = 0; i < type->config->len; i++)
+    {
+      const AhManifestConfigEntry *entry = g_ptr_array_index (type->config, i);
+
+      if (g_str_equal (entry->key, name) || config_name_is_item_of (entry->key, name))
+        return TRUE;
+    }
+  return FALSE;
 }
 
 static void
 config_append_key_list (GString           *out,
                         const AhConfigKey *schema)
 {
-  for (guint i = 0; schema[i].name != NULL; i++)
+  guint n_keys = 0;
+
+  while (schema[n_keys].name != NULL)
+    n_keys++;
+  if (n_keys == 0)
+    {
+      g_string_append (out, "no keys");
+      return;
+    }
+  for (guint i = 0; i < n_keys && i < AH_CONFIG_MESSAGE_MAX_KEYS; i++)
     g_string_append_printf (out, "%s%s", i == 0 ? "" : ", ", schema[i].name);
+  if (n_keys > AH_CONFIG_MESSAGE_MAX_KEYS)
+    g_string_append_printf (out, " and %u more", n_keys - AH_CONFIG_MESSAGE_MAX_KEYS);
 }
 
+/**
+ * ah_config_check:
+ * @manifest: the manifest @type belongs to, for FILE in messages
+ * @type: an agent type of @manifest
+ * @desc: the descriptor of @type's plugin, its schema checked by the loader
+ * @error: return location for an %AH_MANIFEST_ERROR
+ *
+ * Checks @type's `config:` against @desc's schema: in file order, each
+ * entry must belong to a key of the schema and parse as its type within
+ * its range; then each required key must be there. A plugin without a
+ * schema accepts any config.
+ *
+ * Returns: %TRUE when the config is acceptable
+ */
 gboolean
 ah_config_check (AhManifest                *manifest,
                  const AhManifestAgentType *type,
                  const AhPluginDesc        *desc,
                  GError                   **error)
 {
-  const AhConfigKey *schema = desc->config_schema;
+  const AhConfigKey *schema;
 
+  g_return_val_if_fail (manifest != NULL, FALSE);
+  g_return_val_if_fail (type != NULL, FALSE);
+  g_return_val_if_fail (desc != NULL, FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  schema = desc->config_schema;
   if (schema == NULL)
     return TRUE;
 
@@ -270,6 +455,7 @@ ah_config_check (AhManifest                *manifest,
     {
       const AhManifestConfigEntry *entry = g_ptr_array_index (type->config, i);
       const AhConfigKey *key = config_schema_find_for_entry (schema, entry->key);
+      g_autofree char *shown_key = config_text_for_message (entry->key, AH_CONFIG_MESSAGE_TEXT_MAX);
       g_autofree char *problem = NULL;
       AhManifestError code;
 
@@ -282,18 +468,19 @@ ah_config_check (AhManifest                *manifest,
                        "%s:%u:%u: error: agent type '%s': unknown config key '%s' "
                        "(plugin '%s' accepts %s)",
                        manifest->path, entry->pos.line, entry->pos.column, type->name,
-                       entry->key, desc->name, expected->len > 0 ? expected->str : "no keys");
+                       shown_key, desc->name, expected->str);
           return FALSE;
         }
       problem = config_value_problem (key, entry->value, &code);
       if (problem != NULL)
         {
-          g_autofree char *escaped = g_strescape (entry->value, NULL);
+          g_autofree char *shown_value = config_text_for_message (entry->value,
+                                                                  AH_CONFIG_MESSAGE_TEXT_MAX);
 
           g_set_error (error, AH_MANIFEST_ERROR, code,
-                       "%s:%u:%u: error: agent type '%s': config '%s' %s, got '%.80s'",
+                       "%s:%u:%u: error: agent type '%s': config '%s' %s, got '%s'",
                        manifest->path, entry->pos.line, entry->pos.column, type->name,
-                       entry->key, problem, escaped);
+                       shown_key, problem, shown_value);
           return FALSE;
         }
     }
@@ -302,14 +489,18 @@ ah_config_check (AhManifest                *manifest,
     {
       if ((schema[i].flags & AH_CONFIG_FLAG_REQUIRED) == 0)
         continue;
-      if (ah_manifest_type_find_config (type, schema[i].name) == NULL)
+      if (!config_type_has_key (type, schema[i].name))
         {
+          g_autofree char *shown_description = schema[i].description != NULL
+            ? config_text_for_message (schema[i].description, AH_CONFIG_MESSAGE_TEXT_MAX)
+            : NULL;
+
           g_set_error (error, AH_MANIFEST_ERROR, AH_MANIFEST_ERROR_MISSING_KEY,
                        "%s:%u:%u: error: agent type '%s': missing required config key '%s' (%s%s%s)",
                        manifest->path, type->pos.line, type->pos.column, type->name,
                        schema[i].name, config_type_name (schema[i].type),
-                       schema[i].description != NULL ? ": " : "",
-                       schema[i].description != NULL ? schema[i].description : "");
+                       shown_description != NULL ? ": " : "",
+                       shown_description != NULL ? shown_description : "");
           return FALSE;
         }
     }
@@ -317,33 +508,85 @@ ah_config_check (AhManifest                *manifest,
   return TRUE;
 }
 
+/**
+ * ah_config_table_new:
+ * @type: an agent type
+ * @desc: its plugin's descriptor
+ *
+ * Returns: (transfer full): key -> value, both borrowed from @type and
+ * @desc: the schema's defaults overridden by the manifest's values
+ */
 GHashTable *
 ah_config_table_new (const AhManifestAgentType *type,
                      const AhPluginDesc        *desc)
 {
+  const AhConfigKey *schema = desc->config_schema;
   GHashTable *table = g_hash_table_new (g_str_hash, g_str_equal);
 
-  if (desc->config_schema != NULL)
-    for (guint i = 0; desc->config_schema[i].name != NULL; i++)
-      if (desc->config_schema[i].default_value != NULL)
-        g_hash_table_insert (table, (gpointer) desc->config_schema[i].name,
-                             (gpointer) desc->config_schema[i].default_value);
+  if (schema != NULL)
+    for (guint i = 0; schema[i].name != NULL; i++)
+      if (schema[i].default_value != NULL)
+        g_hash_table_insert (table, (gpointer) schema[i].name, (gpointer) schema[i].default_value);
 
   /* The manifest's values override the defaults. */
   for (guint i = 0; i < type->config->len; i++)
     {
       const AhManifestConfigEntry *entry = g_ptr_array_index (type->config, i);
+      const AhConfigKey *key = schema != NULL ? config_schema_find_for_entry (schema, entry->key) : NULL;
 
+      /* A sequence given for a key replaces its default too: the plugin
+       * must not read both the manifest's items and the default. */
+      if (key != NULL && key->default_value != NULL && !g_str_equal (key->name, entry->key)
+          && g_hash_table_lookup (table, key->name) == key->default_value)
+        g_hash_table_remove (table, key->name);
       g_hash_table_insert (table, entry->key, entry->value);
     }
 
   return table;
 }
 
+/* The middle column of `inspect`: "required", the default (quoted for a
+ * string), the range, those that apply. */
+static char *
+config_describe_details (const AhConfigKey *key)
+{
+  GString *details = g_string_new (NULL);
+
+  if ((key->flags & AH_CONFIG_FLAG_REQUIRED) != 0)
+    g_string_append (details, "required");
+  if (key->default_value != NULL)
+    {
+      g_autofree char *shown = config_text_for_message (key->default_value,
+                                                        AH_CONFIG_MESSAGE_TEXT_MAX);
+
+      g_string_append_printf (details, key->type == AH_CONFIG_STRING ? "%sdefault \"%s\"" : "%sdefault %s",
+                              details->len > 0 ? ", " : "", shown);
+    }
+  if (config_key_has_range (key))
+    g_string_append_printf (details, key->type == AH_CONFIG_INT ? "%srange %.0f..%.0f" : "%srange %g..%g",
+                            details->len > 0 ? ", " : "", key->min, key->max);
+  return g_string_free (details, FALSE);
+}
+
+/**
+ * ah_config_describe_schema:
+ * @schema: (nullable): a schema the loader has checked
+ * @out: where the lines are appended
+ *
+ * One line per key, indented two spaces, in aligned columns: name, type,
+ * the details that apply ("required", the default, the range), and the
+ * description.
+ */
 void
 ah_config_describe_schema (const AhConfigKey *schema,
                            GString           *out)
 {
+  g_autoptr(GPtrArray) details = NULL;
+  int name_width = 0;
+  int details_width = 0;
+
+  g_return_if_fail (out != NULL);
+
   if (schema == NULL)
     {
       g_string_append (out, "  (no schema: any key is accepted)\n");
@@ -355,20 +598,45 @@ ah_config_describe_schema (const AhConfigKey *schema,
       return;
     }
 
+  details = g_ptr_array_new_with_free_func (g_free);
+  for (guint i = 0; schema[i].name != NULL; i++)
+    {
+      char *key_details = config_describe_details (&schema[i]);
+
+      /* Both bounded: names by the schema check, details by the cut of
+       * the default. */
+      name_width = MAX (name_width, (int) strlen (schema[i].name));
+      details_width = MAX (details_width, (int) g_utf8_strlen (key_details, -1));
+      g_ptr_array_add (details, key_details);
+    }
+
   for (guint i = 0; schema[i].name != NULL; i++)
     {
       const AhConfigKey *key = &schema[i];
+      const char *key_details = g_ptr_array_index (details, i);
+      GString *line = g_string_new (NULL);
 
-      g_string_append_printf (out, "  %-20s %-8s", key->name, config_type_name (key->type));
-      if ((key->flags & AH_CONFIG_FLAG_REQUIRED) != 0)
-        g_string_append (out, " required");
-      if (key->default_value != NULL)
-        g_string_append_printf (out, " default %s", key->default_value);
-      if (config_key_has_range (key))
-        g_string_append_printf (out, key->type == AH_CONFIG_INT ? " range %.0f..%.0f" : " range %g..%g",
-                                key->min, key->max);
+      g_string_append_printf (line, "  %-*s  %-7s", name_width, key->name,
+                              config_type_name (key->type));
+      if (details_width > 0)
+        {
+          g_string_append_printf (line, "  %s", key_details);
+          /* Padded by characters, not bytes: a default may be UTF-8. */
+          for (int pad = (int) g_utf8_strlen (key_details, -1); pad < details_width; pad++)
+            g_string_append_c (line, ' ');
+        }
       if (key->description != NULL)
-        g_string_append_printf (out, "  %s", key->description);
+        {
+          g_autofree char *shown = config_text_for_message (key->description,
+                                                            AH_CONFIG_DESCRIPTION_MAX_LEN);
+
+          g_string_append_printf (line, "  %s", shown);
+        }
+      /* No trailing blanks when the last columns are empty. */
+      while (line->len > 0 && line->str[line->len - 1] == ' ')
+        g_string_truncate (line, line->len - 1);
+      g_string_append_len (out, line->str, (gssize) line->len);
       g_string_append_c (out, '\n');
+      g_string_free (line, TRUE);
     }
 }

@@ -202,7 +202,13 @@ ah_host_new (AhManifest *manifest,
       if (host_load_plugin (manifest, g_ptr_array_index (manifest->types, i),
                             self->plugins, &local_error) == NULL)
         {
-          g_set_error_literal (error, AH_HOST_ERROR, AH_HOST_ERROR_PLUGIN, local_error->message);
+          /* Only a plugin that did not load is the host's PLUGIN error; a
+           * config its schema refuses is the manifest's fault and keeps
+           * its code, so `run` and `validate` report it alike. */
+          if (g_error_matches (local_error, AH_MANIFEST_ERROR, AH_MANIFEST_ERROR_PLUGIN))
+            g_set_error_literal (error, AH_HOST_ERROR, AH_HOST_ERROR_PLUGIN, local_error->message);
+          else
+            g_propagate_error (error, g_steal_pointer (&local_error));
           return NULL;
         }
     }

@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 
 #include "ah-loader-private.h"
+#include "ah-config-private.h"
 
 #include <dlfcn.h>
 #include <elf.h>
@@ -466,7 +467,7 @@ ah__plugin_desc_check (const AhPluginDesc *raw, const char *path,
       return FALSE;
     }
 
-  /* Later minors give meaning to these slots; a 1.0 plugin with one set
+  /* Later minors give meaning to these slots; a plugin with one set
    * would change behaviour silently the day they do. */
   for (guint i = 0; i < G_N_ELEMENTS (desc.reserved); i++)
     {
@@ -476,6 +477,27 @@ ah__plugin_desc_check (const AhPluginDesc *raw, const char *path,
                        "%s: invalid descriptor: reserved[%u] is not zero", path, i);
           return FALSE;
         }
+    }
+
+  /* ABI 1.1 fields. A struct_size that ends before one leaves it zero in
+   * @desc: such a plugin simply does not have it. */
+  if (struct_size >= G_STRUCT_OFFSET (AhPluginDesc, config_schema) + sizeof desc.config_schema
+      && desc.config_schema != NULL)
+    {
+      /* The slot was reserved[0] in 1.0, which had to be zero: a 1.0
+       * plugin that sets it was never valid, and what it points to was
+       * not written as a schema. */
+      if (AH_PLUGIN_ABI_VERSION_MINOR (abi_version) < 1)
+        {
+          g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_INVALID_DESC,
+                       "%s: invalid descriptor: config_schema is set, but ABI %u.%u "
+                       "has no such field (its reserved[0] must be zero)", path,
+                       AH_PLUGIN_ABI_VERSION_MAJOR (abi_version),
+                       AH_PLUGIN_ABI_VERSION_MINOR (abi_version));
+          return FALSE;
+        }
+      if (!ah_config_schema_check (desc.config_schema, path, error))
+        return FALSE;
     }
 
   *ret_desc = desc;
@@ -592,7 +614,8 @@ ah_describe_line (GString *out, const char *key, const char *value)
  * @self: a plugin
  *
  * Returns: (transfer full): aligned "key: value" lines, one per property,
- * each ending in a newline, as `agenthost inspect` prints them
+ * each ending in a newline, then a "config:" line followed by the config
+ * schema, one indented line per key, as `agenthost inspect` prints them
  */
 char *
 ah_plugin_describe (AhPlugin *self)
@@ -653,6 +676,9 @@ ah_plugin_describe (AhPlugin *self)
   ah_describe_line (out, "snapshot format", state_format);
   ah_describe_line (out, "hooks present", present->len > 0 ? present->str : "(none)");
   ah_describe_line (out, "hooks absent", absent->len > 0 ? absent->str : "(none)");
+  /* Last, and on lines of its own: the schema has a line per key. */
+  g_string_append (out, "config:\n");
+  ah_config_describe_schema (desc->config_schema, out);
 
   return g_string_free (g_steal_pointer (&out), FALSE);
 }

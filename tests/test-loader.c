@@ -9,6 +9,7 @@
 #include <dlfcn.h>
 #include <elf.h>
 #include <link.h>
+#include <math.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -99,6 +100,9 @@ static const BrokenPlugin broken_plugins[] = {
     "invalid descriptor: struct_size * is smaller than the * bytes ABI 1.0 requires" },
   { "undefined-symbol", AH_PLUGIN_ERROR_LOAD,
     "cannot load: *undefined symbol: ah_test_symbol_nobody_defines*" },
+  { "bad-schema", AH_PLUGIN_ERROR_INVALID_DESC,
+    "invalid config schema: the default of key 'count' must be an integer between 1 and 10, "
+    "got '20'" },
 };
 
 static void
@@ -184,6 +188,7 @@ static const ValidPlugin valid_plugins[] = {
   { "counter", "counter" },
   { "flaky", "flaky" },
   { "entry-provider", "entry_provider" },
+  { "schema", "schema" },
 };
 
 static void
@@ -460,6 +465,17 @@ static const AhPluginDesc valid_desc = {
   .state_restore = desc_test_state_restore,
 };
 
+/* A key of every type, a range, a default, a required key, a nested key. */
+static const AhConfigKey desc_test_schema[] = {
+  { .name = "subject", .type = AH_CONFIG_STRING, .default_value = "out",
+    .description = "Where to publish" },
+  { .name = "count", .type = AH_CONFIG_INT, .default_value = "3", .min = -5, .max = 10 },
+  { .name = "ratio", .type = AH_CONFIG_DOUBLE, .min = 0, .max = 0.75 },
+  { .name = "enabled", .type = AH_CONFIG_BOOL, .default_value = "TRUE" },
+  { .name = "limits.max-size_2", .type = AH_CONFIG_INT, .flags = AH_CONFIG_FLAG_REQUIRED },
+  AH_CONFIG_KEY_END
+};
+
 static const char name_65[] =
   "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 static const char name_64[] =
@@ -587,6 +603,7 @@ test_loader_desc_shorter (void)
   const guint32 sizes[] = {
     G_STRUCT_OFFSET (AhPluginDesc, state_snapshot),
     G_STRUCT_OFFSET (AhPluginDesc, state_restore),
+    G_STRUCT_OFFSET (AhPluginDesc, config_schema),
     G_STRUCT_OFFSET (AhPluginDesc, reserved),
     sizeof (AhPluginDesc),
   };
@@ -603,6 +620,7 @@ test_loader_desc_shorter (void)
       guint32 copy_size = 0;
 
       full.struct_size = sizes[i];
+      full.config_schema = desc_test_schema;
       memcpy (raw, &full, sizes[i]);
       g_assert_true (ah__plugin_desc_check (raw, "short.so", &copy, &copy_size, &error));
       g_assert_no_error (error);
@@ -613,6 +631,8 @@ test_loader_desc_shorter (void)
                                              ? desc_test_state_snapshot : NULL));
       g_assert_true (copy.state_restore == (sizes[i] > G_STRUCT_OFFSET (AhPluginDesc, state_restore)
                                             ? desc_test_state_restore : NULL));
+      g_assert_true (copy.config_schema == (sizes[i] > G_STRUCT_OFFSET (AhPluginDesc, config_schema)
+                                            ? desc_test_schema : NULL));
     }
 }
 
@@ -637,6 +657,199 @@ test_loader_desc_limits (void)
   g_assert_true (ah__plugin_desc_check (&desc, "limits.so", &copy, NULL, &error));
   g_assert_no_error (error);
   g_assert_cmpstr (copy.name, ==, "Az09_-");
+}
+
+/* ---- config schemas (ABI 1.1) ------------------------------------------ */
+
+static void
+test_loader_desc_schema_good (void)
+{
+  static const AhConfigKey empty_schema[] = { AH_CONFIG_KEY_END };
+  g_autoptr(GError) error = NULL;
+  AhPluginDesc desc = valid_desc;
+  AhPluginDesc copy;
+
+  g_test_summary ("A well-formed schema passes and reaches the copy as the plugin's own "
+                  "table; so does an empty one, which accepts no keys");
+  desc.config_schema = desc_test_schema;
+  g_assert_true (ah__plugin_desc_check (&desc, "schema.so", &copy, NULL, &error));
+  g_assert_no_error (error);
+  g_assert_true (copy.config_schema == desc_test_schema);
+
+  desc.config_schema = empty_schema;
+  g_assert_true (ah__plugin_desc_check (&desc, "schema.so", &copy, NULL, &error));
+  g_assert_no_error (error);
+  g_assert_true (copy.config_schema == empty_schema);
+}
+
+static void
+test_loader_desc_schema_abi_1_0 (void)
+{
+  g_autoptr(GError) error = NULL;
+  AhPluginDesc desc = valid_desc;
+  AhPluginDesc copy;
+
+  g_test_summary ("A 1.0 plugin loads without a schema; one that sets the slot that was "
+                  "its reserved[0] is refused, as a 1.0 host refused it");
+  desc.abi_version = 1u << 16;
+  g_assert_true (ah__plugin_desc_check (&desc, "old.so", &copy, NULL, &error));
+  g_assert_no_error (error);
+  g_assert_null (copy.config_schema);
+
+  desc.config_schema = desc_test_schema;
+  g_assert_false (ah__plugin_desc_check (&desc, "old.so", &copy, NULL, &error));
+  g_assert_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_INVALID_DESC);
+  g_assert_cmpstr (error->message, ==, "old.so: invalid descriptor: config_schema is set, but "
+                                       "ABI 1.0 has no such field (its reserved[0] must be zero)");
+}
+
+static const char key_name_129[] =
+  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+#define SCHEMA_ONE(...) { { __VA_ARGS__ }, AH_CONFIG_KEY_END }
+
+static const AhConfigKey schema_name_empty[] = SCHEMA_ONE (.name = "", .type = AH_CONFIG_STRING);
+static const AhConfigKey schema_name_dot_first[] = SCHEMA_ONE (.name = ".a", .type = AH_CONFIG_STRING);
+static const AhConfigKey schema_name_dot_last[] = SCHEMA_ONE (.name = "a.", .type = AH_CONFIG_STRING);
+static const AhConfigKey schema_name_dots[] = SCHEMA_ONE (.name = "a..b", .type = AH_CONFIG_STRING);
+static const AhConfigKey schema_name_space[] = SCHEMA_ONE (.name = "a b", .type = AH_CONFIG_STRING);
+static const AhConfigKey schema_name_newline[] = SCHEMA_ONE (.name = "a\nb", .type = AH_CONFIG_STRING);
+static const AhConfigKey schema_name_long[] = SCHEMA_ONE (.name = key_name_129, .type = AH_CONFIG_STRING);
+static const AhConfigKey schema_duplicate[] = {
+  { .name = "a", .type = AH_CONFIG_STRING },
+  { .name = "b", .type = AH_CONFIG_INT },
+  { .name = "a", .type = AH_CONFIG_BOOL },
+  AH_CONFIG_KEY_END
+};
+static const AhConfigKey schema_type_zero[] = SCHEMA_ONE (.name = "a");
+static const AhConfigKey schema_type_five[] = SCHEMA_ONE (.name = "a", .type = 5);
+static const AhConfigKey schema_flags[] = SCHEMA_ONE (.name = "a", .type = AH_CONFIG_INT, .flags = 0x6);
+static const AhConfigKey schema_min_nan[] = SCHEMA_ONE (.name = "a", .type = AH_CONFIG_DOUBLE, .min = NAN, .max = 1);
+static const AhConfigKey schema_max_inf[] = SCHEMA_ONE (.name = "a", .type = AH_CONFIG_DOUBLE, .max = INFINITY);
+static const AhConfigKey schema_min_above_max[] = SCHEMA_ONE (.name = "a", .type = AH_CONFIG_INT, .min = 5, .max = 1);
+static const AhConfigKey schema_string_range[] = SCHEMA_ONE (.name = "a", .type = AH_CONFIG_STRING, .max = 10);
+static const AhConfigKey schema_bool_range[] = SCHEMA_ONE (.name = "a", .type = AH_CONFIG_BOOL, .min = -1);
+static const AhConfigKey schema_int_fraction[] = SCHEMA_ONE (.name = "a", .type = AH_CONFIG_INT, .min = 0.5, .max = 2);
+static const AhConfigKey schema_default_int[] = SCHEMA_ONE (.name = "a", .type = AH_CONFIG_INT, .default_value = "ten");
+static const AhConfigKey schema_default_int_plus[] = SCHEMA_ONE (.name = "a", .type = AH_CONFIG_INT, .default_value = "+1");
+static const AhConfigKey schema_default_int_range[] = SCHEMA_ONE (.name = "a", .type = AH_CONFIG_INT, .default_value = "11", .min = 1, .max = 10);
+static const AhConfigKey schema_default_double[] = SCHEMA_ONE (.name = "a", .type = AH_CONFIG_DOUBLE, .default_value = "inf");
+static const AhConfigKey schema_default_double_range[] = SCHEMA_ONE (.name = "a", .type = AH_CONFIG_DOUBLE, .default_value = "2.5", .max = 1);
+static const AhConfigKey schema_default_bool[] = SCHEMA_ONE (.name = "a", .type = AH_CONFIG_BOOL, .default_value = "yes");
+static const AhConfigKey schema_default_required[] = SCHEMA_ONE (.name = "a", .type = AH_CONFIG_STRING, .flags = AH_CONFIG_FLAG_REQUIRED, .default_value = "x");
+static const AhConfigKey schema_default_utf8[] = SCHEMA_ONE (.name = "a", .type = AH_CONFIG_STRING, .default_value = "caf\xc3");
+static const AhConfigKey schema_description_utf8[] = SCHEMA_ONE (.name = "a", .type = AH_CONFIG_STRING, .description = "\xff");
+
+typedef struct {
+  const char        *name;
+  const AhConfigKey *schema;
+  const char        *reason;   /* after "test.so: invalid config schema: " */
+} InvalidSchema;
+
+static const InvalidSchema invalid_schemas[] = {
+  { "name-empty", schema_name_empty,
+    "key 0: '' is not a key name (at most 128 bytes of dot-separated tokens of letters, "
+    "digits, '_' and '-')" },
+  { "name-dot-first", schema_name_dot_first,
+    "key 0: '.a' is not a key name (at most 128 bytes of dot-separated tokens of letters, "
+    "digits, '_' and '-')" },
+  { "name-dot-last", schema_name_dot_last,
+    "key 0: 'a.' is not a key name (at most 128 bytes of dot-separated tokens of letters, "
+    "digits, '_' and '-')" },
+  { "name-dots", schema_name_dots,
+    "key 0: 'a..b' is not a key name (at most 128 bytes of dot-separated tokens of letters, "
+    "digits, '_' and '-')" },
+  { "name-space", schema_name_space,
+    "key 0: 'a b' is not a key name (at most 128 bytes of dot-separated tokens of letters, "
+    "digits, '_' and '-')" },
+  { "name-newline", schema_name_newline,
+    "key 0: 'a\\nb' is not a key name (at most 128 bytes of dot-separated tokens of letters, "
+    "digits, '_' and '-')" },
+  { "name-long", schema_name_long,
+    "key 0: 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...' "
+    "is not a key name (at most 128 bytes of dot-separated tokens of letters, digits, '_' "
+    "and '-')" },
+  { "duplicate", schema_duplicate, "key 'a' declared twice" },
+  { "type-zero", schema_type_zero, "key 'a' has unknown type 0" },
+  { "type-five", schema_type_five, "key 'a' has unknown type 5" },
+  { "flags-unknown", schema_flags, "key 'a' has unknown flags 0x6" },
+  { "min-nan", schema_min_nan, "key 'a' has a range bound that is not a finite number" },
+  { "max-inf", schema_max_inf, "key 'a' has a range bound that is not a finite number" },
+  { "min-above-max", schema_min_above_max, "key 'a' has min 5 above max 1" },
+  { "string-range", schema_string_range, "key 'a' is a string and cannot have a range" },
+  { "bool-range", schema_bool_range, "key 'a' is a boolean and cannot have a range" },
+  { "int-fraction", schema_int_fraction, "key 'a' is an integer but its range 0.5..2 is not" },
+  { "default-int", schema_default_int, "the default of key 'a' must be an integer, got 'ten'" },
+  { "default-int-plus", schema_default_int_plus,
+    "the default of key 'a' must be an integer, got '+1'" },
+  { "default-int-range", schema_default_int_range,
+    "the default of key 'a' must be an integer between 1 and 10, got '11'" },
+  { "default-double", schema_default_double,
+    "the default of key 'a' must be a number, got 'inf'" },
+  { "default-double-range", schema_default_double_range,
+    "the default of key 'a' must be a number between 0 and 1, got '2.5'" },
+  { "default-bool", schema_default_bool, "the default of key 'a' must be true or false, got 'yes'" },
+  { "default-required", schema_default_required, "key 'a' is required and has a default" },
+  { "default-utf8", schema_default_utf8, "the default of key 'a' is not valid UTF-8" },
+  { "description-utf8", schema_description_utf8, "the description of key 'a' is not valid UTF-8" },
+};
+
+static void
+test_loader_desc_schema_invalid (gconstpointer data)
+{
+  const InvalidSchema *tc = data;
+  g_autoptr(GError) error = NULL;
+  g_autofree char *expected = g_strconcat ("test.so: invalid config schema: ", tc->reason, NULL);
+  AhPluginDesc desc = valid_desc;
+  AhPluginDesc copy;
+
+  g_test_summary ("Each malformed schema is refused when the plugin loads, with a message "
+                  "naming the key and what is wrong with it");
+  desc.config_schema = tc->schema;
+  g_assert_false (ah__plugin_desc_check (&desc, "test.so", &copy, NULL, &error));
+  g_assert_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_INVALID_DESC);
+  g_assert_cmpstr (error->message, ==, expected);
+}
+
+/* @n_keys keys "k0", "k1"... then the end marker. */
+static AhConfigKey *
+schema_new_with_keys (guint n_keys, GPtrArray *names)
+{
+  AhConfigKey *schema = g_new0 (AhConfigKey, n_keys + 1);
+
+  for (guint i = 0; i < n_keys; i++)
+    {
+      char *name = g_strdup_printf ("k%u", i);
+
+      g_ptr_array_add (names, name);
+      schema[i].name = name;
+      schema[i].type = AH_CONFIG_INT;
+    }
+  return schema;
+}
+
+static void
+test_loader_desc_schema_size (void)
+{
+  g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func (g_free);
+  g_autofree AhConfigKey *full = schema_new_with_keys (256, names);
+  g_autofree AhConfigKey *over = schema_new_with_keys (257, names);
+  g_autoptr(GError) error = NULL;
+  AhPluginDesc desc = valid_desc;
+  AhPluginDesc copy;
+
+  g_test_summary ("A schema of 256 keys passes; one more is refused, and so is a table "
+                  "whose end marker is missing (the walk stops there)");
+  desc.config_schema = full;
+  g_assert_true (ah__plugin_desc_check (&desc, "test.so", &copy, NULL, &error));
+  g_assert_no_error (error);
+
+  desc.config_schema = over;
+  g_assert_false (ah__plugin_desc_check (&desc, "test.so", &copy, NULL, &error));
+  g_assert_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_INVALID_DESC);
+  g_assert_cmpstr (error->message, ==, "test.so: invalid config schema: more than 256 keys, "
+                                       "or no AH_CONFIG_KEY_END");
 }
 
 /* ---- describe ----------------------------------------------------------- */
@@ -666,7 +879,9 @@ test_loader_describe_good (void)
       "flags:           state-layout-stable\n"
       "snapshot format: 1\n"
       "hooks present:   agent_init, agent_finalize, handle_batch, state_snapshot, state_restore\n"
-      "hooks absent:    (none)\n",
+      "hooks absent:    (none)\n"
+      "config:\n"
+      "  (no schema: any key is accepted)\n",
       path, (guint) sizeof (AhPluginDesc), (guint) sizeof (AhPluginDesc),
       (guint) (2 * sizeof (guint64)));
   g_assert_cmpstr (text, ==, expected);
@@ -698,9 +913,51 @@ test_loader_describe_old_struct (void)
       "flags:           none\n"
       "snapshot format: 0\n"
       "hooks present:   handle_batch\n"
-      "hooks absent:    agent_init, agent_finalize, state_snapshot, state_restore\n",
+      "hooks absent:    agent_init, agent_finalize, state_snapshot, state_restore\n"
+      "config:\n"
+      "  (no schema: any key is accepted)\n",
       path, (guint) G_STRUCT_OFFSET (AhPluginDesc, state_snapshot),
       (guint) sizeof (AhPluginDesc));
+  g_assert_cmpstr (text, ==, expected);
+}
+
+static void
+test_loader_describe_schema (void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhPlugin) plugin = NULL;
+  g_autofree char *path = test_plugin_path ("schema");
+  g_autofree char *text = NULL;
+  g_autofree char *expected = NULL;
+
+  g_test_summary ("describe() ends with the config schema: one aligned line per key "
+                  "with its type, requirement, default, range and description");
+  plugin = ah_plugin_open (path, &error);
+  g_assert_no_error (error);
+
+  text = ah_plugin_describe (plugin);
+  expected = g_strdup_printf (
+      "name:            schema\n"
+      "version:         1.0.0\n"
+      "description:     Test plugin declaring a config schema of every type\n"
+      "file:            %s\n"
+      "abi:             1.1 (host 1.1)\n"
+      "descriptor size: %u bytes (host %u)\n"
+      "state size:      0 bytes\n"
+      "flags:           none\n"
+      "snapshot format: 0\n"
+      "hooks present:   handle_batch\n"
+      "hooks absent:    agent_init, agent_finalize, state_snapshot, state_restore\n"
+      "config:\n"
+      "  greeting    string   default \"hello\"             What the agent says\n"
+      "  count       integer  default 3, range 1..10      How many times\n"
+      "  offset      integer  default -7                  Any integer\n"
+      "  ratio       number   default 0.5, range 0..1     A fraction\n"
+      "  verbose     boolean  default false               Say more\n"
+      "  limits.max  integer  default 100, range 0..1000  A nested key\n"
+      "  words       string                               A sequence of words\n"
+      "  name        string   required                    Who the agent is\n",
+      path, (guint) sizeof (AhPluginDesc), (guint) sizeof (AhPluginDesc));
   g_assert_cmpstr (text, ==, expected);
 }
 
@@ -955,9 +1212,19 @@ main (int argc, char **argv)
   g_test_add_func ("/loader/desc/abi-first", test_loader_desc_abi_first);
   g_test_add_func ("/loader/desc/shorter", test_loader_desc_shorter);
   g_test_add_func ("/loader/desc/limits", test_loader_desc_limits);
+  g_test_add_func ("/loader/desc/schema/good", test_loader_desc_schema_good);
+  g_test_add_func ("/loader/desc/schema/abi-1.0", test_loader_desc_schema_abi_1_0);
+  g_test_add_func ("/loader/desc/schema/size", test_loader_desc_schema_size);
+  for (gsize i = 0; i < G_N_ELEMENTS (invalid_schemas); i++)
+    {
+      g_autofree char *test_path = g_strconcat ("/loader/desc/schema/invalid/", invalid_schemas[i].name, NULL);
+
+      g_test_add_data_func (test_path, &invalid_schemas[i], test_loader_desc_schema_invalid);
+    }
 
   g_test_add_func ("/loader/describe/good", test_loader_describe_good);
   g_test_add_func ("/loader/describe/old-struct", test_loader_describe_old_struct);
+  g_test_add_func ("/loader/describe/schema", test_loader_describe_schema);
 
   g_test_add ("/loader/find/bare-name", FindFixture, NULL,
               find_fixture_set_up, test_loader_find_bare_name, find_fixture_tear_down);

@@ -286,10 +286,25 @@ coordinator_handle_batch (AhContext              *ctx,
   return TRUE;
 }
 
+/* The defaults and ranges agent_init applies, so that validate reports a
+ * bad value before any agent starts. `repeat` has no default here: it
+ * depends on `corpus_file`, and agent_init picks it. Whether the file
+ * can be read, and the corpus size, agent_init checks too. */
+static const AhConfigKey coordinator_config_schema[] = {
+  { .name = "corpus_file", .type = AH_CONFIG_STRING,
+    .description = "Text file to count instead of the built-in text" },
+  { .name = "repeat", .type = AH_CONFIG_INT, .min = 1, .max = COORDINATOR_MAX_REPEAT,
+    .description = "Copies of the text in the corpus (default 20, or 1 with corpus_file)" },
+  { .name = "chunks", .type = AH_CONFIG_INT, .default_value = "40", .min = 1, .max = WC_MAX_CHUNKS,
+    .description = "Pieces the corpus is split into, at whitespace" },
+  AH_CONFIG_KEY_END
+};
+
 AH_PLUGIN_DEFINE (coordinator,
   .version        = "1.0.0",
   .description    = "Splits the corpus into chunks, publishes them and serves them on request",
   .state_size     = sizeof (CoordinatorState),
   .agent_init     = coordinator_agent_init,
   .agent_finalize = coordinator_agent_finalize,
-  .handle_batch   = coordinator_handle_batch)
+  .handle_batch   = coordinator_handle_batch,
+  .config_schema  = coordinator_config_schema)

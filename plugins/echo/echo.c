@@ -163,10 +163,19 @@ echo_handle_batch (AhContext              *ctx,
   return TRUE;
 }
 
+/* Checked by validate and run before any agent starts. The subject's
+ * syntax is beyond a schema: agent_init still checks it. */
+static const AhConfigKey echo_config_schema[] = {
+  { .name = "reply_subject", .type = AH_CONFIG_STRING, .default_value = ECHO_DEFAULT_REPLY_SUBJECT,
+    .description = "Subject that published messages are echoed on" },
+  AH_CONFIG_KEY_END
+};
+
 AH_PLUGIN_DEFINE (echo,
   .version        = "1.0.0",
   .description    = "Answers requests with their payload, republishes messages on reply_subject",
   .state_size     = sizeof (EchoState),
   .agent_init     = echo_agent_init,
   .agent_finalize = echo_agent_finalize,
-  .handle_batch   = echo_handle_batch)
+  .handle_batch   = echo_handle_batch,
+  .config_schema  = echo_config_schema)

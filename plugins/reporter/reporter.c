@@ -483,10 +483,22 @@ reporter_handle_batch (AhContext              *ctx,
   return TRUE;
 }
 
+/* The defaults and ranges agent_init applies, so that validate reports a
+ * bad value before any agent starts. That shards must equal the pool
+ * size is beyond a schema: agent_init still checks it. */
+static const AhConfigKey reporter_config_schema[] = {
+  { .name = "shards", .type = AH_CONFIG_INT, .default_value = "5", .min = 1, .max = WC_MAX_SHARDS,
+    .description = "Shards of the tally, one per reporter: must equal pool_size" },
+  { .name = "top", .type = AH_CONFIG_INT, .default_value = "10", .min = 1, .max = WC_MAX_TOP,
+    .description = "Most frequent words in the report" },
+  AH_CONFIG_KEY_END
+};
+
 AH_PLUGIN_DEFINE (reporter,
   .version        = "1.0.0",
   .description    = "Tallies validated word counts in shards and prints the report",
   .state_size     = sizeof (ReporterState),
   .agent_init     = reporter_agent_init,
   .agent_finalize = reporter_agent_finalize,
-  .handle_batch   = reporter_handle_batch)
+  .handle_batch   = reporter_handle_batch,
+  .config_schema  = reporter_config_schema)

@@ -255,10 +255,20 @@ validator_handle_batch (AhContext              *ctx,
   return TRUE;
 }
 
+/* The default and range agent_init applies, so that validate reports a
+ * bad value before any agent starts. */
+static const AhConfigKey validator_config_schema[] = {
+  { .name = "timeout_ms", .type = AH_CONFIG_INT, .default_value = "2000",
+    .min = 1, .max = VALIDATOR_MAX_TIMEOUT_MS,
+    .description = "How long to wait for the chunk's text, in milliseconds" },
+  AH_CONFIG_KEY_END
+};
+
 AH_PLUGIN_DEFINE (validator,
   .version        = "1.0.0",
   .description    = "Recounts each chunk and validates or rejects its word count",
   .state_size     = sizeof (ValidatorState),
   .agent_init     = validator_agent_init,
   .agent_finalize = validator_agent_finalize,
-  .handle_batch   = validator_handle_batch)
+  .handle_batch   = validator_handle_batch,
+  .config_schema  = validator_config_schema)

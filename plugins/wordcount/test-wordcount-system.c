@@ -281,27 +281,40 @@ typedef struct {
   const char *coordinator;
   const char *validator;
   const char *reporter;
-  const char *message;   /* part of the host's error message */
+  /* -1: the plugins' schemas accept it and agent_init refuses it, so the
+   * start fails; otherwise the AhManifestError the host refuses it with,
+   * before any agent starts. */
+  int         manifest_code;
+  const char *message;   /* the whole message, or part of the start's */
 } BadConfig;
 
 static const BadConfig bad_configs[] = {
-  { "chunks-word", "chunks: lots", "", "",
-    "init failed: config 'chunks' must be an integer between 1 and 100000, got 'lots'" },
-  { "chunks-zero", "chunks: 0", "", "",
-    "init failed: config 'chunks' must be an integer between 1 and 100000, got '0'" },
-  { "repeat-negative", "repeat: -3", "", "",
-    "init failed: config 'repeat' must be an integer between 1 and 100000, got '-3'" },
-  { "repeat-huge", "repeat: 100000", "", "",
+  { "chunks-word", "chunks: lots", "", "", AH_MANIFEST_ERROR_WRONG_TYPE,
+    "test.yaml:9:22: error: agent type 'coordinator': config 'chunks' must be an integer "
+    "between 1 and 100000, got 'lots'" },
+  { "chunks-zero", "chunks: 0", "", "", AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "test.yaml:9:22: error: agent type 'coordinator': config 'chunks' must be an integer "
+    "between 1 and 100000, got '0'" },
+  { "repeat-negative", "repeat: -3", "", "", AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "test.yaml:9:22: error: agent type 'coordinator': config 'repeat' must be an integer "
+    "between 1 and 100000, got '-3'" },
+  { "repeat-huge", "repeat: 100000", "", "", -1,
     "-byte text exceed the 67108864-byte corpus limit" },
-  { "corpus-missing", "corpus_file: /nonexistent/corpus.txt", "", "",
+  { "corpus-missing", "corpus_file: /nonexistent/corpus.txt", "", "", -1,
     "init failed: config 'corpus_file': " },
-  { "timeout-zero", "", "timeout_ms: 0", "",
-    "init failed: config 'timeout_ms' must be an integer between 1 and 600000, got '0'" },
-  { "timeout-float", "", "timeout_ms: 1.5", "",
-    "init failed: config 'timeout_ms' must be an integer between 1 and 600000, got '1.5'" },
-  { "top-zero", "", "", "top: 0",
-    "init failed: config 'top' must be an integer between 1 and 1000, got '0'" },
-  { "shards-too-few", "", "", "shards: 2",
+  { "timeout-zero", "", "timeout_ms: 0", "", AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "test.yaml:15:26: error: agent type 'validator': config 'timeout_ms' must be an integer "
+    "between 1 and 600000, got '0'" },
+  { "timeout-float", "", "timeout_ms: 1.5", "", AH_MANIFEST_ERROR_WRONG_TYPE,
+    "test.yaml:15:26: error: agent type 'validator': config 'timeout_ms' must be an integer "
+    "between 1 and 600000, got '1.5'" },
+  { "top-zero", "", "", "top: 0", AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "test.yaml:23:19: error: agent type 'reporter': config 'top' must be an integer "
+    "between 1 and 1000, got '0'" },
+  { "unknown-key", "", "", "tops: 3", AH_MANIFEST_ERROR_UNKNOWN_KEY,
+    "test.yaml:23:20: error: agent type 'reporter': unknown config key 'tops' "
+    "(plugin 'reporter' accepts shards, top)" },
+  { "shards-too-few", "", "", "shards: 2", -1,
     "init failed: reporter 2 has no shard: config 'shards' is 2 and must equal the pool size" },
 };
 
@@ -314,7 +327,16 @@ test_config_invalid (gconstpointer data)
   g_autoptr(GError) error = NULL;
   g_autoptr(AhHost) host = host_new_from_yaml (yaml, &error);
 
-  g_test_summary ("A bad config value stops the system before it starts, with its reason");
+  g_test_summary ("A bad config value stops the system before it starts, with its reason: "
+                  "what the plugins' schemas can say with its manifest position, before "
+                  "any agent starts; the rest when agent_init refuses it");
+  if (tc->manifest_code >= 0)
+    {
+      g_assert_null (host);
+      g_assert_error (error, AH_MANIFEST_ERROR, tc->manifest_code);
+      g_assert_cmpstr (error->message, ==, tc->message);
+      return;
+    }
   g_assert_no_error (error);
 
   g_assert_false (ah_host_start (host, &error));

@@ -80,7 +80,13 @@ wordcount_handle_batch (AhContext              *ctx,
   return TRUE;
 }
 
+/* No keys: a `config:` on a wordcount type is a mistake validate reports. */
+static const AhConfigKey wordcount_config_schema[] = {
+  AH_CONFIG_KEY_END
+};
+
 AH_PLUGIN_DEFINE (wordcount,
-  .version      = "1.0.0",
-  .description  = "Counts the words of corpus chunks (tasks.count -> results.count)",
-  .handle_batch = wordcount_handle_batch)
+  .version       = "1.0.0",
+  .description   = "Counts the words of corpus chunks (tasks.count -> results.count)",
+  .handle_batch  = wordcount_handle_batch,
+  .config_schema = wordcount_config_schema)
