@@ -42,19 +42,32 @@ typedef struct {
   AhAgentId      sender;       /* AH_AGENT_ID_NONE: the test itself */
   AhAgentId      recipient;    /* direct sends, replies and dead letters; else NONE */
   guint64        correlation;
-  const char    *reason;       /* dead letters: why ("no route", "late reply"...) */
+  /* Dead letters: why, as the bus names it ("no-route", "no-agent",
+   * "agent-stopped", "late-reply", "overflow", "handler-failed",
+   * "shutdown"); NULL for the other captures. */
+  const char    *reason;
 } AhTestMessage;
 
-/* A host running @manifest_yaml (plugins are looked up from @base_dir,
- * then as usual), started: pools pre-warmed, "$SYS.host.started" sent and
- * handled. NULL with the manifest's, loader's or host's error. */
+/* A host running @manifest_yaml, started: pools pre-warmed,
+ * "$SYS.host.started" sent and handled (the system ran until idle).
+ * Bare plugin names are looked up in @base_dir first, then as usual
+ * (plugin_path, $AGENTHOST_PLUGIN_PATH, the built-in directories);
+ * relative plugin paths and plugin_path entries resolve against
+ * @base_dir. NULL @base_dir: the current directory, not searched.
+ * NULL with the manifest's, loader's or host's error. The host's own
+ * "$SYS.host.started" finding no subscriber is not recorded as a dead
+ * letter: it is an announcement, not a lost message. */
 AH_API AhTestHost *ah_test_host_new                (const char *manifest_yaml, const char *base_dir,
                                                     GError **error);
 AH_API AhTestHost *ah_test_host_new_for_manifest   (const char *path, GError **error);
-/* A host running one agent type of the plugin at @plugin_path, pool
- * size 1, queue-subscribed to the comma-separated patterns of
- * @subscriptions (may be NULL), with config from @config: NULL or a
- * NULL-terminated list of "key=value" strings. */
+/* A host running one agent type of the plugin at @plugin_path (a path,
+ * or a bare name looked up as for a manifest), pool size 1,
+ * queue-subscribed to the comma-separated patterns of @subscriptions
+ * (may be NULL), with config from @config: NULL or a NULL-terminated
+ * list of "key=value" strings (the value is a string, as if quoted in
+ * YAML; the plugin's schema types it). The agent type is named after the
+ * plugin's descriptor, lowercased. Bad input is an AH_HOST_ERROR:
+ * _SUBJECT for a pattern, _FAILED for a config entry. */
 AH_API AhTestHost *ah_test_host_new_for_plugin     (const char *plugin_path, const char *subscriptions,
                                                     const char * const *config, GError **error);
 
@@ -76,9 +89,13 @@ AH_API GBytes     *ah_test_host_request            (AhTestHost *self, const char
  * Fails the test after 30 s: a system that never goes idle is a bug the
  * test should report, not hang on. */
 AH_API void        ah_test_host_run_until_idle     (AhTestHost *self);
+/* Sets that watchdog, in milliseconds (30000 by default): a test of a
+ * system expected to be quick can fail sooner. */
+AH_API void        ah_test_host_set_idle_timeout   (AhTestHost *self, guint timeout_ms);
 
 /* What was recorded, oldest first, matching the subject @pattern (NULL:
- * all). (element-type AhTestMessage) (transfer container). */
+ * all; wildcards as in subscriptions; an invalid pattern fails the
+ * test). (element-type AhTestMessage) (transfer container). */
 AH_API GPtrArray  *ah_test_host_get_messages       (AhTestHost *self, AhTestCapture capture,
                                                     const char *pattern);
 AH_API guint       ah_test_host_count              (AhTestHost *self, AhTestCapture capture,
@@ -90,7 +107,9 @@ AH_API char       *ah_test_host_last_text          (AhTestHost *self, AhTestCapt
 /* Forgets what was recorded (counters are not reset). */
 AH_API void        ah_test_host_clear              (AhTestHost *self);
 AH_API void        ah_test_host_get_stats          (AhTestHost *self, AhHostStats *ret_stats);
-/* The live agents of @type_name, by pool index. (transfer full) */
+/* The ids of the live agents of @type_name, by pool index.
+ * (element-type AhAgentId) (transfer full). An unknown type fails the
+ * test (and gives an empty array if assertions are non-fatal). */
 AH_API GArray     *ah_test_host_get_agents         (AhTestHost *self, const char *type_name);
 /* Stops the host (drains) and frees everything. */
 AH_API void        ah_test_host_free               (AhTestHost *self);
