@@ -51,6 +51,15 @@ typedef struct {
   guint          drain_timeout_ms;   /* default 5000 */
 } AhManifestBus;
 
+/* The manifest's `offload:` mapping: the I/O threads of ah_offload(). */
+typedef struct {
+  guint          n_threads;          /* default 4 */
+  guint          queue_capacity;     /* offloads waiting or running at once; default 1024 */
+} AhManifestOffload;
+
+#define AH_MANIFEST_OFFLOAD_THREADS_MAX 256
+#define AH_MANIFEST_OFFLOAD_QUEUE_MAX   1000000
+
 struct _AhManifest {
   char          *path;               /* as given, for messages */
   char          *base_dir;           /* absolute directory of the manifest */
@@ -61,6 +70,7 @@ struct _AhManifest {
   AhManifestBus  bus;
   gboolean       stop_when_idle;     /* end the run when the system goes idle */
   guint          run_timeout_ms;     /* 0: none; the run stops after this long */
+  AhManifestOffload offload;
 };
 
 /* Cap on YAML events per manifest (nodes, collection ends, documents), so

@@ -1094,6 +1094,32 @@ load_bus (ManifestLoader *self, AhManifestBus *bus, const Node *node)
 }
 
 static gboolean
+load_offload (ManifestLoader *self, AhManifestOffload *offload, const Node *node)
+{
+  if (!expect_mapping (self, "'offload'", node))
+    return FALSE;
+
+  for (guint i = 0; i < node_n_pairs (node); i++)
+    {
+      const Node *key = node_child (node, 2 * i);
+      const Node *value = node_child (node, 2 * i + 1);
+      gboolean ok;
+
+      if (strcmp (key->text, "threads") == 0)
+        ok = get_uint (self, "threads", value, 1, AH_MANIFEST_OFFLOAD_THREADS_MAX,
+                       &offload->n_threads);
+      else if (strcmp (key->text, "queue") == 0)
+        ok = get_uint (self, "queue", value, 1, AH_MANIFEST_OFFLOAD_QUEUE_MAX,
+                       &offload->queue_capacity);
+      else
+        return unknown_key (self, key, " in offload", "threads, queue");
+      if (!ok)
+        return FALSE;
+    }
+  return TRUE;
+}
+
+static gboolean
 load_plugin_dir (ManifestLoader *self, AhManifest *manifest, const Node *node)
 {
   const char *dir = get_string (self, "plugin_path", node);
@@ -1182,6 +1208,11 @@ load_root (ManifestLoader *self, AhManifest *manifest, const Node *root)
           if (!load_bus (self, &manifest->bus, value))
             return FALSE;
         }
+      else if (strcmp (key->text, "offload") == 0)
+        {
+          if (!load_offload (self, &manifest->offload, value))
+            return FALSE;
+        }
       else if (strcmp (key->text, "agents") == 0)
         {
           if (!load_agents (self, manifest, value))
@@ -1191,7 +1222,8 @@ load_root (ManifestLoader *self, AhManifest *manifest, const Node *root)
       else
         {
           return unknown_key (self, key, "",
-                              "name, description, plugin_path, stop_when_idle, run_timeout_ms, bus, agents");
+                              "name, description, plugin_path, stop_when_idle, run_timeout_ms, bus, offload, "
+                              "agents");
         }
     }
 
@@ -1219,6 +1251,8 @@ manifest_new (const char *path, char *base_dir)
   manifest->bus.mailbox_capacity = 1024;
   manifest->bus.overflow = AH_OVERFLOW_BLOCK;
   manifest->bus.drain_timeout_ms = 5000;
+  manifest->offload.n_threads = 4;
+  manifest->offload.queue_capacity = 1024;
   manifest->stop_when_idle = FALSE;
   manifest->run_timeout_ms = 0;
   return manifest;

@@ -84,6 +84,8 @@ test_manifest_load_minimal (void)
   g_assert_cmpuint (manifest->plugin_dirs->len, ==, 0);
   g_assert_false (manifest->stop_when_idle);
   g_assert_cmpuint (manifest->run_timeout_ms, ==, 0);
+  g_assert_cmpuint (manifest->offload.n_threads, ==, 4);
+  g_assert_cmpuint (manifest->offload.queue_capacity, ==, 1024);
 
   g_assert_cmpuint (manifest->bus.n_workers, ==, 0);
   g_assert_cmpuint (manifest->bus.publish_batch, ==, 256);
@@ -132,6 +134,9 @@ test_manifest_load_complete (void)
   g_assert_cmpuint (manifest->bus.mailbox_capacity, ==, 2048);
   g_assert_cmpint (manifest->bus.overflow, ==, AH_OVERFLOW_FAIL);
   g_assert_cmpuint (manifest->bus.drain_timeout_ms, ==, 250);
+
+  g_assert_cmpuint (manifest->offload.n_threads, ==, 8);
+  g_assert_cmpuint (manifest->offload.queue_capacity, ==, 64);
 
   g_assert_cmpuint (ah_manifest_get_n_types (manifest), ==, 2);
 
@@ -517,13 +522,17 @@ static const InvalidManifest invalid_manifests[] = {
     "1:1: error: empty manifest: expected a mapping with 'name' and 'agents'" },
   { "unknown-top-key", AH_MANIFEST_ERROR_UNKNOWN_KEY,
     "2:1: error: unknown key 'agent' (expected name, description, plugin_path, stop_when_idle, "
-    "run_timeout_ms, bus, agents)" },
+    "run_timeout_ms, bus, offload, agents)" },
   { "unknown-type-key", AH_MANIFEST_ERROR_UNKNOWN_KEY,
     "5:5: error: unknown key 'pool' in agent type 'wordcount' (expected plugin, pool_size, prewarm, "
     "subscribe, config)" },
   { "unknown-bus-key", AH_MANIFEST_ERROR_UNKNOWN_KEY,
     "3:3: error: unknown key 'worker' in bus (expected workers, publish_batch, handler_batch, "
     "mailbox_capacity, overflow, drain_timeout_ms)" },
+  { "unknown-offload-key", AH_MANIFEST_ERROR_UNKNOWN_KEY,
+    "3:3: error: unknown key 'thread' in offload (expected threads, queue)" },
+  { "offload-threads-huge", AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "3:12: error: 'threads' must be an integer between 1 and 256, got 257" },
   { "duplicate-top-key", AH_MANIFEST_ERROR_DUPLICATE_KEY,
     "2:1: error: duplicate key 'name' (first at 1:1)" },
   { "duplicate-type-key", AH_MANIFEST_ERROR_DUPLICATE_KEY,
@@ -676,6 +685,18 @@ static const InlineCase inline_cases[] = {
     "2:9: error: 'agents' must be a mapping, got a sequence" },
   { "bus-null", "bus:\n" AGENT_ECHO, AH_MANIFEST_ERROR_WRONG_TYPE,
     "1:5: error: 'bus' must be a mapping, got null" },
+  { "offload-null", "offload:\n" AGENT_ECHO, AH_MANIFEST_ERROR_WRONG_TYPE,
+    "1:9: error: 'offload' must be a mapping, got null" },
+  { "offload-threads-zero", "offload: {threads: 0}\n" AGENT_ECHO, AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "1:20: error: 'threads' must be an integer between 1 and 256, got 0" },
+  { "offload-queue-zero", "offload: {queue: 0}\n" AGENT_ECHO, AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "1:18: error: 'queue' must be an integer between 1 and 1000000, got 0" },
+  { "offload-queue-huge", "offload: {queue: 1000001}\n" AGENT_ECHO, AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "1:18: error: 'queue' must be an integer between 1 and 1000000, got 1000001" },
+  { "offload-queue-string", "offload: {queue: many}\n" AGENT_ECHO, AH_MANIFEST_ERROR_WRONG_TYPE,
+    "1:18: error: 'queue' must be a plain decimal integer, got 'many'" },
+  { "offload-duplicate", "offload: {threads: 1, threads: 2}\n" AGENT_ECHO,
+    AH_MANIFEST_ERROR_DUPLICATE_KEY, "1:23: error: duplicate key 'threads' (first at 1:11)" },
   { "overflow-int", "bus: {overflow: 1}\n" AGENT_ECHO, AH_MANIFEST_ERROR_WRONG_TYPE,
     "1:17: error: 'overflow' must be a string, got the integer 1 (quote it to make it a string)" },
   { "subscribe-string", AGENT_ECHO "    subscribe: tasks.count\n", AH_MANIFEST_ERROR_WRONG_TYPE,
@@ -734,7 +755,7 @@ static const InlineCase inline_cases[] = {
     "3:1: error: did not find expected ',' or ']' (while parsing a flow sequence started at 2:9)" },
   { "escaped-key", "\"a\\nb\\\\\": 1\n", AH_MANIFEST_ERROR_UNKNOWN_KEY,
     "1:1: error: unknown key 'a\\nb\\\\' (expected name, description, plugin_path, stop_when_idle, "
-    "run_timeout_ms, bus, agents)" },
+    "run_timeout_ms, bus, offload, agents)" },
 };
 
 static void
@@ -784,7 +805,7 @@ test_manifest_load_long_text_in_message (void)
   g_autofree char *shown = g_strnfill (80, 'k');
   g_autofree char *expected = g_strdup_printf ("inline.yaml:1:1: error: unknown key '%s...' (expected name, "
                                                "description, plugin_path, stop_when_idle, "
-                                               "run_timeout_ms, bus, agents)", shown);
+                                               "run_timeout_ms, bus, offload, agents)", shown);
   g_autoptr(GError) error = NULL;
   g_autoptr(AhManifest) manifest = NULL;
 
