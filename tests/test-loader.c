@@ -956,6 +956,7 @@ test_loader_describe_schema (void)
       "  verbose     boolean  default false               Say more\n"
       "  limits.max  integer  default 100, range 0..1000  A nested key\n"
       "  words       string                               A sequence of words\n"
+      "  tags        string   default \"none\"              A sequence with a default\n"
       "  name        string   required                    Who the agent is\n",
       path, (guint) sizeof (AhPluginDesc), (guint) sizeof (AhPluginDesc));
   g_assert_cmpstr (text, ==, expected);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Declares a config schema with a key of every type, defaults, ranges, a
- * nested key, a sequence key and a required key, for the config tests.
+ * nested key, sequence keys and a required key, for the config tests.
  * Its agents answer a REQUEST whose payload is a key name with the value
  * they read for it (ah_config_get_string, "<unset>" when there is none),
  * so a test sees the effective config: defaults applied, manifest values
@@ -24,6 +24,8 @@ static const AhConfigKey schema_config_keys[] = {
     .description = "A nested key" },
   { .name = "words", .type = AH_CONFIG_STRING,
     .description = "A sequence of words" },
+  { .name = "tags", .type = AH_CONFIG_STRING, .default_value = "none",
+    .description = "A sequence with a default" },
   { .name = "name", .type = AH_CONFIG_STRING, .flags = AH_CONFIG_FLAG_REQUIRED,
     .description = "Who the agent is" },
   AH_CONFIG_KEY_END
