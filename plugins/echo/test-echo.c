@@ -1,46 +1,14 @@
 /* SPDX-License-Identifier: MIT */
-/* The echo plugin in a real host, through the public API only: replies,
- * republishing on reply_subject, the loop guard, its config checks and
- * manifests/echo.yaml (found from G_TEST_SRCDIR, which tests/meson.build
- * sets to the tests/ source directory). */
+/* The echo plugin in a real host, on the test harness plugin authors use
+ * (<agenthost/ah-testing.h>): replies, republishing on reply_subject, the
+ * loop guard, its config checks and manifests/echo.yaml (found from
+ * G_TEST_SRCDIR, which tests/meson.build sets to the tests/ source
+ * directory). The plugin is found through AGENTHOST_PLUGIN_PATH. */
 #include <agenthost/agenthost.h>
 
 #include <string.h>
 
-typedef struct {
-  GMutex     lock;
-  GPtrArray *payloads;   /* (element-type GBytes) in arrival order */
-} Observed;
-
-static void
-observed_add (const AhMessage *message,
-              gpointer         user_data)
-{
-  Observed *observed = user_data;
-  gsize size;
-  gconstpointer data = ah_message_get_data (message, &size);
-
-  g_mutex_lock (&observed->lock);
-  g_ptr_array_add (observed->payloads, g_bytes_new (data, size));
-  g_mutex_unlock (&observed->lock);
-}
-
-static AhHost *
-host_start_from_yaml (const char *yaml,
-                      GError    **error)
-{
-  g_autofree char *base_dir = g_get_current_dir ();
-  g_autoptr(AhHost) host = NULL;
-  AhManifest *manifest;
-
-  manifest = ah_manifest_load_data (yaml, strlen (yaml), "echo-test.yaml", base_dir, error);
-  if (manifest == NULL)
-    return NULL;
-  host = ah_host_new (manifest, error);
-  if (host == NULL || !ah_host_start (host, error))
-    return NULL;
-  return g_steal_pointer (&host);
-}
+#define REQUEST_TIMEOUT_MS 2000
 
 static void
 assert_bytes_equal (GBytes       *bytes,
@@ -57,89 +25,98 @@ static void
 test_request_reply (void)
 {
   g_autoptr(GError) error = NULL;
-  g_autoptr(AhHost) host = host_start_from_yaml (
+  g_autoptr(AhTestHost) t = ah_test_host_new (
     "name: echo-request\n"
     "agents:\n"
-    "  echo: {plugin: echo, pool_size: 2, subscribe: [echo.in]}\n", &error);
+    "  echo: {plugin: echo, pool_size: 2, subscribe: [echo.in]}\n", NULL, &error);
   const char binary[] = { 'a', '\0', 'b', '\n', '\xff' };
   g_autoptr(GBytes) reply = NULL;
   g_autoptr(GBytes) empty = NULL;
   g_autoptr(GBytes) raw = NULL;
+  g_autoptr(GPtrArray) replies = NULL;
 
   g_test_summary ("A request is answered with its own payload, bytes as they are");
   g_assert_no_error (error);
 
-  reply = ah_host_request (host, "echo.in", "ping", 4, 2000, &error);
+  reply = ah_test_host_request (t, "echo.in", "ping", 4, REQUEST_TIMEOUT_MS, &error);
   g_assert_no_error (error);
   assert_bytes_equal (reply, "ping", 4);
-  empty = ah_host_request (host, "echo.in", "", 0, 2000, &error);
+  empty = ah_test_host_request (t, "echo.in", "", 0, REQUEST_TIMEOUT_MS, &error);
   g_assert_no_error (error);
   g_assert_cmpuint (g_bytes_get_size (empty), ==, 0);
-  raw = ah_host_request (host, "echo.in", binary, sizeof (binary), 2000, &error);
+  raw = ah_test_host_request (t, "echo.in", binary, sizeof (binary), REQUEST_TIMEOUT_MS, &error);
   g_assert_no_error (error);
   assert_bytes_equal (raw, binary, sizeof (binary));
+
+  /* Replies only: a request is never echoed on the reply subject. */
+  ah_test_host_run_until_idle (t);
+  replies = ah_test_host_get_messages (t, AH_TEST_CAPTURE_REPLIES, "echo.in");
+  g_assert_cmpuint (replies->len, ==, 3);
+  assert_bytes_equal (((AhTestMessage *) g_ptr_array_index (replies, 2))->data,
+                      binary, sizeof (binary));
+  g_assert_cmpuint (ah_test_host_count (t, AH_TEST_CAPTURE_PUBLISHED, NULL), ==, 0);
 }
 
 static void
 test_publish_reply_subject (void)
 {
+  const char *config[] = { "reply_subject=custom.out", NULL };
   g_autoptr(GError) error = NULL;
-  g_autoptr(AhHost) host = host_start_from_yaml (
-    "name: echo-publish\n"
-    "agents:\n"
-    "  echo:\n"
-    "    plugin: echo\n"
-    "    subscribe: [echo.in, other.in]\n"
-    "    config: {reply_subject: custom.out}\n", &error);
-  Observed observed = { .payloads = g_ptr_array_new_with_free_func ((GDestroyNotify) g_bytes_unref) };
+  g_autoptr(AhTestHost) t = ah_test_host_new_for_plugin ("echo", "echo.in, other.in", config,
+                                                         &error);
+  g_autoptr(GPtrArray) published = NULL;
   const char *texts[] = { "one", "two", "three" };
 
   g_test_summary ("Published messages come back on reply_subject, in order");
   g_assert_no_error (error);
-  g_mutex_init (&observed.lock);
-  g_assert_cmpuint (ah_host_subscribe (host, "custom.out", observed_add, &observed, &error), >, 0);
-  g_assert_no_error (error);
 
   for (guint i = 0; i < G_N_ELEMENTS (texts); i++)
-    g_assert_true (ah_host_publish (host, i == 1 ? "other.in" : "echo.in",
-                                    texts[i], strlen (texts[i]), &error));
-  g_assert_true (ah_host_wait_idle (host, 10 * G_USEC_PER_SEC));
-  /* Stopped before the checks: no callback can run during them. */
-  g_clear_pointer (&host, ah_host_free);
+    ah_test_host_publish_string (t, i == 1 ? "other.in" : "echo.in", texts[i]);
+  ah_test_host_run_until_idle (t);
 
-  g_assert_cmpuint (observed.payloads->len, ==, G_N_ELEMENTS (texts));
+  published = ah_test_host_get_messages (t, AH_TEST_CAPTURE_PUBLISHED, NULL);
+  g_assert_cmpuint (published->len, ==, G_N_ELEMENTS (texts));
   for (guint i = 0; i < G_N_ELEMENTS (texts); i++)
-    assert_bytes_equal (g_ptr_array_index (observed.payloads, i), texts[i], strlen (texts[i]));
-  g_ptr_array_unref (observed.payloads);
-  g_mutex_clear (&observed.lock);
+    {
+      const AhTestMessage *echoed = g_ptr_array_index (published, i);
+
+      g_assert_cmpstr (echoed->subject, ==, "custom.out");
+      assert_bytes_equal (echoed->data, texts[i], strlen (texts[i]));
+    }
 }
 
 static void
 test_publish_loop_guard (void)
 {
   g_autoptr(GError) error = NULL;
-  g_autoptr(AhHost) host = host_start_from_yaml (
-    "name: echo-loop\n"
-    "agents:\n"
-    "  echo: {plugin: echo, subscribe: [echo.>]}\n", &error);
+  g_autoptr(AhTestHost) t = ah_test_host_new_for_plugin ("echo", "echo.>", NULL, &error);
+  g_autoptr(GPtrArray) dead = NULL;
+  const AhTestMessage *refused;
   AhHostStats before, after;
 
   g_test_summary ("An echo that hears its own reply subject refuses the message, "
                   "instead of echoing it forever");
   g_assert_no_error (error);
-  ah_host_get_stats (host, &before);
+  ah_test_host_get_stats (t, &before);
 
   /* echo.in -> echo.out (delivered back to the echo, which refuses it). */
-  g_assert_true (ah_host_publish (host, "echo.in", "x", 1, &error));
-  g_assert_true (ah_host_wait_idle (host, 10 * G_USEC_PER_SEC));
-  ah_host_get_stats (host, &after);
+  ah_test_host_publish_string (t, "echo.in", "x");
+  ah_test_host_run_until_idle (t);
+  ah_test_host_get_stats (t, &after);
   g_assert_cmpuint (after.delivered - before.delivered, ==, 1);
   g_assert_cmpuint (after.failed - before.failed, ==, 1);
+
+  g_assert_cmpuint (ah_test_host_count (t, AH_TEST_CAPTURE_PUBLISHED, "echo.out"), ==, 1);
+  dead = ah_test_host_get_messages (t, AH_TEST_CAPTURE_DEAD_LETTERS, NULL);
+  g_assert_cmpuint (dead->len, ==, 1);
+  refused = g_ptr_array_index (dead, 0);
+  g_assert_cmpstr (refused->subject, ==, "echo.out");
+  g_assert_cmpstr (refused->reason, ==, "handler-failed");
 }
 
 typedef struct {
   const char *name;
-  const char *value;   /* YAML, as written after "reply_subject: " */
+  const char *value;   /* the config value, as the plugin reads it */
 } BadSubject;
 
 static const BadSubject bad_subjects[] = {
@@ -148,58 +125,55 @@ static const BadSubject bad_subjects[] = {
   { "trailing-dot", "a." },
   { "star", "a.*" },
   { "tail", "a.>" },
-  { "space", "'a b'" },
-  { "empty", "''" },
+  { "space", "a b" },
+  { "empty", "" },
 };
 
 static void
 test_config_invalid (gconstpointer data)
 {
   const BadSubject *tc = data;
-  g_autofree char *yaml = g_strdup_printf ("name: echo-bad\n"
-                                           "agents:\n"
-                                           "  echo:\n"
-                                           "    plugin: echo\n"
-                                           "    config: {reply_subject: %s}\n", tc->value);
+  g_autofree char *entry = g_strconcat ("reply_subject=", tc->value, NULL);
+  const char *config[] = { entry, NULL };
   g_autoptr(GError) error = NULL;
-  g_autoptr(AhHost) host = host_start_from_yaml (yaml, &error);
+  g_autoptr(AhTestHost) t = ah_test_host_new_for_plugin ("echo", NULL, config, &error);
 
   g_test_summary ("A reply_subject that is not a publishable subject stops the start");
 
-  g_assert_null (host);
+  g_assert_null (t);
   g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_PREWARM);
   g_assert_nonnull (strstr (error->message, "init failed: config 'reply_subject': '"));
   g_assert_true (g_str_has_suffix (error->message, "' is not a subject (dot-separated "
                                    "tokens, no wildcards, at most 255 bytes)"));
 }
 
-static AhHost *
-host_start_with_subject_length (gsize    length,
-                                GError **error)
+static AhTestHost *
+echo_new_with_subject_length (gsize    length,
+                              GError **error)
 {
-  g_autoptr(GString) yaml = g_string_new ("name: echo-long\nagents:\n  echo:\n    plugin: echo\n"
-                                          "    config: {reply_subject: ");
+  g_autoptr(GString) entry = g_string_new ("reply_subject=");
+  const char *config[] = { NULL, NULL };
 
   /* "a.a.a...": as many tokens as fit. */
   for (gsize i = 0; i < length; i++)
-    g_string_append_c (yaml, i % 2 == 0 ? 'a' : '.');
-  g_string_append (yaml, "}\n");
-  return host_start_from_yaml (yaml->str, error);
+    g_string_append_c (entry, i % 2 == 0 ? 'a' : '.');
+  config[0] = entry->str;
+  return ah_test_host_new_for_plugin ("echo", NULL, config, error);
 }
 
 static void
 test_config_length (void)
 {
   g_autoptr(GError) error = NULL;
-  g_autoptr(AhHost) longest = NULL;
-  g_autoptr(AhHost) too_long = NULL;
+  g_autoptr(AhTestHost) longest = NULL;
+  g_autoptr(AhTestHost) too_long = NULL;
 
   g_test_summary ("A reply_subject of 255 bytes is accepted, one of 257 refused");
 
-  longest = host_start_with_subject_length (255, &error);
+  longest = echo_new_with_subject_length (255, &error);
   g_assert_no_error (error);
   g_assert_nonnull (longest);
-  too_long = host_start_with_subject_length (257, &error);
+  too_long = echo_new_with_subject_length (257, &error);
   g_assert_null (too_long);
   g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_PREWARM);
   g_assert_true (g_str_has_suffix (error->message, "at most 255 bytes)"));
@@ -212,9 +186,9 @@ test_manifest_shipped (void)
                                                 NULL);
   g_autoptr(GError) error = NULL;
   g_autoptr(AhManifest) manifest = ah_manifest_load (path, &error);
-  g_autoptr(AhHost) host = NULL;
+  g_autoptr(AhTestHost) t = NULL;
   g_autoptr(GBytes) reply = NULL;
-  Observed observed = { .payloads = g_ptr_array_new_with_free_func ((GDestroyNotify) g_bytes_unref) };
+  g_autoptr(GPtrArray) echoed = NULL;
 
   g_test_summary ("manifests/echo.yaml loads, checks and echoes echo.in to echo.out");
   g_assert_no_error (error);
@@ -222,24 +196,17 @@ test_manifest_shipped (void)
   g_assert_true (ah_manifest_check_plugins (manifest, &error));
   g_assert_no_error (error);
 
-  g_mutex_init (&observed.lock);
-  host = ah_host_new (g_steal_pointer (&manifest), &error);
+  t = ah_test_host_new_for_manifest (path, &error);
   g_assert_no_error (error);
-  g_assert_cmpuint (ah_host_subscribe (host, "echo.out", observed_add, &observed, &error), >, 0);
-  g_assert_true (ah_host_start (host, &error));
-  g_assert_no_error (error);
-
-  reply = ah_host_request (host, "echo.in", "hi", 2, 2000, &error);
+  reply = ah_test_host_request (t, "echo.in", "hi", 2, REQUEST_TIMEOUT_MS, &error);
   g_assert_no_error (error);
   assert_bytes_equal (reply, "hi", 2);
-  g_assert_true (ah_host_publish (host, "echo.in", "there", 5, &error));
-  g_assert_true (ah_host_wait_idle (host, 10 * G_USEC_PER_SEC));
-  g_clear_pointer (&host, ah_host_free);
+  ah_test_host_publish_string (t, "echo.in", "there");
+  ah_test_host_run_until_idle (t);
 
-  g_assert_cmpuint (observed.payloads->len, ==, 1);
-  assert_bytes_equal (g_ptr_array_index (observed.payloads, 0), "there", 5);
-  g_ptr_array_unref (observed.payloads);
-  g_mutex_clear (&observed.lock);
+  echoed = ah_test_host_get_messages (t, AH_TEST_CAPTURE_PUBLISHED, "echo.out");
+  g_assert_cmpuint (echoed->len, ==, 1);
+  assert_bytes_equal (((AhTestMessage *) g_ptr_array_index (echoed, 0))->data, "there", 5);
 }
 
 int
