@@ -603,7 +603,7 @@ test_idle_watchdog (void)
   g_test_trap_subprocess (NULL, 20 * G_USEC_PER_SEC, G_TEST_SUBPROCESS_DEFAULT);
   g_test_trap_assert_failed ();
   g_test_trap_assert_stderr ("*ah_test_host_run_until_idle*the system did not go idle "
-                             "within 200 ms: 1 messages in flight*");
+                             "within 200 ms: * messages in flight after * delivered*");
 }
 
 static void

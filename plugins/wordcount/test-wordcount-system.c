@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /* The word-count demo end to end: the four shipped plugins (coordinator,
  * wordcount, validator, reporter) in a real host, through the public API
- * only. Counts are checked against texts small enough to count by hand,
- * and bad configuration and bad payloads against their exact errors. */
+ * only: whole runs through ah_host_run(), single agents on the test
+ * harness (<agenthost/ah-testing.h>). Counts are checked against texts
+ * small enough to count by hand, and bad configuration and bad payloads
+ * against their exact errors. */
 #include <agenthost/agenthost.h>
 
 #include <glib/gstdio.h>
@@ -367,7 +369,9 @@ test_payload_invalid (void)
     { "report.other", "x" },
   };
   g_autoptr(GError) error = NULL;
-  g_autoptr(AhHost) host = host_new_from_yaml (
+  g_autoptr(AhTestHost) t = NULL;
+  g_autoptr(GPtrArray) done = NULL;
+  const char *hostile_yaml =
     "name: hostile\n"
     "agents:\n"
     "  wordcount: {plugin: wordcount, subscribe: [tasks.count]}\n"
@@ -375,57 +379,56 @@ test_payload_invalid (void)
     "  reporter:\n"
     "    plugin: reporter\n"
     "    subscribe: [results.validated, results.rejected, report.shard, report.other]\n"
-    "    config: {shards: 1}\n", &error);
+    "    config: {shards: 1}\n";
   AhHostStats before, after;
   AhTypeStats type_stats;
   g_autofree char *printed = NULL;
-  g_autofree char *done = NULL;
-  guint i, n_done;
+  g_autofree char *captured_done = NULL;
+  guint i, n_captured_done;
 
   g_test_summary ("Malformed payloads fail their handler, are counted failed, and "
                   "leave the agents working");
-  g_assert_no_error (error);
   capture_reset ();
-  g_assert_true (ah_host_start (host, &error));
+  t = ah_test_host_new (hostile_yaml, NULL, &error);
   g_assert_no_error (error);
 
   /* A good chunk first, so the reporter has a corpus size to compare. */
-  g_assert_true (ah_host_publish (host, "results.validated", "chunk 0 1 1\nhello 1\n", 20,
-                                  &error));
-  g_assert_true (ah_host_wait_idle (host, 10 * G_USEC_PER_SEC));
-  ah_host_get_stats (host, &before);
+  ah_test_host_publish_string (t, "results.validated", "chunk 0 1 1\nhello 1\n");
+  ah_test_host_run_until_idle (t);
+  ah_test_host_get_stats (t, &before);
 
   for (i = 0; i < G_N_ELEMENTS (bad_payloads); i++)
-    {
-      g_assert_true (ah_host_publish (host, bad_payloads[i].subject, bad_payloads[i].payload,
-                                      strlen (bad_payloads[i].payload), &error));
-      g_assert_no_error (error);
-    }
-  g_assert_true (ah_host_wait_idle (host, 10 * G_USEC_PER_SEC));
-  ah_host_get_stats (host, &after);
+    ah_test_host_publish_string (t, bad_payloads[i].subject, bad_payloads[i].payload);
+  ah_test_host_run_until_idle (t);
+  ah_test_host_get_stats (t, &after);
 
   g_assert_cmpuint (after.failed - before.failed, ==, G_N_ELEMENTS (bad_payloads));
   /* The reporter (one shard, TOTAL 1) is done: it published its shard
    * report and, as reporter 0, merged it and printed. */
-  for (i = 0; i < ah_host_get_n_types (host); i++)
+  for (i = 0; i < ah_host_get_n_types (ah_test_host_get_host (t)); i++)
     {
-      g_assert_true (ah_host_get_type_stats (host, i, &type_stats));
+      g_assert_true (ah_host_get_type_stats (ah_test_host_get_host (t), i, &type_stats));
       g_assert_cmpuint (type_stats.n_agents, ==, 1);
     }
-  capture_get (&printed, &done, &n_done);
+  capture_get (&printed, &captured_done, &n_captured_done);
   g_assert_true (g_str_has_suffix (printed, "  validated: 1/1 chunks\n"));
-  /* Nobody subscribed to report.done here. */
-  g_assert_cmpuint (n_done, ==, 0);
+  /* Nobody subscribed to report.done here: the report, published once,
+   * reached nobody. */
+  g_assert_cmpuint (ah_test_host_count (t, AH_TEST_CAPTURE_PUBLISHED, "report.done"), ==, 1);
+  done = ah_test_host_get_messages (t, AH_TEST_CAPTURE_DEAD_LETTERS, "report.done");
+  g_assert_cmpuint (done->len, ==, 1);
+  g_assert_cmpstr (((AhTestMessage *) g_ptr_array_index (done, 0))->reason, ==, "no-route");
+  g_assert_cmpuint (n_captured_done, ==, 0);
 }
 
 static char *
-request_chunk (AhHost     *host,
+request_chunk (AhTestHost *t,
                const char *id,
                guint       timeout_ms,
                GError    **error)
 {
-  g_autoptr(GBytes) reply = ah_host_request (host, "corpus.chunk", id, strlen (id),
-                                             timeout_ms, error);
+  g_autoptr(GBytes) reply = ah_test_host_request (t, "corpus.chunk", id, strlen (id),
+                                                  timeout_ms, error);
   gsize size;
   const char *data;
 
@@ -448,7 +451,7 @@ test_chunk_request (void)
     "    subscribe: [corpus.chunk]\n"
     "    config: {corpus_file: '%s', chunks: 3}\n", corpus);
   g_autoptr(GError) error = NULL;
-  g_autoptr(AhHost) host = host_new_from_yaml (yaml, &error);
+  g_autoptr(AhTestHost) t = ah_test_host_new (yaml, NULL, &error);
   g_autofree char *first = NULL;
   g_autofree char *second = NULL;
   g_autofree char *last = NULL;
@@ -457,39 +460,46 @@ test_chunk_request (void)
 
   g_test_summary ("Coordinators serve chunks by id; a bad id gets no reply");
   g_assert_no_error (error);
-  g_assert_true (ah_host_start (host, &error));
-  g_assert_no_error (error);
 
   /* 22 bytes in 3: targets 7 and 14, moved to the spaces at 10 and 16. */
-  first = request_chunk (host, "0", 2000, &error);
+  first = request_chunk (t, "0", 2000, &error);
   g_assert_no_error (error);
   g_assert_cmpstr (first, ==, "alpha beta");
-  second = request_chunk (host, "1", 2000, &error);
+  second = request_chunk (t, "1", 2000, &error);
   g_assert_cmpstr (second, ==, " gamma");
-  last = request_chunk (host, "2", 2000, &error);
+  last = request_chunk (t, "2", 2000, &error);
   g_assert_cmpstr (last, ==, " delta");
 
-  missing = request_chunk (host, "3", 50, &error);
+  missing = request_chunk (t, "3", 50, &error);
   g_assert_null (missing);
   g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_TIMEOUT);
   g_clear_error (&error);
-  garbage = request_chunk (host, "-1", 50, &error);
+  garbage = request_chunk (t, "-1", 50, &error);
   g_assert_null (garbage);
   g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_TIMEOUT);
+  /* Not a late reply either: the coordinators answered three times. */
+  ah_test_host_run_until_idle (t);
+  g_assert_cmpuint (ah_test_host_count (t, AH_TEST_CAPTURE_REPLIES, "corpus.chunk"), ==, 3);
 }
 
-/* Host subscription: every payload seen, as text. */
-static void
-collect_payload (const AhMessage *message,
-                 gpointer         user_data)
+/* The payloads agents published on @subject, as text, in publish order. */
+static GPtrArray *
+published_texts (AhTestHost *t,
+                 const char *subject)
 {
-  GPtrArray *payloads = user_data;
-  gsize size;
-  const char *data = ah_message_get_data (message, &size);
+  g_autoptr(GPtrArray) records = ah_test_host_get_messages (t, AH_TEST_CAPTURE_PUBLISHED,
+                                                            subject);
+  GPtrArray *texts = g_ptr_array_new_with_free_func (g_free);
 
-  g_mutex_lock (&capture.lock);
-  g_ptr_array_add (payloads, g_strndup (data, size));
-  g_mutex_unlock (&capture.lock);
+  for (guint i = 0; i < records->len; i++)
+    {
+      const AhTestMessage *record = g_ptr_array_index (records, i);
+      gsize size;
+      const char *data = g_bytes_get_data (record->data, &size);
+
+      g_ptr_array_add (texts, g_strndup (data, size));
+    }
+  return texts;
 }
 
 static gint
@@ -518,29 +528,26 @@ test_validator_verdicts (void)
     "chunk 0 1 4\nhello 3\nworld 1\n",
     "chunk 0 1 4\nhello 2\nwide 1\nworld 1\n",
   };
-  g_autoptr(GPtrArray) validated = g_ptr_array_new_with_free_func (g_free);
-  g_autoptr(GPtrArray) rejected = g_ptr_array_new_with_free_func (g_free);
+  g_autoptr(GPtrArray) validated = NULL;
+  g_autoptr(GPtrArray) rejected = NULL;
   g_autoptr(GError) error = NULL;
-  g_autoptr(AhHost) host = host_new_from_yaml (yaml, &error);
+  g_autoptr(AhTestHost) t = ah_test_host_new (yaml, NULL, &error);
+  const AhTestMessage *republished;
 
   g_test_summary ("A result equal to the recount is republished byte for byte on "
                   "results.validated; any difference is rejected with its reason");
   g_assert_no_error (error);
-  g_assert_cmpuint (ah_host_subscribe (host, "results.validated", collect_payload, validated,
-                                       &error), >, 0);
-  g_assert_cmpuint (ah_host_subscribe (host, "results.rejected", collect_payload, rejected,
-                                       &error), >, 0);
-  g_assert_true (ah_host_start (host, &error));
-  g_assert_no_error (error);
 
   for (guint i = 0; i < G_N_ELEMENTS (results); i++)
-    g_assert_true (ah_host_publish (host, "results.count", results[i], strlen (results[i]),
-                                    &error));
-  g_assert_true (ah_host_wait_idle (host, 10 * G_USEC_PER_SEC));
-  g_clear_pointer (&host, ah_host_free);
+    ah_test_host_publish_string (t, "results.count", results[i]);
+  ah_test_host_run_until_idle (t);
 
+  validated = ah_test_host_get_messages (t, AH_TEST_CAPTURE_PUBLISHED, "results.validated");
   g_assert_cmpuint (validated->len, ==, 1);
-  g_assert_cmpstr (g_ptr_array_index (validated, 0), ==, results[0]);
+  republished = g_ptr_array_index (validated, 0);
+  g_assert_cmpmem (g_bytes_get_data (republished->data, NULL),
+                   g_bytes_get_size (republished->data), results[0], strlen (results[0]));
+  rejected = published_texts (t, "results.rejected");
   /* Two validators: sorted, the order they finished in does not matter. */
   g_ptr_array_sort (rejected, compare_strings);
   g_assert_cmpuint (rejected->len, ==, 4);
