@@ -455,12 +455,13 @@ ah_config_check (AhManifest                *manifest,
     {
       const AhManifestConfigEntry *entry = g_ptr_array_index (type->config, i);
       const AhConfigKey *key = config_schema_find_for_entry (schema, entry->key);
-      g_autofree char *shown_key = config_text_for_message (entry->key, AH_CONFIG_MESSAGE_TEXT_MAX);
       g_autofree char *problem = NULL;
       AhManifestError code;
 
       if (key == NULL)
         {
+          g_autofree char *shown_key = config_text_for_message (entry->key,
+                                                                AH_CONFIG_MESSAGE_TEXT_MAX);
           g_autoptr(GString) expected = g_string_new (NULL);
 
           config_append_key_list (expected, schema);
@@ -474,6 +475,8 @@ ah_config_check (AhManifest                *manifest,
       problem = config_value_problem (key, entry->value, &code);
       if (problem != NULL)
         {
+          g_autofree char *shown_key = config_text_for_message (entry->key,
+                                                                AH_CONFIG_MESSAGE_TEXT_MAX);
           g_autofree char *shown_value = config_text_for_message (entry->value,
                                                                   AH_CONFIG_MESSAGE_TEXT_MAX);
 
