@@ -11,6 +11,7 @@
 #include <glib-unix.h>
 #include <glib/gstdio.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <locale.h>
 #include <math.h>
 #include <signal.h>
@@ -36,7 +37,8 @@ typedef enum {
   "Exit status:\n"                                                             \
   "  0    success; also a clean stop by SIGINT, SIGTERM or --timeout\n"        \
   "  1    the run failed (the host did not start, e.g. an agent's init\n"     \
-  "       failed, or the run ended with an error)\n"                           \
+  "       failed, or the run ended with an error), or new-plugin could\n"     \
+  "       not write its files\n"                                               \
   "  2    usage error (unknown command or option, bad argument)\n"            \
   "  3    invalid manifest\n"                                                  \
   "  4    a plugin failed to load\n"                                           \
@@ -60,6 +62,7 @@ struct _Command {
 static int command_run      (const Command *command, GStrv *args);
 static int command_validate (const Command *command, GStrv *args);
 static int command_inspect  (const Command *command, GStrv *args);
+static int command_new_plugin (const Command *command, GStrv *args);
 static int command_help     (const Command *command, GStrv *args);
 
 static const Command commands[] = {
@@ -102,10 +105,35 @@ static const Command commands[] = {
     "Describe plugin files, starting no agent",
     "Loads each plugin file and prints its descriptor, without starting\n"
     "an agent (nothing of the plugin runs but its entry function).\n"
-    "Errors go to stderr; the exit status is 4 if any file failed to load.\n"
+    "Before loading it, reads the file as ELF and warns on stderr\n"
+    "(\"warning: PATH: ...\") about what would break unloading, reloading\n"
+    "or isolation: constructors, destructors, thread-local storage, unique\n"
+    "symbols, exports beyond the entry point. Warnings do not change the\n"
+    "exit status. Errors go to stderr; the exit status is 4 if any file\n"
+    "failed to load.\n"
     "\n"
     AGENTHOST_EXIT_STATUS_HELP,
     command_inspect,
+  },
+  {
+    "new-plugin", "NAME [DIR]",
+    "Write a new plugin project, ready to build, test and run",
+    "Writes a standalone plugin project into DIR (default: ./NAME), which\n"
+    "must not exist or be empty:\n"
+    "  NAME.c               an agent type: state, config schema, hooks\n"
+    "  meson.build          builds NAME.so and the test; finds agenthost\n"
+    "                       with pkg-config\n"
+    "  tests/test-NAME.c    unit tests with the agenthost test harness\n"
+    "  manifest.yaml        a system that runs it (paths relative to it)\n"
+    "  README.md\n"
+    "Then: cd DIR && meson setup build && meson test -C build, and\n"
+    "agenthost run DIR/manifest.yaml from anywhere.\n"
+    "\n"
+    "NAME is the agent type's name and a C identifier: a lowercase letter,\n"
+    "then lowercase letters, digits or '_', at most 64 bytes.\n"
+    "\n"
+    AGENTHOST_EXIT_STATUS_HELP,
+    command_new_plugin,
   },
   {
     "help", "[COMMAND]",
@@ -802,9 +830,29 @@ command_inspect (const Command *command, GStrv *args)
 
   for (guint i = 1; (*args)[i] != NULL; i++)
     {
+      const char *path = (*args)[i];
+      g_autoptr(GError) lint_error = NULL;
+      g_auto(GStrv) warnings = NULL;
       g_autoptr(GError) error = NULL;
-      g_autoptr(AhPlugin) plugin = ah_plugin_open ((*args)[i], &error);
+      g_autoptr(AhPlugin) plugin = NULL;
       g_autofree char *description = NULL;
+
+      /* Read as a file before dlopen() runs any of it: the warnings are
+       * about what loading (and unloading) would do. */
+      warnings = ah_plugin_lint (path, &lint_error);
+      plugin = ah_plugin_open (path, &error);
+      if (warnings != NULL)
+        {
+          for (guint j = 0; warnings[j] != NULL; j++)
+            g_printerr ("warning: %s: %s\n", path, warnings[j]);
+        }
+      else if (plugin != NULL)
+        {
+          /* A file the loader takes but the ELF reader does not is still
+           * described; that it went unchecked is worth a warning. Its
+           * message names the file already. */
+          g_printerr ("warning: %s\n", lint_error->message);
+        }
 
       if (plugin == NULL)
         {
@@ -820,6 +868,396 @@ command_inspect (const Command *command, GStrv *args)
       first_output = FALSE;
     }
   return status;
+}
+
+/* ---- new-plugin --------------------------------------------------------- */
+
+/* The agent type's name rule (the manifest's) narrowed to what is also a
+ * C identifier, since the generated code builds its names from it. */
+#define NEW_PLUGIN_NAME_MAX 64
+#define NEW_PLUGIN_TEMPLATE_PREFIX "/org/agenthost/templates/"
+
+typedef struct {
+  const char *template_name;   /* under NEW_PLUGIN_TEMPLATE_PREFIX */
+  const char *path;            /* relative to DIR; placeholders expanded */
+  const char *what;            /* for the listing; placeholders expanded */
+} ScaffoldFile;
+
+static const ScaffoldFile scaffold_files[] = {
+  { "plugin.c.in", "@NAME@.c", "the agent type: state, config schema, hooks" },
+  { "meson.build.in", "meson.build", "builds @NAME@.so and its test, agenthost from pkg-config" },
+  { "test-plugin.c.in", "tests/test-@NAME@.c", "unit tests with the agenthost test harness" },
+  { "manifest.yaml.in", "manifest.yaml", "a system of two @NAME@ agents" },
+  { "README.md.in", "README.md", "how to build, test and run it" },
+};
+
+/* The placeholders of the templates, all derived from NAME. */
+typedef struct {
+  const char *name;    /* @NAME@: as given, "my_agent" */
+  char       *type;    /* @TYPE@: CamelCase, "MyAgent", for type names */
+  char       *upper;   /* @UPPER@: "MY_AGENT", for macros */
+  char       *pad;     /* @PAD@: as many spaces as NAME has bytes, to
+                        * align continuation lines under a "NAME_..." */
+} ScaffoldNames;
+
+static void
+scaffold_names_clear (ScaffoldNames *names)
+{
+  g_clear_pointer (&names->type, g_free);
+  g_clear_pointer (&names->upper, g_free);
+  g_clear_pointer (&names->pad, g_free);
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (ScaffoldNames, scaffold_names_clear)
+
+static gboolean
+new_plugin_name_is_valid (const char *name)
+{
+  gsize len = strlen (name);
+
+  if (len == 0 || len > NEW_PLUGIN_NAME_MAX || !g_ascii_islower (name[0]))
+    return FALSE;
+  for (gsize i = 1; i < len; i++)
+    if (!g_ascii_islower (name[i]) && !g_ascii_isdigit (name[i]) && name[i] != '_')
+      return FALSE;
+  return TRUE;
+}
+
+static void
+scaffold_names_init (ScaffoldNames *names, const char *name)
+{
+  GString *type = g_string_new (NULL);
+  gboolean word_start = TRUE;
+
+  for (const char *p = name; *p != '\0'; p++)
+    {
+      if (*p == '_')
+        word_start = TRUE;
+      else
+        {
+          g_string_append_c (type, word_start ? g_ascii_toupper (*p) : *p);
+          word_start = FALSE;
+        }
+    }
+  names->name = name;
+  names->type = g_string_free (type, FALSE);
+  names->upper = g_ascii_strup (name, -1);
+  names->pad = g_strnfill (strlen (name), ' ');
+}
+
+static char *
+scaffold_expand (const char *text, gsize size, const ScaffoldNames *names)
+{
+  const struct {
+    const char *token;
+    const char *value;
+  } placeholders[] = {
+    { "@NAME@", names->name },
+    { "@TYPE@", names->type },
+    { "@UPPER@", names->upper },
+    { "@PAD@", names->pad },
+  };
+  GString *out = g_string_sized_new (size + size / 4);
+  gsize i = 0;
+
+  while (i < size)
+    {
+      gboolean replaced = FALSE;
+
+      if (text[i] == '@')
+        {
+          for (gsize k = 0; k < G_N_ELEMENTS (placeholders) && !replaced; k++)
+            {
+              gsize token_len = strlen (placeholders[k].token);
+
+              if (size - i >= token_len && memcmp (text + i, placeholders[k].token, token_len) == 0)
+                {
+                  g_string_append (out, placeholders[k].value);
+                  i += token_len;
+                  replaced = TRUE;
+                }
+            }
+        }
+      if (!replaced)
+        g_string_append_c (out, text[i++]);
+    }
+  return g_string_free (out, FALSE);
+}
+
+/* What was created so far, to take back when a later step fails: a
+ * half-written project would be refused by the next attempt (not empty),
+ * and nothing in it would be worth keeping. */
+typedef struct {
+  GPtrArray *files;   /* (element-type filename) */
+  GPtrArray *dirs;    /* (element-type filename), parents first */
+} ScaffoldUndo;
+
+static void
+scaffold_undo_run (ScaffoldUndo *undo)
+{
+  for (guint i = undo->files->len; i > 0; i--)
+    g_unlink (g_ptr_array_index (undo->files, i - 1));
+  for (guint i = undo->dirs->len; i > 0; i--)
+    g_rmdir (g_ptr_array_index (undo->dirs, i - 1));
+}
+
+/* Creates @dir and whichever of its parents are missing, remembering
+ * each for the undo. */
+static gboolean
+scaffold_make_dirs (const char *dir, ScaffoldUndo *undo, GError **error)
+{
+  g_autoptr(GPtrArray) missing = g_ptr_array_new_with_free_func (g_free);
+  g_autofree char *current = g_strdup (dir);
+
+  while (!g_file_test (current, G_FILE_TEST_EXISTS))
+    {
+      char *parent = g_path_get_dirname (current);
+
+      g_ptr_array_add (missing, g_steal_pointer (&current));
+      if (g_str_equal (parent, g_ptr_array_index (missing, missing->len - 1)))
+        {
+          g_free (parent);
+          break;
+        }
+      current = parent;
+    }
+
+  for (guint i = missing->len; i > 0; i--)
+    {
+      const char *path = g_ptr_array_index (missing, i - 1);
+
+      if (g_mkdir (path, 0777) != 0)
+        {
+          int saved_errno = errno;
+
+          g_set_error (error, G_FILE_ERROR, g_file_error_from_errno (saved_errno),
+                       "cannot create directory '%s': %s", path, g_strerror (saved_errno));
+          return FALSE;
+        }
+      g_ptr_array_add (undo->dirs, g_strdup (path));
+    }
+  return TRUE;
+}
+
+/* O_EXCL: never replaces a file, even one that appeared in the
+ * directory after it was found empty. */
+static gboolean
+scaffold_write_file (const char *path, const char *contents, ScaffoldUndo *undo, GError **error)
+{
+  gsize size = strlen (contents);
+  gsize written = 0;
+  int saved_errno = 0;
+  int fd;
+
+  fd = g_open (path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd < 0)
+    {
+      saved_errno = errno;
+      g_set_error (error, G_FILE_ERROR, g_file_error_from_errno (saved_errno),
+                   "cannot create '%s': %s", path, g_strerror (saved_errno));
+      return FALSE;
+    }
+  g_ptr_array_add (undo->files, g_strdup (path));
+
+  while (written < size && saved_errno == 0)
+    {
+      gssize n = write (fd, contents + written, size - written);
+
+      if (n >= 0)
+        written += (gsize) n;
+      else if (errno != EINTR)
+        saved_errno = errno;
+    }
+  if (close (fd) != 0 && saved_errno == 0)
+    saved_errno = errno;
+  if (saved_errno != 0)
+    {
+      g_set_error (error, G_FILE_ERROR, g_file_error_from_errno (saved_errno),
+                   "cannot write '%s': %s", path, g_strerror (saved_errno));
+      return FALSE;
+    }
+  return TRUE;
+}
+
+static gboolean
+scaffold_write_all (const char *dir, const ScaffoldNames *names, ScaffoldUndo *undo,
+                    GError **error)
+{
+  g_autofree char *tests_dir = g_build_filename (dir, "tests", NULL);
+
+  if (!scaffold_make_dirs (dir, undo, error) || !scaffold_make_dirs (tests_dir, undo, error))
+    return FALSE;
+
+  for (gsize i = 0; i < G_N_ELEMENTS (scaffold_files); i++)
+    {
+      const ScaffoldFile *file = &scaffold_files[i];
+      g_autofree char *resource = g_strconcat (NEW_PLUGIN_TEMPLATE_PREFIX, file->template_name, NULL);
+      g_autoptr(GBytes) template = NULL;
+      g_autofree char *relative = scaffold_expand (file->path, strlen (file->path), names);
+      g_autofree char *path = g_build_filename (dir, relative, NULL);
+      g_autofree char *contents = NULL;
+      gsize size;
+      gconstpointer data;
+
+      /* Built into this program: a lookup failure is a broken build. */
+      template = g_resources_lookup_data (resource, G_RESOURCE_LOOKUP_FLAGS_NONE, error);
+      if (template == NULL)
+        return FALSE;
+      data = g_bytes_get_data (template, &size);
+      contents = scaffold_expand (data, size, names);
+      if (!scaffold_write_file (path, contents, undo, error))
+        return FALSE;
+    }
+  return TRUE;
+}
+
+/* A directory the project may go into: one that does not exist yet (it
+ * is created, parents too), or an empty one. Anything else is the
+ * user's, and is left alone. */
+static gboolean
+scaffold_check_dir (const char *dir, GError **error)
+{
+  g_autoptr(GDir) listing = NULL;
+  GStatBuf info;
+
+  if (g_stat (dir, &info) != 0)
+    {
+      int saved_errno = errno;
+
+      if (saved_errno == ENOENT)
+        return TRUE;
+      g_set_error (error, G_FILE_ERROR, g_file_error_from_errno (saved_errno),
+                   "cannot use '%s': %s", dir, g_strerror (saved_errno));
+      return FALSE;
+    }
+  if (!S_ISDIR (info.st_mode))
+    {
+      g_set_error (error, G_FILE_ERROR, G_FILE_ERROR_EXIST,
+                   "'%s' exists and is not a directory", dir);
+      return FALSE;
+    }
+  listing = g_dir_open (dir, 0, error);
+  if (listing == NULL)
+    return FALSE;
+  if (g_dir_read_name (listing) != NULL)
+    {
+      g_set_error (error, G_FILE_ERROR, G_FILE_ERROR_EXIST,
+                   "'%s' exists and is not empty; give a new or empty directory", dir);
+      return FALSE;
+    }
+  return TRUE;
+}
+
+/* For the "next" lines: DIR as a shell would need it typed. */
+static char *
+shell_word (const char *text)
+{
+  for (const char *p = text; *p != '\0'; p++)
+    if (!g_ascii_isalnum (*p) && strchr ("/._-+,:=@%", *p) == NULL)
+      return g_shell_quote (text);
+  return g_strdup (text);
+}
+
+static int
+command_new_plugin (const Command *command, GStrv *args)
+{
+  g_auto(ScaffoldNames) names = { 0 };
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GPtrArray) undo_files = NULL;
+  g_autoptr(GPtrArray) undo_dirs = NULL;
+  g_autofree char *dir_word = NULL;
+  g_auto(GStrv) paths = g_new0 (char *, G_N_ELEMENTS (scaffold_files) + 1);
+  gsize path_width = 0;
+  ScaffoldUndo undo;
+  const char *name;
+  const char *dir;
+  int status;
+
+  if (!command_parse_options (command, NULL, args, &status))
+    return status;
+  if ((*args)[1] == NULL)
+    {
+      print_usage_error (command->name, "expected a NAME");
+      return AGENTHOST_EXIT_USAGE;
+    }
+  if (g_strv_length (*args) > 3)
+    {
+      print_usage_error (command->name, "expected a NAME and at most one DIR");
+      return AGENTHOST_EXIT_USAGE;
+    }
+  name = (*args)[1];
+  dir = (*args)[2] != NULL ? (*args)[2] : name;
+
+  if (!new_plugin_name_is_valid (name))
+    {
+      g_autofree char *shown = g_strescape (name, NULL);
+      g_autofree char *message = NULL;
+
+      /* Cut a long name: the message stays one line. */
+      if (strlen (shown) > 80)
+        {
+          shown[80] = '\0';
+          message = g_strdup_printf ("'%s...' is not a valid plugin name: a lowercase letter, "
+                                     "then lowercase letters, digits or '_', at most %d bytes",
+                                     shown, NEW_PLUGIN_NAME_MAX);
+        }
+      else
+        message = g_strdup_printf ("'%s' is not a valid plugin name: a lowercase letter, "
+                                   "then lowercase letters, digits or '_', at most %d bytes",
+                                   shown, NEW_PLUGIN_NAME_MAX);
+      print_usage_error (command->name, message);
+      return AGENTHOST_EXIT_USAGE;
+    }
+  if (*dir == '\0')
+    {
+      print_usage_error (command->name, "DIR is empty");
+      return AGENTHOST_EXIT_USAGE;
+    }
+  if (!scaffold_check_dir (dir, &error))
+    {
+      if (g_error_matches (error, G_FILE_ERROR, G_FILE_ERROR_EXIST))
+        {
+          print_usage_error (command->name, error->message);
+          return AGENTHOST_EXIT_USAGE;
+        }
+      return report_error (error);
+    }
+
+  scaffold_names_init (&names, name);
+  undo_files = g_ptr_array_new_with_free_func (g_free);
+  undo_dirs = g_ptr_array_new_with_free_func (g_free);
+  undo.files = undo_files;
+  undo.dirs = undo_dirs;
+  if (!scaffold_write_all (dir, &names, &undo, &error))
+    {
+      scaffold_undo_run (&undo);
+      return report_error (error);
+    }
+
+  g_print ("Created the plugin project '%s' in %s:\n", name, dir);
+  for (gsize i = 0; i < G_N_ELEMENTS (scaffold_files); i++)
+    {
+      g_autofree char *relative = scaffold_expand (scaffold_files[i].path,
+                                                   strlen (scaffold_files[i].path), &names);
+
+      paths[i] = g_build_filename (dir, relative, NULL);
+      path_width = MAX (path_width, strlen (paths[i]));
+    }
+  for (gsize i = 0; i < G_N_ELEMENTS (scaffold_files); i++)
+    {
+      g_autofree char *what = scaffold_expand (scaffold_files[i].what,
+                                               strlen (scaffold_files[i].what), &names);
+
+      g_print ("  %-*s  %s\n", (int) path_width, paths[i], what);
+    }
+  dir_word = shell_word (dir);
+  g_print ("\n"
+           "Next:\n"
+           "  cd %s\n"
+           "  meson setup build && meson test -C build\n"
+           "  %s run manifest.yaml\n",
+           dir_word, g_get_prgname ());
+  return AGENTHOST_EXIT_OK;
 }
 
 /* ---- main ------------------------------------------------------------- */
