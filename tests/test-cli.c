@@ -212,8 +212,8 @@ test_cli_help_main (void)
 {
   g_auto(CliResult) result = { 0 };
   const char * const expected[] = {
-    "Usage:", "run [MANIFEST]", "validate FILE...", "inspect PLUGIN.so...", "help [COMMAND]",
-    "--version", "Exit status:", "130",
+    "Usage:", "run [MANIFEST]", "validate FILE...", "inspect PLUGIN.so...", "new-plugin NAME [DIR]",
+    "help [COMMAND]", "--version", "Exit status:", "130",
   };
 
   g_test_summary ("--help lists every command and the exit statuses");
@@ -262,7 +262,31 @@ test_cli_help_command (void)
     cli_run (&inspect, "help", "inspect", NULL);
     g_assert_cmpint (inspect.status, ==, 0);
     g_assert_nonnull (strstr (inspect.out, "agenthost inspect [OPTION"));
+    g_assert_nonnull (strstr (inspect.out, "warning: PATH: "));
   }
+}
+
+static void
+test_cli_help_new_plugin (void)
+{
+  g_auto(CliResult) via_help = { 0 };
+  g_auto(CliResult) via_option = { 0 };
+  const char * const expected[] = {
+    "agenthost new-plugin [OPTION", "] NAME [DIR]\n", "./NAME", "must not exist or be empty",
+    "meson.build",
+    "pkg-config", "tests/test-NAME.c", "manifest.yaml", "README.md", "meson test -C build",
+    "agenthost run DIR/manifest.yaml", "at most 64 bytes", "Exit status:",
+  };
+
+  g_test_summary ("'help new-plugin' and 'new-plugin --help' say what is written, where, and the NAME rule");
+  cli_run (&via_help, "help", "new-plugin", NULL);
+  cli_run (&via_option, "new-plugin", "--help", NULL);
+  g_assert_cmpint (via_help.status, ==, 0);
+  g_assert_cmpint (via_option.status, ==, 0);
+  g_assert_cmpstr (via_help.err, ==, "");
+  g_assert_cmpstr (via_help.out, ==, via_option.out);
+  for (gsize i = 0; i < G_N_ELEMENTS (expected); i++)
+    g_assert_nonnull (strstr (via_help.out, expected[i]));
 }
 
 typedef struct {
@@ -291,6 +315,16 @@ static const UsageCase usage_cases[] = {
   { "validate-no-file", { "validate", NULL }, { "expected at least one FILE" } },
   { "inspect-no-file", { "inspect", NULL }, { "expected at least one PLUGIN.so" } },
   { "help-unknown", { "help", "frobnicate", NULL }, { "unknown command 'frobnicate'" } },
+  { "new-plugin-no-name", { "new-plugin", NULL },
+    { "agenthost new-plugin: expected a NAME\n", "Try 'agenthost new-plugin --help'" } },
+  { "new-plugin-extra", { "new-plugin", "a", "b", "c" },
+    { "agenthost new-plugin: expected a NAME and at most one DIR\n" } },
+  { "new-plugin-bad-option", { "new-plugin", "--force", "a", NULL },
+    { "agenthost new-plugin: ", "--force", "Try 'agenthost new-plugin --help'" } },
+  { "new-plugin-bad-name", { "new-plugin", "Hello-World", "/nonexistent-agenthost-dir/x", NULL },
+    { "agenthost new-plugin: 'Hello-World' is not a valid plugin name: a lowercase letter, "
+      "then lowercase letters, digits or '_', at most 64 bytes\n" } },
+  { "new-plugin-typo", { "new-plugn", "a", NULL }, { "Did you mean 'new-plugin'?" } },
   { "version-extra", { "--version", "now", NULL }, { "--version takes no argument" } },
 };
 
@@ -453,6 +487,72 @@ test_cli_inspect_shipped (void)
   g_assert_nonnull (strstr (result.out, reporter));
   /* One blank line between two descriptions. */
   g_assert_nonnull (strstr (result.out, "\n\n"));
+}
+
+static char *
+elf_fixture_path (const char *name)
+{
+  g_autofree char *file = g_strconcat ("elf-", name, ".so", NULL);
+  char *path = g_test_build_filename (G_TEST_BUILT, "plugins-elf", file, NULL);
+
+  /* Built by tests/plugins-elf/ with everything else before the tests run. */
+  if (!g_file_test (path, G_FILE_TEST_IS_REGULAR))
+    g_error ("%s is missing: build every target before running test-cli", path);
+  return path;
+}
+
+static void
+test_cli_inspect_warnings (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *constructor = elf_fixture_path ("constructor");
+  g_autofree char *clean = elf_fixture_path ("clean");
+  g_autofree char *prefix = g_strdup_printf ("warning: %s: constructor ", constructor);
+  g_auto(GStrv) lines = NULL;
+
+  g_test_summary ("inspect warns on stderr about a constructor, one 'warning: PATH: ...' line per "
+                  "finding, still describes the plugin and exits 0; a clean plugin gets no warning");
+  cli_run (&result, "inspect", constructor, clean, NULL);
+  g_assert_cmpint (result.status, ==, 0);
+
+  lines = g_strsplit (result.err, "\n", -1);
+  g_assert_cmpuint (g_strv_length (lines), >=, 2);
+  g_assert_true (g_str_has_prefix (lines[0], prefix));
+  g_assert_nonnull (strstr (lines[0], "runs on every load"));
+  /* Every line a warning about the constructor's file, none about the clean one. */
+  for (guint i = 0; lines[i] != NULL && *lines[i] != '\0'; i++)
+    {
+      g_autofree char *file_prefix = g_strdup_printf ("warning: %s: ", constructor);
+
+      g_assert_true (g_str_has_prefix (lines[i], file_prefix));
+    }
+  g_assert_null (strstr (result.err, clean));
+
+  /* Both described, in order. */
+  g_assert_nonnull (strstr (result.out, constructor));
+  g_assert_nonnull (strstr (result.out, clean));
+  g_assert_true (strstr (result.out, constructor) < strstr (result.out, clean));
+}
+
+static void
+test_cli_inspect_warnings_and_error (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *tls = elf_fixture_path ("tls");
+  g_autofree char *absent = scratch_path ("absent.so");
+  g_autofree char *tls_prefix = g_strdup_printf ("warning: %s: ", tls);
+  g_autofree char *absent_warning = g_strdup_printf ("warning: %s", absent);
+  g_autofree char *absent_error = g_strdup_printf ("\n%s: ", absent);
+
+  g_test_summary ("Warnings do not change the status: a file that does not load still makes it 4, "
+                  "and is reported once, as an error");
+  cli_run (&result, "inspect", tls, absent, NULL);
+  g_assert_cmpint (result.status, ==, 4);
+  g_assert_true (g_str_has_prefix (result.err, tls_prefix));
+  g_assert_nonnull (strstr (result.err, "uses thread-local storage"));
+  g_assert_null (strstr (result.err, absent_warning));
+  g_assert_nonnull (strstr (result.err, absent_error));
+  g_assert_nonnull (strstr (result.out, tls));
 }
 
 static void
@@ -619,6 +719,25 @@ test_cli_run_plugin_failure (void)
   g_assert_cmpuint (count_lines (result.err), ==, 1);
   g_assert_true (g_str_has_prefix (result.err, manifest));
   g_assert_nonnull (strstr (result.err, "abi-major.so"));
+}
+
+static void
+test_cli_config_error (gconstpointer data)
+{
+  const char *command = data;
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *manifest = fixture_path ("config-out-of-range.yaml");
+  g_autofree char *expected = g_strdup_printf ("%s:9:14: error: agent type 'schema': config 'count' "
+                                               "must be an integer between 1 and 10, got '11'\n",
+                                               manifest);
+
+  g_test_summary ("A config its plugin's schema refuses is an invalid manifest: run and validate "
+                  "exit 3 with the one error line, not 4 as for a plugin that does not load");
+  cli_run (&result, command, manifest, NULL);
+  g_assert_cmpint (result.status, ==, 3);
+  g_assert_cmpstr (result.out, ==, "");
+  g_assert_cmpuint (count_lines (result.err), ==, 1);
+  g_assert_cmpstr (result.err, ==, expected);
 }
 
 static void
@@ -804,6 +923,7 @@ main (int argc, char **argv)
   g_test_add_func ("/cli/version/print", test_cli_version);
   g_test_add_func ("/cli/help/main", test_cli_help_main);
   g_test_add_func ("/cli/help/command", test_cli_help_command);
+  g_test_add_func ("/cli/help/new-plugin", test_cli_help_new_plugin);
   for (gsize i = 0; i < G_N_ELEMENTS (usage_cases); i++)
     {
       g_autofree char *path = g_strdup_printf ("/cli/usage/%s", usage_cases[i].path);
@@ -833,6 +953,8 @@ main (int argc, char **argv)
 
   g_test_add_func ("/cli/inspect/good", test_cli_inspect_good);
   g_test_add_func ("/cli/inspect/shipped", test_cli_inspect_shipped);
+  g_test_add_func ("/cli/inspect/warnings", test_cli_inspect_warnings);
+  g_test_add_func ("/cli/inspect/warnings-and-error", test_cli_inspect_warnings_and_error);
   g_test_add_func ("/cli/inspect/garbage", test_cli_inspect_garbage);
   g_test_add_func ("/cli/inspect/missing", test_cli_inspect_missing);
 
@@ -843,6 +965,8 @@ main (int argc, char **argv)
   g_test_add_func ("/cli/run/verbose", test_cli_run_verbose);
   g_test_add_func ("/cli/run/invalid-manifest", test_cli_run_invalid_manifest);
   g_test_add_func ("/cli/run/plugin-failure", test_cli_run_plugin_failure);
+  g_test_add_data_func ("/cli/run/config-error", "run", test_cli_config_error);
+  g_test_add_data_func ("/cli/validate/config-error", "validate", test_cli_config_error);
   g_test_add_func ("/cli/run/init-fails", test_cli_run_init_fails);
   g_test_add_func ("/cli/run/agent-stop", test_cli_run_agent_stop);
   g_test_add_func ("/cli/run/sigterm", test_cli_run_sigterm);
