@@ -66,8 +66,10 @@ AH_API AhTestHost *ah_test_host_new_for_manifest   (const char *path, GError **e
  * (may be NULL), with config from @config: NULL or a NULL-terminated
  * list of "key=value" strings (the value is a string, as if quoted in
  * YAML; the plugin's schema types it). The agent type is named after the
- * plugin's descriptor, lowercased. Bad input is an AH_HOST_ERROR:
- * _SUBJECT for a pattern, _FAILED for a config entry. */
+ * plugin's descriptor, lowercased. A plugin that does not load is its
+ * AH_PLUGIN_ERROR; bad input is an AH_HOST_ERROR: _SUBJECT for a
+ * pattern, _FAILED for a config entry (or a plugin path) that is not
+ * UTF-8 or, for config, not "key=value" with a non-empty key. */
 AH_API AhTestHost *ah_test_host_new_for_plugin     (const char *plugin_path, const char *subscriptions,
                                                     const char * const *config, GError **error);
 
