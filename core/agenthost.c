@@ -1190,21 +1190,15 @@ command_new_plugin (const Command *command, GStrv *args)
 
   if (!new_plugin_name_is_valid (name))
     {
-      g_autofree char *shown = g_strescape (name, NULL);
+      g_autofree char *escaped = g_strescape (name, NULL);
+      g_autofree char *shown = NULL;
       g_autofree char *message = NULL;
 
-      /* Cut a long name: the message stays one line. */
-      if (strlen (shown) > 80)
-        {
-          shown[80] = '\0';
-          message = g_strdup_printf ("'%s...' is not a valid plugin name: a lowercase letter, "
-                                     "then lowercase letters, digits or '_', at most %d bytes",
-                                     shown, NEW_PLUGIN_NAME_MAX);
-        }
-      else
-        message = g_strdup_printf ("'%s' is not a valid plugin name: a lowercase letter, "
-                                   "then lowercase letters, digits or '_', at most %d bytes",
-                                   shown, NEW_PLUGIN_NAME_MAX);
+      /* Escaped and cut: whatever was typed, the message stays one line. */
+      shown = strlen (escaped) > 80 ? g_strdup_printf ("%.80s...", escaped) : g_strdup (escaped);
+      message = g_strdup_printf ("'%s' is not a valid plugin name: a lowercase letter, "
+                                 "then lowercase letters, digits or '_', at most %d bytes",
+                                 shown, NEW_PLUGIN_NAME_MAX);
       print_usage_error (command->name, message);
       return AGENTHOST_EXIT_USAGE;
     }

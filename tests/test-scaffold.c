@@ -321,6 +321,7 @@ static const BadName bad_names[] = {
   { "space", "greet er" },
   { "slash", "a/b" },
   { "non-ascii", "gr\xc3\xbc\xc3\x9f" "er" },
+  { "newline", "a\nb" },
   { "too-long", NULL },
 };
 
@@ -334,14 +335,19 @@ test_scaffold_bad_name (gconstpointer data)
   const char *argv[] = {
     agenthost_path (), "new-plugin", bad->name != NULL ? bad->name : too_long, dir, NULL
   };
+  g_auto(GStrv) lines = NULL;
 
   g_test_summary ("A NAME that is not [a-z][a-z0-9_]* of at most 64 bytes is a usage error; nothing is written");
   run_expecting (argv, NULL, NULL, 2, &result);
+  lines = g_strsplit (result.err, "\n", -1);
   g_assert_cmpstr (result.out, ==, "");
   g_assert_true (g_str_has_prefix (result.err, "agenthost new-plugin: '"));
   g_assert_nonnull (strstr (result.err, "' is not a valid plugin name: a lowercase letter, then "
                                         "lowercase letters, digits or '_', at most 64 bytes\n"));
   g_assert_nonnull (strstr (result.err, "Try 'agenthost new-plugin --help'"));
+  /* The name is escaped: the message is one line, the hint the other. */
+  g_assert_cmpuint (g_strv_length (lines), ==, 3);
+  g_assert_cmpstr (lines[2], ==, "");
   g_assert_false (g_file_test (dir, G_FILE_TEST_EXISTS));
 }
 
