@@ -51,6 +51,7 @@ struct _AhHost {
   AhManifest  *manifest;          /* (owned) */
   GHashTable  *plugins;           /* path -> AhPlugin (owned) */
   AhBus       *bus;
+  AhOffloadPool *offload;         /* the agents' ah_offload() threads */
   AhPool     **pools;
   guint        n_pools;
   GPtrArray   *observers;         /* (element-type HostObserver) (owned) */
@@ -220,6 +221,8 @@ ah_host_new (AhManifest *manifest,
   config.overflow = manifest->bus.overflow;
   self->bus = ah_bus_new (&config);
   ah_bus_set_idle_func (self->bus, host_on_idle, self);
+  self->offload = ah_offload_pool_new (self->bus, manifest->offload.n_threads,
+                                       manifest->offload.queue_capacity);
 
   self->pools = g_new0 (AhPool *, manifest->types->len);
   for (guint i = 0; i < manifest->types->len; i++)
@@ -231,6 +234,7 @@ ah_host_new (AhManifest *manifest,
       self->pools[i] = ah_pool_new (self->bus, type, plugin, host_on_agent_stop, self, error);
       if (self->pools[i] == NULL)
         return NULL;
+      ah_pool_set_offload_pool (self->pools[i], self->offload);
       self->n_pools++;
     }
 
@@ -281,6 +285,10 @@ host_stop (AhHost *self)
   self->state = HOST_STOPPING;
   g_mutex_unlock (&self->lock);
 
+  /* Offloads first, while the bus still runs: the running ones are
+   * cancelled and their outcomes still reach their agents, which the
+   * drain below then handles. */
+  ah_offload_pool_stop (self->offload);
   ah_bus_stop (self->bus, (gint64) self->manifest->bus.drain_timeout_ms * 1000);
   for (guint i = 0; i < self->n_pools; i++)
     ah_pool_terminate_all (self->pools[i]);
@@ -346,10 +354,15 @@ ah_host_free (AhHost *self)
       host_stop (self);
       /* A host that never started still has to close what it set up. */
       if (self->state == HOST_NEW)
-        ah_bus_stop (self->bus, 0);
+        {
+          ah_offload_pool_stop (self->offload);
+          ah_bus_stop (self->bus, 0);
+        }
     }
   for (guint i = 0; i < self->n_pools; i++)
     ah_pool_terminate_all (self->pools[i]);
+  /* Stopped above: no thread of it runs, nothing of it holds the bus. */
+  ah_offload_pool_free (self->offload);
   if (self->bus != NULL)
     ah_bus_free (self->bus);
   for (guint i = 0; i < self->n_pools; i++)
