@@ -749,11 +749,18 @@ ah_elf_image_parse_symtab (AhElfImage *image, GError **error)
   if (symtab == NULL)
     return TRUE;
 
-  if (symtab->sh_entsize != sizeof (Elf64_Sym) || symtab->sh_size % sizeof (Elf64_Sym) != 0)
+  if (symtab->sh_entsize != sizeof (Elf64_Sym))
     {
       ah_elf_set_malformed (error, image->path,
                             ".symtab entries are %" G_GUINT64_FORMAT " bytes, not %u",
                             (guint64) symtab->sh_entsize, (guint) sizeof (Elf64_Sym));
+      return FALSE;
+    }
+  if (symtab->sh_size % sizeof (Elf64_Sym) != 0)
+    {
+      ah_elf_set_malformed (error, image->path,
+                            ".symtab is %" G_GUINT64_FORMAT " bytes, not a whole number of "
+                            "entries", (guint64) symtab->sh_size);
       return FALSE;
     }
   if (!ah_elf_range_fits (symtab->sh_offset, symtab->sh_size, image->size))

@@ -301,10 +301,79 @@ test_elf_lint_stripped (void)
   for (guint i = 0; lines[i] != NULL; i++)
     {
       if (g_str_has_prefix (lines[i], "constructor function at 0x")
-          && g_str_has_suffix (lines[i], " runs on every load (hot reload loads the plugin again)"))
+          && g_str_has_suffix (lines[i],
+                               " runs on every load (hot reload loads the plugin again)"))
         n_constructors++;
     }
   g_assert_cmpuint (n_constructors, ==, 1 + N_UNNAMED_INSTRUMENTATION / 2);
+}
+
+/* The file offset the loader maps at @address. */
+static gsize
+address_to_offset (const guint8 *data, guint64 address)
+{
+  Elf64_Ehdr header;
+
+  memcpy (&header, data, sizeof header);
+  for (guint i = 0; i < header.e_phnum; i++)
+    {
+      Elf64_Phdr segment;
+
+      memcpy (&segment, data + header.e_phoff + i * sizeof segment, sizeof segment);
+      if (segment.p_type == PT_LOAD && address >= segment.p_vaddr
+          && address - segment.p_vaddr < segment.p_filesz)
+        return segment.p_offset + (address - segment.p_vaddr);
+    }
+  g_error ("address 0x%" G_GINT64_MODIFIER "x is not in the file", address);
+  return 0;
+}
+
+static gsize find_dynamic_entry (const guint8 *data, gsize size, gint64 tag);
+
+/* Zeroes the slots of the array the dynamic entry @array_tag points at. */
+static void
+zero_function_array (guint8 *data, gsize size, gint64 array_tag, gint64 size_tag)
+{
+  Elf64_Dyn array;
+  Elf64_Dyn array_size;
+
+  memcpy (&array, data + find_dynamic_entry (data, size, array_tag), sizeof array);
+  memcpy (&array_size, data + find_dynamic_entry (data, size, size_tag), sizeof array_size);
+  memset (data + address_to_offset (data, array.d_un.d_ptr), 0, array_size.d_un.d_val);
+}
+
+static void
+test_elf_lint_relocated_slots (void)
+{
+  g_autoptr(GBytes) constructor = read_fixture ("constructor");
+  g_autoptr(GBytes) destructor = read_fixture ("destructor");
+  const char *const constructor_lines[] = { CONSTRUCTOR_LINE, NULL };
+  const char *const destructor_lines[] = { DESTRUCTOR_LINE, NULL };
+  gsize size = g_bytes_get_size (constructor);
+  g_autofree guint8 *copy = g_memdup2 (g_bytes_get_data (constructor, NULL), size);
+  g_autofree char *path = NULL;
+  g_autoptr(GError) error = NULL;
+  g_auto(GStrv) lines = NULL;
+
+  g_test_summary ("With RELA relocations the address is the relocation's addend: a linker "
+                  "that leaves the slots zero (AArch64's default) still gets them named");
+
+  zero_function_array (copy, size, DT_INIT_ARRAY, DT_INIT_ARRAYSZ);
+  path = scratch_write ("constructor-zeroed.so", copy, size);
+  lines = ah_plugin_lint (path, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstrv (lines, constructor_lines);
+  g_clear_pointer (&lines, g_strfreev);
+  g_clear_pointer (&copy, g_free);
+  g_clear_pointer (&path, g_free);
+
+  size = g_bytes_get_size (destructor);
+  copy = g_memdup2 (g_bytes_get_data (destructor, NULL), size);
+  zero_function_array (copy, size, DT_FINI_ARRAY, DT_FINI_ARRAYSZ);
+  path = scratch_write ("destructor-zeroed.so", copy, size);
+  lines = ah_plugin_lint (path, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstrv (lines, destructor_lines);
 }
 
 /* ---- files that are no plugin ------------------------------------------ */
@@ -385,12 +454,14 @@ find_dynamic_entry (const guint8 *data, gsize size, gint64 tag)
   for (guint i = 0; i < header.e_phnum; i++)
     {
       Elf64_Phdr segment;
+      gsize end;
 
       memcpy (&segment, data + header.e_phoff + i * sizeof segment, sizeof segment);
       if (segment.p_type != PT_DYNAMIC)
         continue;
-      for (gsize at = segment.p_offset; at + sizeof (Elf64_Dyn) <= segment.p_offset + segment.p_filesz;
-           at += sizeof (Elf64_Dyn))
+      end = segment.p_offset + segment.p_filesz;
+
+      for (gsize at = segment.p_offset; at + sizeof (Elf64_Dyn) <= end; at += sizeof (Elf64_Dyn))
         {
           Elf64_Dyn entry;
 
@@ -745,6 +816,7 @@ main (int argc, char *argv[])
   g_test_add_func ("/elf/lint/shipped", test_elf_lint_shipped);
   g_test_add_func ("/elf/lint/loader-fixtures", test_elf_lint_loader_fixtures);
   g_test_add_func ("/elf/lint/stripped", test_elf_lint_stripped);
+  g_test_add_func ("/elf/lint/relocated-slots", test_elf_lint_relocated_slots);
 
   g_test_add_func ("/elf/lint/error/missing", test_elf_lint_missing);
   g_test_add_func ("/elf/lint/error/not-elf", test_elf_lint_not_elf);
