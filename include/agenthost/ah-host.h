@@ -88,12 +88,14 @@ AH_API gboolean  ah_host_start           (AhHost *self, GError **error);
 /* Blocks until the run ends: ah_host_request_stop(), an agent's
  * ah_context_request_stop(), or, when the manifest sets
  * `stop_when_idle: true`, the system going idle (no message in flight,
- * no request pending). Then drains and stops. Returns the exit code. */
+ * no request or offload pending). Then drains and stops. Returns the
+ * exit code. */
 AH_API int       ah_host_run             (AhHost *self);
 /* Thread-safe, not async-signal-safe. */
 AH_API void      ah_host_request_stop    (AhHost *self, int exit_code);
-/* Waits until nothing is in flight and no request is pending, or until
- * @timeout_us (-1: forever) passes. Returns TRUE when idle. */
+/* Waits until nothing is in flight and no request or offload is
+ * pending, or until @timeout_us (-1: forever) passes. Returns TRUE when
+ * idle. */
 AH_API gboolean  ah_host_wait_idle       (AhHost *self, gint64 timeout_us);
 
 /* Publishing from outside any agent. Under the "block" overflow policy
