@@ -127,6 +127,19 @@ AhEndpoint *ah_bus_call_get_endpoint  (AhBusCall *call);
 AhBus      *ah_bus_call_get_bus       (AhBusCall *call);
 guint       ah_bus_call_get_worker    (AhBusCall *call);
 
+/* ---- For hot reload ------------------------------------------------- */
+
+/* Stops giving @endpoint batches: returns once its handler is not
+ * running (waiting out a running batch) and will not run until
+ * ah_bus_endpoint_resume(). Messages keep arriving in its mailbox, in
+ * order, under the usual capacity rules; nothing is dropped. Pause is a
+ * flag (pausing twice is pausing once); resume clears it and schedules
+ * the endpoint if it has mail. Never from the
+ * endpoint's own handler (it would wait for itself). The bus is not idle
+ * while a paused endpoint holds mail, as those messages are in flight. */
+void        ah_bus_endpoint_pause     (AhBus *self, AhEndpoint *endpoint);
+void        ah_bus_endpoint_resume    (AhBus *self, AhEndpoint *endpoint);
+
 /* ---- For the offload pool and the test harness ----------------------- */
 
 /* Work the bus cannot see (an offloaded function running) keeps it from

@@ -39,4 +39,16 @@ gboolean  ah__plugin_desc_check      (const AhPluginDesc *raw, const char *path,
                                       AhPluginDesc *ret_desc, guint32 *ret_struct_size,
                                       GError **error);
 
+/* Hot reload: opens a private copy of @path - its bytes read once into a
+ * memfd, dlopen()ed through /proc/self/fd/N - so the dynamic loader never
+ * hands back an already loaded mapping of the same file, and the build
+ * may overwrite @path at once. Same checks and errors as
+ * ah_plugin_open(); ah_plugin_get_path() still says @path. */
+AhPlugin *ah_plugin_open_copy        (const char *path, GError **error);
+/* SHA-256 of the file's bytes as loaded (hex), for both kinds of open:
+ * tells a changed file from a touched one. */
+const char *ah_plugin_get_checksum   (AhPlugin *self);
+/* SHA-256 of the file at @path now, or NULL with an error. */
+char     *ah_plugin_file_checksum    (const char *path, GError **error);
+
 G_END_DECLS

@@ -28,6 +28,7 @@ typedef enum {
   AH_HOST_ERROR_OVERFLOW,      /* a mailbox was full under the "fail" policy */
   AH_HOST_ERROR_TIMEOUT,       /* a request got no reply in time */
   AH_HOST_ERROR_NO_RESPONDERS, /* a request had nobody to go to */
+  AH_HOST_ERROR_RELOAD,        /* a reload was refused or rolled back; the old version runs on */
 } AhHostError;
 
 typedef struct _AhHost AhHost;
@@ -56,8 +57,10 @@ typedef struct {
   guint   n_agents;        /* alive now */
   guint   n_workers;
   guint   n_types;
+  guint   reloads;         /* plugin versions switched to */
+  guint   reload_failures; /* reloads refused or rolled back */
   /*< private >*/
-  guint64 reserved[8];
+  guint64 reserved[7];
 } AhHostStats;
 
 typedef struct {
@@ -116,6 +119,32 @@ AH_API GBytes   *ah_host_request         (AhHost *self, const char *subject,
 AH_API guint     ah_host_subscribe       (AhHost *self, const char *pattern,
                                           AhHostMessageFunc func, gpointer user_data,
                                           GError **error);
+
+/* ---- Hot reload -------------------------------------------------------
+ *
+ * A reload loads the plugin file of @type_name again - from a private
+ * copy, so the build may overwrite the file at once - beside the running
+ * version, checks it (ABI, name, the type's config against its schema),
+ * then switches every agent of every type using that file between two of
+ * its batches: its state goes through state_snapshot/state_restore, or
+ * is kept as is when the new version declares
+ * AH_PLUGIN_FLAG_STATE_LAYOUT_STABLE with the same state size, or is
+ * initialised afresh (logged). Mailboxes are untouched: no message is
+ * lost or reordered. If anything fails, every agent stays on the old
+ * version with its old state, "$SYS.reload.failed" is published and
+ * FALSE returned with AH_HOST_ERROR_RELOAD; on success
+ * "$SYS.reload.done" is published. The old module is closed once no
+ * agent, offload or message can run its code. Thread-safe; reloads are
+ * serialised; blocks the calling thread (never call it from a handler). */
+AH_API gboolean  ah_host_reload          (AhHost *self, const char *type_name, GError **error);
+/* Reloads every plugin whose file content differs from the version
+ * running (SIGHUP does this). Returns how many plugin files were
+ * reloaded; @error gets the first failure (the others are still tried). */
+AH_API guint     ah_host_reload_changed  (AhHost *self, GError **error);
+/* Watches every plugin file and reloads a plugin once its file has been
+ * quiet for @debounce_ms after a change. A file that is incomplete or not
+ * a valid plugin is logged and skipped: the old version runs on. */
+AH_API gboolean  ah_host_watch           (AhHost *self, guint debounce_ms, GError **error);
 
 /* Starts one more agent of @type_name: an idle pooled one if there is
  * one, a new one otherwise. */
