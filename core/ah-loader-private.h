@@ -16,6 +16,10 @@ struct _AhPlugin {
    * the plugin's struct_size are zero. */
   AhPluginDesc  desc;
   guint32       plugin_struct_size;
+  /* The memfd a private copy was loaded from (ah_plugin_open_copy), kept
+   * open while the module is; -1 for a plugin opened in place. */
+  int           copy_fd;
+  char         *checksum;      /* SHA-256 of the bytes loaded, hex */
 };
 
 /* Finds the file of plugin @name (a path with a '/' is taken as is,

@@ -17,6 +17,7 @@
 #include <link.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -31,6 +32,16 @@
 #define AH_PLUGIN_DESCRIPTION_MAX 1024
 #define AH_PLUGIN_STATE_SIZE_MAX ((gsize) 64 * 1024 * 1024)
 #define AH_PLUGIN_KNOWN_FLAGS ((guint32) AH_PLUGIN_FLAG_STATE_LAYOUT_STABLE)
+/* A private copy is held in memory whole while it is written to its
+ * memfd: the same bound as the ELF lint's. */
+#define AH_PLUGIN_COPY_SIZE_MAX ((gsize) 256 * 1024 * 1024)
+#define AH_PLUGIN_READ_CHUNK ((gsize) 64 * 1024)
+/* memfd_create() takes names of up to 249 bytes; the name only shows in
+ * /proc/PID/maps, where a file name's start is enough to tell it. */
+#define AH_PLUGIN_MEMFD_NAME_MAX 200
+/* How many descriptor numbers to try when the loader already knows the
+ * /proc/self/fd/N name of an earlier copy it could not unload. */
+#define AH_PLUGIN_COPY_NAME_ATTEMPTS 64
 
 /* The ELF identity of this process, to refuse a foreign object with our
  * own words before dlopen() gives a vaguer reason. */
@@ -71,6 +82,7 @@ ah_plugin_alloc (const char *path)
 
   plugin->ref_count = 1;
   plugin->path = g_strdup (path);
+  plugin->copy_fd = -1;
   return plugin;
 }
 
@@ -99,6 +111,10 @@ ah_plugin_unref (AhPlugin *self)
   memset (&self->desc, 0, sizeof self->desc);
   if (self->handle != NULL)
     dlclose (self->handle);
+  /* After dlclose(): the dynamic loader opened the copy by this name. */
+  if (self->copy_fd >= 0)
+    g_close (self->copy_fd, NULL);
+  g_free (self->checksum);
   g_free (self->path);
   g_free (self);
 }
@@ -117,6 +133,21 @@ ah_plugin_get_desc (AhPlugin *self)
   g_return_val_if_fail (self != NULL, NULL);
 
   return &self->desc;
+}
+
+/**
+ * ah_plugin_get_checksum:
+ * @self: a plugin
+ *
+ * Returns: the SHA-256 (lowercase hex) of the bytes of the file when it
+ * was opened, for a private copy exactly the bytes loaded
+ */
+const char *
+ah_plugin_get_checksum (AhPlugin *self)
+{
+  g_return_val_if_fail (self != NULL, NULL);
+
+  return self->checksum;
 }
 
 static const char *
@@ -165,70 +196,194 @@ ah_elf_type_name (guint16 elf_type)
     }
 }
 
-/* Looks at the file before dlopen() does: dlopen() of a text file gives
- * "invalid ELF header" at best, and opening a FIFO or a device would block
- * or have side effects. Only a regular file with an ELF header of this
- * machine's class, byte order and architecture, of type ET_DYN, passes. */
-static gboolean
-ah_plugin_check_file (const char *path, GError **error)
+/* Opens @path for reading without side effects: O_NONBLOCK so that a
+ * FIFO named *.so cannot hang the host in open(). */
+static int
+ah_plugin_open_fd (const char *path, GError **error)
 {
-  ElfW(Ehdr) header;
-  struct stat st;
-  gssize n_read = 0;
   int saved_errno;
   int fd;
 
-  /* O_NONBLOCK: a FIFO named *.so must not hang the host in open(). */
   fd = g_open (path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0);
-  if (fd < 0)
-    {
-      saved_errno = errno;
-      if (saved_errno == ENOENT || saved_errno == ENOTDIR)
-        g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NOT_FOUND,
-                     "%s: no such file", path);
-      else
-        g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_LOAD,
-                     "%s: cannot open: %s", path, g_strerror (saved_errno));
-      return FALSE;
-    }
+  if (fd >= 0)
+    return fd;
 
-  if (fstat (fd, &st) != 0)
+  saved_errno = errno;
+  if (saved_errno == ENOENT || saved_errno == ENOTDIR)
+    g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NOT_FOUND,
+                 "%s: no such file", path);
+  else
+    g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_LOAD,
+                 "%s: cannot open: %s", path, g_strerror (saved_errno));
+  return -1;
+}
+
+/* Only a regular file is read: a device or a directory named *.so is not
+ * a plugin, and reading one could block or have side effects. */
+static gboolean
+ah_plugin_fd_check_regular (int fd, const char *path, struct stat *ret_st, GError **error)
+{
+  if (fstat (fd, ret_st) != 0)
     {
-      saved_errno = errno;
-      g_close (fd, NULL);
+      int saved_errno = errno;
+
       g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_LOAD,
                    "%s: cannot stat: %s", path, g_strerror (saved_errno));
       return FALSE;
     }
-  if (!S_ISREG (st.st_mode))
+  if (!S_ISREG (ret_st->st_mode))
     {
-      g_close (fd, NULL);
       g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NOT_ELF,
                    "%s: not an ELF file (not a regular file)", path);
       return FALSE;
     }
+  return TRUE;
+}
 
-  /* A regular file never returns a short read before its end, except
-   * when interrupted. */
-  while (n_read < (gssize) sizeof header)
+/* pread() until @size bytes or the end of the file; a regular file never
+ * returns a short read before its end, except when interrupted. Returns
+ * the bytes read, or -1 with @error set. */
+static gssize
+ah_plugin_pread_full (int fd, void *buffer, gsize size, goffset offset,
+                      const char *path, GError **error)
+{
+  gsize n_read = 0;
+
+  while (n_read < size)
     {
-      gssize n = read (fd, (char *) &header + n_read, sizeof header - (gsize) n_read);
+      gssize n = pread (fd, (char *) buffer + n_read, size - n_read,
+                        (off_t) (offset + (goffset) n_read));
 
       if (n < 0 && errno == EINTR)
         continue;
       if (n < 0)
         {
-          saved_errno = errno;
-          g_close (fd, NULL);
+          int saved_errno = errno;
+
           g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_LOAD,
                        "%s: cannot read: %s", path, g_strerror (saved_errno));
-          return FALSE;
+          return -1;
         }
       if (n == 0)
         break;
-      n_read += n;
+      n_read += (gsize) n;
     }
-  g_close (fd, NULL);
+  return (gssize) n_read;
+}
+
+static gboolean
+ah_plugin_range_fits (guint64 offset, guint64 length, guint64 limit)
+{
+  return offset <= limit && length <= limit - offset;
+}
+
+static const char *
+ah_plugin_segment_type_name (guint32 type)
+{
+  switch (type)
+    {
+    case PT_LOAD:
+      return "PT_LOAD";
+    case PT_DYNAMIC:
+      return "PT_DYNAMIC";
+    case PT_TLS:
+      return "PT_TLS";
+    default:
+      return "segment";
+    }
+}
+
+/* The dynamic loader trusts the program headers and maps what they say:
+ * a segment that ends past the end of the file - a plugin still being
+ * written, cut short - is mapped anyway, and the loader's first touch of
+ * it kills the process with SIGBUS. So every segment whose file part
+ * the loader reads must lie inside the file. Same wording as the ELF
+ * lint (core/ah-elf.c). */
+static gboolean
+ah_plugin_check_segments (int fd, const ElfW(Ehdr) *header, guint64 file_size,
+                          const char *path, GError **error)
+{
+  g_autofree ElfW(Phdr) *segments = NULL;
+  guint64 table_size;
+  gssize n_read;
+
+  if (header->e_phoff == 0 || header->e_phnum == 0)
+    {
+      g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NOT_ELF,
+                   "%s: not a valid ELF file: no program headers: the dynamic loader "
+                   "could not map it", path);
+      return FALSE;
+    }
+  if (header->e_phentsize != sizeof (ElfW(Phdr)))
+    {
+      g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NOT_ELF,
+                   "%s: not a valid ELF file: program header entries are %u bytes, not %u",
+                   path, (guint) header->e_phentsize, (guint) sizeof (ElfW(Phdr)));
+      return FALSE;
+    }
+  /* e_phnum is 16 bits: the table is at most 64 Ki entries. */
+  table_size = (guint64) header->e_phnum * sizeof (ElfW(Phdr));
+  if (!ah_plugin_range_fits (header->e_phoff, table_size, file_size))
+    {
+      g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NOT_ELF,
+                   "%s: not a valid ELF file: program headers (%u entries at offset 0x%"
+                   G_GINT64_MODIFIER "x) extend past the end of the file (%"
+                   G_GUINT64_FORMAT " bytes)", path, (guint) header->e_phnum,
+                   (guint64) header->e_phoff, file_size);
+      return FALSE;
+    }
+
+  segments = g_new (ElfW(Phdr), header->e_phnum);
+  n_read = ah_plugin_pread_full (fd, segments, (gsize) table_size,
+                                 (goffset) header->e_phoff, path, error);
+  if (n_read < 0)
+    return FALSE;
+  if ((guint64) n_read < table_size)
+    {
+      g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NOT_ELF,
+                   "%s: not a valid ELF file: the file shrank while it was read", path);
+      return FALSE;
+    }
+
+  for (guint i = 0; i < header->e_phnum; i++)
+    {
+      const ElfW(Phdr) *segment = &segments[i];
+
+      if (segment->p_type != PT_LOAD && segment->p_type != PT_DYNAMIC
+          && segment->p_type != PT_TLS)
+        continue;
+      if (!ah_plugin_range_fits (segment->p_offset, segment->p_filesz, file_size))
+        {
+          g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NOT_ELF,
+                       "%s: not a valid ELF file: %s segment %u (offset 0x%"
+                       G_GINT64_MODIFIER "x, %" G_GUINT64_FORMAT " bytes) extends past "
+                       "the end of the file (%" G_GUINT64_FORMAT " bytes)", path,
+                       ah_plugin_segment_type_name (segment->p_type), i,
+                       (guint64) segment->p_offset, (guint64) segment->p_filesz, file_size);
+          return FALSE;
+        }
+    }
+  return TRUE;
+}
+
+/* Looks at the file before dlopen() does: dlopen() of a text file gives
+ * "invalid ELF header" at best, and opening a FIFO or a device would block
+ * or have side effects. Only a regular file with an ELF header of this
+ * machine's class, byte order and architecture, of type ET_DYN, whose
+ * segments are all in the file, passes. @fd is the file itself or its private copy; messages name @path. */
+static gboolean
+ah_plugin_check_fd (int fd, const char *path, GError **error)
+{
+  ElfW(Ehdr) header;
+  struct stat st;
+  gssize n_read;
+
+  if (!ah_plugin_fd_check_regular (fd, path, &st, error))
+    return FALSE;
+
+  n_read = ah_plugin_pread_full (fd, &header, sizeof header, 0, path, error);
+  if (n_read < 0)
+    return FALSE;
 
   if (n_read < SELFMAG || memcmp (header.e_ident, ELFMAG, SELFMAG) != 0)
     {
@@ -276,7 +431,65 @@ ah_plugin_check_file (const char *path, GError **error)
     }
 #endif
 
-  return TRUE;
+  return ah_plugin_check_segments (fd, &header, (guint64) st.st_size, path, error);
+}
+
+/* SHA-256 of everything @fd holds from its start to its end, read in
+ * pieces: a plugin opened in place is never held in memory whole. */
+static char *
+ah_plugin_fd_checksum (int fd, const char *path, GError **error)
+{
+  g_autoptr(GChecksum) checksum = g_checksum_new (G_CHECKSUM_SHA256);
+  g_autofree guint8 *buffer = g_malloc (AH_PLUGIN_READ_CHUNK);
+  goffset offset = 0;
+
+  for (;;)
+    {
+      gssize n = ah_plugin_pread_full (fd, buffer, AH_PLUGIN_READ_CHUNK, offset, path, error);
+
+      if (n < 0)
+        return NULL;
+      if (n == 0)
+        break;
+      g_checksum_update (checksum, buffer, n);
+      offset += n;
+    }
+  return g_strdup (g_checksum_get_string (checksum));
+}
+
+/**
+ * ah_plugin_file_checksum:
+ * @path: a plugin file
+ * @error: return location for an #AH_PLUGIN_ERROR
+ *
+ * Hashes the file as it is now, to tell a plugin rebuilt with other
+ * bytes from one merely touched (ah_plugin_get_checksum() of the running
+ * version is the other side of the comparison).
+ *
+ * Returns: (transfer full): the SHA-256 in lowercase hex, or %NULL with
+ * @error set (NOT_FOUND, NOT_ELF for a file that is not regular, LOAD)
+ */
+char *
+ah_plugin_file_checksum (const char *path, GError **error)
+{
+  struct stat st;
+  char *checksum;
+  int fd;
+
+  g_return_val_if_fail (path != NULL, NULL);
+  g_return_val_if_fail (error == NULL || *error == NULL, NULL);
+
+  fd = ah_plugin_open_fd (path, error);
+  if (fd < 0)
+    return NULL;
+  if (!ah_plugin_fd_check_regular (fd, path, &st, error))
+    {
+      g_close (fd, NULL);
+      return NULL;
+    }
+  checksum = ah_plugin_fd_checksum (fd, path, error);
+  g_close (fd, NULL);
+  return checksum;
 }
 
 /* Checks a text field the host prints and compares: present, non-empty,
@@ -528,6 +741,43 @@ ah_plugin_symbol_is_own (void *handle, void *symbol, char **ret_owner)
   return FALSE;
 }
 
+/* What dlopen() did not do: find our entry point in the object itself
+ * and check the descriptor it returns. */
+static gboolean
+ah_plugin_resolve_entry (AhPlugin *plugin, const char *path, GError **error)
+{
+  g_autofree char *owner = NULL;
+  AhPluginGetDescFunc entry;
+  void *symbol;
+
+  dlerror ();
+  symbol = dlsym (plugin->handle, AH_PLUGIN_ENTRY_SYMBOL);
+  if (symbol == NULL)
+    {
+      g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NO_ENTRY,
+                   "%s: missing symbol %s", path, AH_PLUGIN_ENTRY_SYMBOL);
+      return FALSE;
+    }
+  if (!ah_plugin_symbol_is_own (plugin->handle, symbol, &owner))
+    {
+      if (owner != NULL)
+        g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NO_ENTRY,
+                     "%s: missing symbol %s (the one found belongs to its dependency %s)",
+                     path, AH_PLUGIN_ENTRY_SYMBOL, owner);
+      else
+        g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NO_ENTRY,
+                     "%s: missing symbol %s (cannot tell which object defines it)",
+                     path, AH_PLUGIN_ENTRY_SYMBOL);
+      return FALSE;
+    }
+
+  /* ISO C has no cast from object to function pointer; POSIX requires
+   * this one to work for dlsym()'s result. */
+  entry = (AhPluginGetDescFunc) symbol;
+  return ah__plugin_desc_check (entry (), path, &plugin->desc, &plugin->plugin_struct_size,
+                                error);
+}
+
 /**
  * ah_plugin_open:
  * @path: the plugin file
@@ -545,17 +795,30 @@ ah_plugin_open (const char *path, GError **error)
 {
   g_autoptr(AhPlugin) plugin = NULL;
   g_autofree char *dlopen_path = NULL;
-  g_autofree char *owner = NULL;
-  AhPluginGetDescFunc entry;
-  void *symbol;
+  g_autofree char *checksum = NULL;
+  int fd;
 
   g_return_val_if_fail (path != NULL, NULL);
   g_return_val_if_fail (error == NULL || *error == NULL, NULL);
 
-  if (!ah_plugin_check_file (path, error))
+  fd = ah_plugin_open_fd (path, error);
+  if (fd < 0)
+    return NULL;
+  if (!ah_plugin_check_fd (fd, path, error))
+    {
+      g_close (fd, NULL);
+      return NULL;
+    }
+  /* Hashed before dlopen(): a reload compares this with the file's
+   * checksum later, and a file replaced in between reads as changed,
+   * which only costs one reload too many, never one too few. */
+  checksum = ah_plugin_fd_checksum (fd, path, error);
+  g_close (fd, NULL);
+  if (checksum == NULL)
     return NULL;
 
   plugin = ah_plugin_alloc (path);
+  plugin->checksum = g_steal_pointer (&checksum);
 
   /* Without a '/', dlopen() would search LD_LIBRARY_PATH and the system
    * directories instead of opening the file we just checked. */
@@ -570,31 +833,261 @@ ah_plugin_open (const char *path, GError **error)
       return NULL;
     }
 
-  dlerror ();
-  symbol = dlsym (plugin->handle, AH_PLUGIN_ENTRY_SYMBOL);
-  if (symbol == NULL)
+  if (!ah_plugin_resolve_entry (plugin, path, error))
+    return NULL;
+
+  return g_steal_pointer (&plugin);
+}
+
+static void
+ah_plugin_set_too_large_error (const char *path, GError **error)
+{
+  g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_LOAD,
+               "%s: too large to load (more than %u MiB)", path,
+               (guint) (AH_PLUGIN_COPY_SIZE_MAX / (1024 * 1024)));
+}
+
+/* Reads the whole of @path (a regular file of at most
+ * AH_PLUGIN_COPY_SIZE_MAX bytes) in one pass: the copy and its checksum
+ * must be of the same bytes, whatever a build does to the file meanwhile. */
+static GBytes *
+ah_plugin_read_whole (const char *path, GError **error)
+{
+  g_autoptr(GByteArray) bytes = NULL;
+  struct stat st;
+  int fd;
+
+  fd = ah_plugin_open_fd (path, error);
+  if (fd < 0)
+    return NULL;
+  if (!ah_plugin_fd_check_regular (fd, path, &st, error))
     {
-      g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NO_ENTRY,
-                   "%s: missing symbol %s", path, AH_PLUGIN_ENTRY_SYMBOL);
+      g_close (fd, NULL);
       return NULL;
     }
-  if (!ah_plugin_symbol_is_own (plugin->handle, symbol, &owner))
+  if ((guint64) st.st_size > AH_PLUGIN_COPY_SIZE_MAX)
     {
-      if (owner != NULL)
-        g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NO_ENTRY,
-                     "%s: missing symbol %s (the one found belongs to its dependency %s)",
-                     path, AH_PLUGIN_ENTRY_SYMBOL, owner);
-      else
-        g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NO_ENTRY,
-                     "%s: missing symbol %s (cannot tell which object defines it)",
-                     path, AH_PLUGIN_ENTRY_SYMBOL);
+      g_close (fd, NULL);
+      ah_plugin_set_too_large_error (path, error);
       return NULL;
     }
 
-  /* ISO C has no cast from object to function pointer; POSIX requires
-   * this one to work for dlsym()'s result. */
-  entry = (AhPluginGetDescFunc) symbol;
-  if (!ah__plugin_desc_check (entry (), path, &plugin->desc, &plugin->plugin_struct_size, error))
+  /* Room for the last, short read too: no reallocation for a file that
+   * does not change while it is read. */
+  bytes = g_byte_array_sized_new ((guint) MIN ((gsize) st.st_size + AH_PLUGIN_READ_CHUNK,
+                                               AH_PLUGIN_COPY_SIZE_MAX + 1));
+  /* Not st_size alone: a file still being written may grow while read.
+   * One byte past the bound is enough to know it is too large. */
+  while (bytes->len <= AH_PLUGIN_COPY_SIZE_MAX)
+    {
+      gsize want = MIN (AH_PLUGIN_READ_CHUNK, AH_PLUGIN_COPY_SIZE_MAX + 1 - bytes->len);
+      guint old_len = bytes->len;
+      gssize n;
+
+      g_byte_array_set_size (bytes, old_len + (guint) want);
+      n = ah_plugin_pread_full (fd, bytes->data + old_len, want, old_len, path, error);
+      if (n < 0)
+        {
+          g_close (fd, NULL);
+          return NULL;
+        }
+      g_byte_array_set_size (bytes, old_len + (guint) n);
+      if ((gsize) n < want)
+        break;
+    }
+  g_close (fd, NULL);
+
+  if (bytes->len > AH_PLUGIN_COPY_SIZE_MAX)
+    {
+      ah_plugin_set_too_large_error (path, error);
+      return NULL;
+    }
+  return g_byte_array_free_to_bytes (g_steal_pointer (&bytes));
+}
+
+/* A memfd named after @path's base name, holding @bytes. */
+static int
+ah_plugin_memfd_new (const char *path, GBytes *bytes, GError **error)
+{
+  g_autofree char *base_name = g_path_get_basename (path);
+  gsize size = 0;
+  const guint8 *data = g_bytes_get_data (bytes, &size);
+  gsize n_written = 0;
+  int saved_errno;
+  int fd;
+
+  if (strlen (base_name) > AH_PLUGIN_MEMFD_NAME_MAX)
+    base_name[AH_PLUGIN_MEMFD_NAME_MAX] = '\0';
+
+  fd = memfd_create (base_name, MFD_CLOEXEC);
+  if (fd < 0)
+    {
+      saved_errno = errno;
+      g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_LOAD,
+                   "%s: cannot make a private copy: %s", path, g_strerror (saved_errno));
+      return -1;
+    }
+
+  while (n_written < size)
+    {
+      gssize n = write (fd, data + n_written, size - n_written);
+
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n < 0)
+        {
+          saved_errno = errno;
+          g_close (fd, NULL);
+          g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_LOAD,
+                       "%s: cannot make a private copy: %s", path, g_strerror (saved_errno));
+          return -1;
+        }
+      n_written += (gsize) n;
+    }
+  return fd;
+}
+
+/* The dynamic loader finds an object it already has by name before it
+ * looks at the file: a copy we closed but it could not unload (a
+ * nodelete or unique-symbol plugin) still answers to its old
+ * /proc/self/fd/N, and a new copy that got the same descriptor number
+ * would be handed that old object. Such a number is exchanged for a
+ * higher one. Returns the (possibly new) descriptor, and its name in
+ * @ret_name, or -1 with @error set; @fd is consumed either way. */
+static int
+ah_plugin_copy_fd_unshadow (int fd, const char *path, char **ret_name, GError **error)
+{
+  for (guint attempt = 0; attempt < AH_PLUGIN_COPY_NAME_ATTEMPTS; attempt++)
+    {
+      g_autofree char *name = g_strdup_printf ("/proc/self/fd/%d", fd);
+      void *stale = dlopen (name, RTLD_LAZY | RTLD_LOCAL | RTLD_NOLOAD);
+      int higher;
+
+      if (stale == NULL)
+        {
+          /* The failed lookup left a message behind; it is no error. */
+          dlerror ();
+          *ret_name = g_steal_pointer (&name);
+          return fd;
+        }
+      dlclose (stale);
+
+      higher = fcntl (fd, F_DUPFD_CLOEXEC, fd + 1);
+      if (higher < 0)
+        {
+          int saved_errno = errno;
+
+          g_close (fd, NULL);
+          g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_LOAD,
+                       "%s: cannot make a private copy: %s", path, g_strerror (saved_errno));
+          return -1;
+        }
+      g_close (fd, NULL);
+      fd = higher;
+    }
+
+  g_close (fd, NULL);
+  g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_LOAD,
+               "%s: cannot make a private copy: %u earlier copies are still loaded",
+               path, AH_PLUGIN_COPY_NAME_ATTEMPTS);
+  return -1;
+}
+
+/* The loader's reasons name the file it opened, /proc/self/fd/N, which
+ * means nothing to whoever reads the log: they get @path instead. A
+ * longer number (N followed by a digit) is another descriptor, left as
+ * it is. */
+static char *
+ah_plugin_reason_rename (const char *reason, const char *fd_name, const char *path)
+{
+  g_autoptr(GString) out = g_string_new (NULL);
+  gsize name_len = strlen (fd_name);
+  const char *p = reason;
+
+  for (;;)
+    {
+      const char *hit = strstr (p, fd_name);
+
+      if (hit == NULL)
+        break;
+      g_string_append_len (out, p, hit - p);
+      if (g_ascii_isdigit (hit[name_len]))
+        g_string_append_len (out, hit, (gssize) name_len);
+      else
+        g_string_append (out, path);
+      p = hit + name_len;
+    }
+  g_string_append (out, p);
+  return g_string_free (g_steal_pointer (&out), FALSE);
+}
+
+/**
+ * ah_plugin_open_copy:
+ * @path: the plugin file
+ * @error: return location for an #AH_PLUGIN_ERROR
+ *
+ * Like ah_plugin_open(), but loads a private copy of @path: its bytes,
+ * read once, in a memfd the module is loaded from through
+ * /proc/self/fd/N. The dynamic loader recognises an object it has by
+ * name or by file identity; the memfd is a new file every time, so each
+ * call gives a module of its own (statics included) even while another
+ * version of @path is loaded, and @path may be overwritten at once. The
+ * memfd stays open as long as the module. Messages name @path.
+ *
+ * Returns: (transfer full): the plugin, or %NULL with @error set
+ */
+AhPlugin *
+ah_plugin_open_copy (const char *path, GError **error)
+{
+  g_autoptr(AhPlugin) plugin = NULL;
+  g_autoptr(GBytes) bytes = NULL;
+  g_autoptr(GChecksum) checksum = NULL;
+  g_autofree char *fd_name = NULL;
+  gsize size = 0;
+  gconstpointer data;
+  int fd;
+
+  g_return_val_if_fail (path != NULL, NULL);
+  g_return_val_if_fail (error == NULL || *error == NULL, NULL);
+
+  bytes = ah_plugin_read_whole (path, error);
+  if (bytes == NULL)
+    return NULL;
+
+  data = g_bytes_get_data (bytes, &size);
+  checksum = g_checksum_new (G_CHECKSUM_SHA256);
+  g_checksum_update (checksum, data, (gssize) size);
+
+  fd = ah_plugin_memfd_new (path, bytes, error);
+  if (fd < 0)
+    return NULL;
+  g_clear_pointer (&bytes, g_bytes_unref);
+
+  plugin = ah_plugin_alloc (path);
+  plugin->checksum = g_strdup (g_checksum_get_string (checksum));
+  plugin->copy_fd = fd;
+
+  /* The same checks as in place, on the bytes that will be loaded. */
+  if (!ah_plugin_check_fd (plugin->copy_fd, path, error))
+    return NULL;
+
+  plugin->copy_fd = ah_plugin_copy_fd_unshadow (plugin->copy_fd, path, &fd_name, error);
+  if (plugin->copy_fd < 0)
+    return NULL;
+
+  plugin->handle = dlopen (fd_name, RTLD_NOW | RTLD_LOCAL);
+  if (plugin->handle == NULL)
+    {
+      const char *reason = dlerror ();
+      g_autofree char *renamed = ah_plugin_reason_rename (
+          reason != NULL ? reason : "unknown dlopen error", fd_name, path);
+
+      g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_LOAD,
+                   "%s: cannot load: %s", path, renamed);
+      return NULL;
+    }
+
+  if (!ah_plugin_resolve_entry (plugin, path, error))
     return NULL;
 
   return g_steal_pointer (&plugin);

@@ -3,6 +3,9 @@
  * plugins of tests/plugins/ and on files that are no plugin at all, the
  * descriptor checks on descriptors no compiler would produce, describe(),
  * and ah_plugin_find(). */
+/* memfd_create() is a GNU extension. */
+#define _GNU_SOURCE
+
 #include <agenthost/agenthost.h>
 #include "ah-loader-private.h"
 
@@ -11,6 +14,8 @@
 #include <link.h>
 #include <math.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -304,18 +309,14 @@ static const NotElfFile not_elf_files[] = {
   { "truncated-header", 40, NULL, "not an ELF file (truncated header)" },
 };
 
-static void
-test_loader_open_not_elf (gconstpointer data)
+/* Writes the file of @tc into @dir; returns its path. */
+static char *
+not_elf_file_write (const NotElfFile *tc, const char *dir)
 {
-  const NotElfFile *tc = data;
-  g_autofree char *dir = scratch_dir_new ();
   g_autofree char *file_name = g_strconcat (tc->name, ".so", NULL);
   g_autofree guint8 *bytes = NULL;
-  g_autofree char *path = NULL;
   gsize size = tc->size;
 
-  g_test_summary ("Files that do not start with a whole ELF header are NOT_ELF, "
-                  "refused before dlopen()");
   if (tc->size == G_MAXSIZE)
     {
       size = 4096;
@@ -339,7 +340,19 @@ test_loader_open_not_elf (gconstpointer data)
       bytes = g_memdup2 (tc->content, size + 1);
     }
 
-  path = scratch_write (dir, file_name, bytes, size);
+  return scratch_write (dir, file_name, bytes, size);
+}
+
+static void
+test_loader_open_not_elf (gconstpointer data)
+{
+  const NotElfFile *tc = data;
+  g_autofree char *dir = scratch_dir_new ();
+  g_autofree char *path = NULL;
+
+  g_test_summary ("Files that do not start with a whole ELF header are NOT_ELF, "
+                  "refused before dlopen()");
+  path = not_elf_file_write (tc, dir);
   assert_open_fails (path, AH_PLUGIN_ERROR_NOT_ELF, tc->reason);
 }
 
@@ -962,6 +975,399 @@ test_loader_describe_schema (void)
   g_assert_cmpstr (text, ==, expected);
 }
 
+/* ---- private copies and checksums --------------------------------------- */
+
+static guint
+count_open_fds (void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GDir) dir = g_dir_open ("/proc/self/fd", 0, &error);
+  guint n = 0;
+
+  g_assert_no_error (error);
+  while (g_dir_read_name (dir) != NULL)
+    n++;
+  return n;
+}
+
+/* The build tree's plugins find libagenthost through RUNPATH $ORIGIN/..,
+ * which means nothing for a copy loaded from /proc/self/fd (this test
+ * program links the library statically). As in a host, where the library
+ * is loaded before any plugin, the loader then reuses the copy of that
+ * soname this reference keeps loaded. */
+static AhPlugin *
+library_anchor_new (void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *good = test_plugin_path ("good");
+  AhPlugin *anchor = ah_plugin_open (good, &error);
+
+  g_assert_no_error (error);
+  return anchor;
+}
+
+/* The descriptor as the module itself holds it: a static of the module,
+ * at an address of its own in each loaded copy. */
+static gconstpointer
+module_desc (AhPlugin *plugin)
+{
+  AhPluginGetDescFunc entry = (AhPluginGetDescFunc) dlsym (plugin->handle, AH_PLUGIN_ENTRY_SYMBOL);
+
+  g_assert_nonnull (entry);
+  return entry ();
+}
+
+static char *
+file_sha256 (const char *path)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *contents = NULL;
+  gsize size = 0;
+
+  g_file_get_contents (path, &contents, &size, &error);
+  g_assert_no_error (error);
+  return g_compute_checksum_for_data (G_CHECKSUM_SHA256, (const guchar *) contents, size);
+}
+
+static void
+assert_copy_fails (const char *path, AhPluginError code, const char *reason_pattern)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhPlugin) plugin = NULL;
+  g_autofree char *pattern = g_strdup_printf ("%s: %s", path, reason_pattern);
+  guint n_fds = count_open_fds ();
+
+  plugin = ah_plugin_open_copy (path, &error);
+  g_assert_null (plugin);
+  g_assert_error (error, AH_PLUGIN_ERROR, (gint) code);
+  if (!g_pattern_match_simple (pattern, error->message))
+    g_error ("message \"%s\" does not match \"%s\"", error->message, pattern);
+  g_assert_null (strstr (error->message, "/proc/self/fd"));
+  /* The memfd of a refused copy is closed again. */
+  g_assert_cmpuint (count_open_fds (), ==, n_fds);
+}
+
+static void
+test_loader_copy_distinct (void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhPlugin) anchor = library_anchor_new ();
+  g_autoptr(AhPlugin) second = NULL;
+  g_autofree char *path = test_plugin_path ("good");
+  g_autofree char *sha256 = file_sha256 (path);
+  g_autofree char *first_fd_name = NULL;
+  g_autofree char *first_target = NULL;
+  AhPlugin *first;
+  gconstpointer first_desc;
+  guint64 state[2] = { 0, 0 };
+
+  g_test_summary ("Two private copies of one file are two modules with statics of "
+                  "their own, beside the file opened in place; each keeps the original "
+                  "path, a memfd named after the file, and the file's checksum");
+  first = ah_plugin_open_copy (path, &error);
+  g_assert_no_error (error);
+  second = ah_plugin_open_copy (path, &error);
+  g_assert_no_error (error);
+
+  g_assert_true (first->handle != second->handle);
+  g_assert_true (first->handle != anchor->handle);
+  first_desc = module_desc (first);
+  g_assert_true (first_desc != module_desc (second));
+  g_assert_true (first_desc != module_desc (anchor));
+  g_assert_true (ah_plugin_get_desc (first)->handle_batch
+                 != ah_plugin_get_desc (second)->handle_batch);
+  g_assert_cmpstr (ah_plugin_get_desc (first)->name, ==, "good");
+  g_assert_cmpstr (ah_plugin_get_desc (second)->version, ==, "1.2.3");
+  g_assert_cmpstr (ah_plugin_get_path (first), ==, path);
+
+  first_fd_name = g_strdup_printf ("/proc/self/fd/%d", first->copy_fd);
+  first_target = g_file_read_link (first_fd_name, &error);
+  g_assert_no_error (error);
+  g_assert_true (g_str_has_prefix (first_target, "/memfd:good.so"));
+  g_assert_cmpint (anchor->copy_fd, ==, -1);
+
+  g_assert_cmpstr (ah_plugin_get_checksum (first), ==, sha256);
+  g_assert_cmpstr (ah_plugin_get_checksum (second), ==, sha256);
+  g_assert_cmpstr (ah_plugin_get_checksum (anchor), ==, sha256);
+
+  /* The first copy goes, module and memfd; the second one still runs. */
+  ah_plugin_unref (first);
+  g_assert_cmpint (fcntl (second->copy_fd, F_GETFD), >=, 0);
+  g_assert_true (ah_plugin_get_desc (second)->handle_batch (NULL, state, NULL, 3, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (state[0], ==, 3);
+  g_assert_cmpuint (state[1], ==, 1);
+}
+
+/* Rewrites @path in place, the same inode, as a linker writing its output
+ * does: a module mapped from that file would see its code change. */
+static void
+overwrite_in_place (const char *path, const char *contents, gsize size)
+{
+  int fd = g_open (path, O_WRONLY | O_TRUNC | O_CLOEXEC, 0);
+  gsize n_written = 0;
+
+  g_assert_cmpint (fd, >=, 0);
+  while (n_written < size)
+    {
+      gssize n = write (fd, contents + n_written, size - n_written);
+
+      g_assert_cmpint (n, >, 0);
+      n_written += (gsize) n;
+    }
+  g_assert_true (g_close (fd, NULL));
+}
+
+static void
+test_loader_copy_overwrite (void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhPlugin) anchor = library_anchor_new ();
+  g_autoptr(AhPlugin) plugin = NULL;
+  g_autoptr(AhPlugin) rebuilt = NULL;
+  g_autoptr(GBytes) snapshot = NULL;
+  g_autofree char *good = test_plugin_path ("good");
+  g_autofree char *counter = test_plugin_path ("counter");
+  g_autofree char *good_sha256 = file_sha256 (good);
+  g_autofree char *counter_sha256 = file_sha256 (counter);
+  g_autofree char *good_bytes = NULL;
+  g_autofree char *counter_bytes = NULL;
+  g_autofree char *dir = scratch_dir_new ();
+  g_autofree char *path = NULL;
+  g_autofree char *now_sha256 = NULL;
+  gsize good_size = 0;
+  gsize counter_size = 0;
+  guint64 state[2] = { 0, 0 };
+  const AhPluginDesc *desc;
+
+  g_test_summary ("Overwriting the file after open_copy leaves the loaded copy as it "
+                  "was: same descriptor, its code still runs; its checksum stays the "
+                  "old bytes' while the file's is the new ones'; a new copy is the new "
+                  "plugin");
+  g_file_get_contents (good, &good_bytes, &good_size, &error);
+  g_assert_no_error (error);
+  g_file_get_contents (counter, &counter_bytes, &counter_size, &error);
+  g_assert_no_error (error);
+  path = scratch_write (dir, "plugin.so", good_bytes, good_size);
+
+  plugin = ah_plugin_open_copy (path, &error);
+  g_assert_no_error (error);
+  overwrite_in_place (path, counter_bytes, counter_size);
+
+  desc = ah_plugin_get_desc (plugin);
+  g_assert_cmpstr (desc->name, ==, "good");
+  g_assert_cmpstr (desc->version, ==, "1.2.3");
+  g_assert_true (desc->handle_batch (NULL, state, NULL, 5, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (state[0], ==, 5);
+  snapshot = desc->state_snapshot (NULL, state, &error);
+  g_assert_no_error (error);
+  g_assert_cmpmem (g_bytes_get_data (snapshot, NULL), g_bytes_get_size (snapshot),
+                   state, sizeof state);
+
+  g_assert_cmpstr (ah_plugin_get_checksum (plugin), ==, good_sha256);
+  now_sha256 = ah_plugin_file_checksum (path, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (now_sha256, ==, counter_sha256);
+  g_assert_cmpstr (now_sha256, !=, good_sha256);
+
+  rebuilt = ah_plugin_open_copy (path, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (ah_plugin_get_desc (rebuilt)->name, ==, "counter");
+  g_assert_cmpstr (ah_plugin_get_checksum (rebuilt), ==, counter_sha256);
+  g_assert_cmpstr (ah_plugin_get_desc (plugin)->name, ==, "good");
+}
+
+static void
+test_loader_copy_broken (gconstpointer data)
+{
+  const BrokenPlugin *broken = data;
+  g_autoptr(AhPlugin) anchor = library_anchor_new ();
+  g_autofree char *path = test_plugin_path (broken->name);
+
+  g_test_summary ("A private copy of a plugin broken in one way is refused with the "
+                  "error ah_plugin_open() gives, naming the original path and never "
+                  "/proc/self/fd; its memfd is closed");
+  assert_copy_fails (path, broken->code, broken->reason);
+}
+
+static void
+test_loader_copy_not_elf (void)
+{
+  g_autofree char *dir = scratch_dir_new ();
+  g_autofree char *subdir = g_build_filename (dir, "directory.so", NULL);
+  g_autofree char *fifo = g_build_filename (dir, "fifo.so", NULL);
+  g_autofree char *absent = g_build_filename (dir, "absent.so", NULL);
+
+  g_test_summary ("Garbage, text, an empty file, a cut header, a directory, a FIFO "
+                  "and a missing file give the errors ah_plugin_open() gives");
+  for (gsize i = 0; i < G_N_ELEMENTS (not_elf_files); i++)
+    {
+      g_autofree char *path = not_elf_file_write (&not_elf_files[i], dir);
+
+      assert_copy_fails (path, AH_PLUGIN_ERROR_NOT_ELF, not_elf_files[i].reason);
+    }
+  g_assert_cmpint (g_mkdir (subdir, 0700), ==, 0);
+  g_assert_cmpint (mkfifo (fifo, 0600), ==, 0);
+  assert_copy_fails (subdir, AH_PLUGIN_ERROR_NOT_ELF, "not an ELF file (not a regular file)");
+  assert_copy_fails (fifo, AH_PLUGIN_ERROR_NOT_ELF, "not an ELF file (not a regular file)");
+  assert_copy_fails (absent, AH_PLUGIN_ERROR_NOT_FOUND, "no such file");
+}
+
+static void
+test_loader_copy_truncated (void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhPlugin) anchor = library_anchor_new ();
+  g_autofree char *good = test_plugin_path ("good");
+  g_autofree char *dir = scratch_dir_new ();
+  g_autofree char *contents = NULL;
+  ElfW(Ehdr) header;
+  gsize size = 0;
+  gsize cuts[4];
+
+  g_test_summary ("A plugin cut short anywhere - a build still writing it - is refused "
+                  "as not a valid ELF file, copied or in place, instead of being "
+                  "mapped past its end (SIGBUS)");
+  g_file_get_contents (good, &contents, &size, &error);
+  g_assert_no_error (error);
+  memcpy (&header, contents, sizeof header);
+
+  cuts[0] = sizeof header;                                          /* no program headers */
+  cuts[1] = header.e_phoff + sizeof (ElfW(Phdr));                   /* some of them */
+  cuts[2] = header.e_phoff + header.e_phnum * sizeof (ElfW(Phdr));  /* no segment data */
+  cuts[3] = size / 2;
+  for (gsize i = 0; i < G_N_ELEMENTS (cuts); i++)
+    {
+      g_autofree char *name = g_strdup_printf ("cut-%" G_GSIZE_FORMAT ".so", cuts[i]);
+      g_autofree char *path = NULL;
+      const char *reason = cuts[i] < header.e_phoff + header.e_phnum * sizeof (ElfW(Phdr))
+                           ? "not a valid ELF file: program headers (* entries at offset 0x*) "
+                             "extend past the end of the file (* bytes)"
+                           : "not a valid ELF file: PT_* segment * (offset 0x*, * bytes) "
+                             "extends past the end of the file (* bytes)";
+
+      g_assert_cmpuint (cuts[i], <, size);
+      path = scratch_write (dir, name, contents, cuts[i]);
+      assert_copy_fails (path, AH_PLUGIN_ERROR_NOT_ELF, reason);
+      assert_open_fails (path, AH_PLUGIN_ERROR_NOT_ELF, reason);
+    }
+}
+
+static void
+test_loader_copy_too_large (void)
+{
+  g_autofree char *dir = scratch_dir_new ();
+  g_autofree char *path = scratch_write (dir, "huge.so", "\177ELF", 4);
+
+  g_test_summary ("A file over 256 MiB is refused before it is read");
+  /* Sparse: no disk or memory is used for it. */
+  g_assert_cmpint (truncate (path, (off_t) 256 * 1024 * 1024 + 1), ==, 0);
+  assert_copy_fails (path, AH_PLUGIN_ERROR_LOAD, "too large to load (more than 256 MiB)");
+}
+
+static void
+test_loader_copy_stale_name (void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhPlugin) anchor = library_anchor_new ();
+  g_autoptr(AhPlugin) plugin = NULL;
+  g_autofree char *nodelete = g_test_build_filename (G_TEST_BUILT, "plugins-elf",
+                                                     "elf-nodelete.so", NULL);
+  g_autofree char *good = test_plugin_path ("good");
+  g_autofree char *stale_name = NULL;
+  g_autofree char *probe_name = NULL;
+  AhPlugin *pinned;
+  void *stale;
+  int probe;
+
+  g_test_summary ("A copy that could not be unloaded keeps its /proc/self/fd/N name in "
+                  "the dynamic loader; a later copy given the same descriptor number is "
+                  "still a module of its own, not the old one");
+  pinned = ah_plugin_open_copy (nodelete, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (ah_plugin_get_desc (pinned)->name, ==, "elf_clean");
+  stale_name = g_strdup_printf ("/proc/self/fd/%d", pinned->copy_fd);
+  ah_plugin_unref (pinned);
+
+  /* The hazard is there: the number is free, the lowest one, and the
+   * dynamic loader still answers to its name. */
+  probe = memfd_create ("probe", MFD_CLOEXEC);
+  g_assert_cmpint (probe, >=, 0);
+  probe_name = g_strdup_printf ("/proc/self/fd/%d", probe);
+  g_assert_cmpstr (probe_name, ==, stale_name);
+  g_assert_true (g_close (probe, NULL));
+  stale = dlopen (stale_name, RTLD_LAZY | RTLD_LOCAL | RTLD_NOLOAD);
+  g_assert_nonnull (stale);
+  dlclose (stale);
+
+  plugin = ah_plugin_open_copy (good, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (ah_plugin_get_desc (plugin)->name, ==, "good");
+}
+
+static void
+test_loader_checksum (void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *good = test_plugin_path ("good");
+  g_autofree char *counter = test_plugin_path ("counter");
+  g_autofree char *dir = scratch_dir_new ();
+  g_autofree char *good_copy = NULL;
+  g_autofree char *good_edited = NULL;
+  g_autofree char *contents = NULL;
+  g_autofree char *sum_good = NULL;
+  g_autofree char *sum_copy = NULL;
+  g_autofree char *sum_edited = NULL;
+  g_autofree char *sum_counter = NULL;
+  g_autofree char *sum_empty = NULL;
+  g_autofree char *empty = NULL;
+  g_autofree char *absent = g_build_filename (dir, "absent.so", NULL);
+  g_autofree char *absent_message = g_strconcat (absent, ": no such file", NULL);
+  g_autofree char *expected_good = file_sha256 (good);
+  g_autofree char *not_regular = NULL;
+  gsize size = 0;
+
+  g_test_summary ("A file's checksum is the SHA-256 of its bytes: equal for equal "
+                  "bytes wherever they are, different when one byte differs; a missing "
+                  "or non-regular file is an error naming it");
+  g_file_get_contents (good, &contents, &size, &error);
+  g_assert_no_error (error);
+  good_copy = scratch_write (dir, "copy.so", contents, size);
+  contents[size / 2] ^= 1;
+  good_edited = scratch_write (dir, "edited.so", contents, size);
+  empty = scratch_write (dir, "empty.so", "", 0);
+
+  sum_good = ah_plugin_file_checksum (good, &error);
+  g_assert_no_error (error);
+  sum_copy = ah_plugin_file_checksum (good_copy, &error);
+  g_assert_no_error (error);
+  sum_edited = ah_plugin_file_checksum (good_edited, &error);
+  g_assert_no_error (error);
+  sum_counter = ah_plugin_file_checksum (counter, &error);
+  g_assert_no_error (error);
+  sum_empty = ah_plugin_file_checksum (empty, &error);
+  g_assert_no_error (error);
+
+  g_assert_cmpuint (strlen (sum_good), ==, 64);
+  g_assert_cmpstr (sum_good, ==, expected_good);
+  g_assert_cmpstr (sum_copy, ==, sum_good);
+  g_assert_cmpstr (sum_edited, !=, sum_good);
+  g_assert_cmpstr (sum_counter, !=, sum_good);
+  g_assert_cmpstr (sum_empty, ==,
+                   "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+
+  g_assert_null (ah_plugin_file_checksum (absent, &error));
+  g_assert_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NOT_FOUND);
+  g_assert_cmpstr (error->message, ==, absent_message);
+  g_clear_error (&error);
+
+  not_regular = g_build_filename (dir, "sub.so", NULL);
+  g_assert_cmpint (g_mkdir (not_regular, 0700), ==, 0);
+  g_assert_null (ah_plugin_file_checksum (not_regular, &error));
+  g_assert_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_NOT_ELF);
+}
+
 /* ---- ah_plugin_find ----------------------------------------------------- */
 
 typedef struct {
@@ -1222,6 +1628,25 @@ main (int argc, char **argv)
 
       g_test_add_data_func (test_path, &invalid_schemas[i], test_loader_desc_schema_invalid);
     }
+
+  g_test_add_func ("/loader/copy/distinct", test_loader_copy_distinct);
+  g_test_add_func ("/loader/copy/overwrite", test_loader_copy_overwrite);
+  for (gsize i = 0; i < G_N_ELEMENTS (broken_plugins); i++)
+    {
+      g_autofree char *test_path = NULL;
+
+      /* Its dependency is found through $ORIGIN, which a copy in a memfd
+       * has none of: it fails to load for that reason first. */
+      if (g_str_equal (broken_plugins[i].name, "entry-in-dependency"))
+        continue;
+      test_path = g_strconcat ("/loader/copy/broken/", broken_plugins[i].name, NULL);
+      g_test_add_data_func (test_path, &broken_plugins[i], test_loader_copy_broken);
+    }
+  g_test_add_func ("/loader/copy/not-elf", test_loader_copy_not_elf);
+  g_test_add_func ("/loader/copy/truncated", test_loader_copy_truncated);
+  g_test_add_func ("/loader/copy/too-large", test_loader_copy_too_large);
+  g_test_add_func ("/loader/copy/stale-name", test_loader_copy_stale_name);
+  g_test_add_func ("/loader/checksum/file", test_loader_checksum);
 
   g_test_add_func ("/loader/describe/good", test_loader_describe_good);
   g_test_add_func ("/loader/describe/old-struct", test_loader_describe_old_struct);
