@@ -22,6 +22,14 @@
  * but not yet queued message holds one for its recipient, and a full
  * mailbox holds one for each sender blocked on it.
  *
+ * Pause (hot reload). A paused endpoint keeps its mailbox, its groups
+ * and its id; it only stops being given turns. Nothing puts it on a run
+ * queue (new mail leaves it IDLE, a wake-up of its deferred queue leaves
+ * it IDLE with the queue still there), ah_bus_endpoint_pause() unlinks it
+ * if it was scheduled and waits out a running turn on state_cond, and
+ * ah_bus_endpoint_resume() schedules it if it has anything to do. Its
+ * mail stays accepted and unsettled, so the bus is not idle meanwhile.
+ *
  * Accounting. Every message is accepted once per recipient and then
  * settled exactly once: delivered, dead-lettered or failed. Settling
  * happens after the dead-letter callback and after a batch's outbox is
@@ -129,10 +137,12 @@ struct _AhEndpoint {
   AhLane          normal_lane;
   AhEndpointState state;
   gboolean        closing;
+  gboolean        paused;           /* given no turn until resumed */
   gboolean        retry_pending;    /* woken while running: retry the deferred queue */
   guint           room_waiters;     /* external publishers waiting for room */
   GPtrArray      *blocked_senders;  /* (element-type AhEndpoint) (owned) waiting for room */
   AhEndpoint     *run_next;
+  AhEndpoint     *run_prev;         /* so a pause unlinks it in O(1) */
 
   /* Only while RUNNING, by its worker; otherwise by whoever closes it. */
   GArray         *deferred;         /* (element-type AhEnvelope) in send order */
@@ -192,7 +202,7 @@ struct _AhWorker {
   pthread_mutex_t lock;
   pthread_cond_t  work_cond;    /* the run queue got work, or stop */
   pthread_cond_t  room_cond;    /* one of its endpoints took normal messages out */
-  pthread_cond_t  state_cond;   /* a closing endpoint stopped running */
+  pthread_cond_t  state_cond;   /* a closing or paused endpoint stopped running */
   AhEndpoint     *run_head;     /* under @lock; each holds a reference */
   AhEndpoint     *run_tail;
   gboolean        stopping;     /* under @lock */
@@ -658,6 +668,7 @@ ah_worker_push_locked (AhWorker   *worker,
                        AhEndpoint *endpoint)
 {
   endpoint->run_next = NULL;
+  endpoint->run_prev = worker->run_tail;
   if (worker->run_tail != NULL)
     worker->run_tail->run_next = endpoint;
   else
@@ -671,10 +682,30 @@ ah_worker_pop_locked (AhWorker *worker)
   AhEndpoint *endpoint = worker->run_head;
 
   worker->run_head = endpoint->run_next;
-  if (worker->run_head == NULL)
+  if (worker->run_head != NULL)
+    worker->run_head->run_prev = NULL;
+  else
     worker->run_tail = NULL;
   endpoint->run_next = NULL;
   return endpoint;
+}
+
+/* Takes @endpoint (SCHEDULED) off the run queue, wherever it is. The
+ * caller gets the run queue's reference. */
+static void
+ah_worker_unlink_locked (AhWorker   *worker,
+                         AhEndpoint *endpoint)
+{
+  if (endpoint->run_prev != NULL)
+    endpoint->run_prev->run_next = endpoint->run_next;
+  else
+    worker->run_head = endpoint->run_next;
+  if (endpoint->run_next != NULL)
+    endpoint->run_next->run_prev = endpoint->run_prev;
+  else
+    worker->run_tail = endpoint->run_prev;
+  endpoint->run_next = NULL;
+  endpoint->run_prev = NULL;
 }
 
 /* Reserves a normal-lane slot at routing time (AH_OVERFLOW_FAIL), so the
@@ -804,7 +835,8 @@ ah_endpoint_enqueue_locked (AhEndpoint         *endpoint,
   else
     ah_lane_push (&endpoint->system_lane, message, 0);
 
-  if (endpoint->state == AH_ENDPOINT_IDLE)
+  /* A paused endpoint stays IDLE with mail: resume schedules it. */
+  if (endpoint->state == AH_ENDPOINT_IDLE && !endpoint->paused)
     {
       endpoint->state = AH_ENDPOINT_SCHEDULED;
       ah_worker_push_locked (worker, ah_endpoint_ref (endpoint));
@@ -970,7 +1002,13 @@ ah_endpoint_wake_blocked (AhEndpoint *sender)
   pthread_mutex_lock (&worker->lock);
   if (!sender->closing && !worker->drained)
     {
-      if (sender->state == AH_ENDPOINT_BLOCKED)
+      if (sender->state == AH_ENDPOINT_BLOCKED && sender->paused)
+        {
+          /* No retry while paused. Its deferred queue is not empty, so
+           * resume schedules it, and the retry happens then. */
+          sender->state = AH_ENDPOINT_IDLE;
+        }
+      else if (sender->state == AH_ENDPOINT_BLOCKED)
         {
           sender->state = AH_ENDPOINT_SCHEDULED;
           ah_worker_push_locked (worker, sender);
@@ -1164,6 +1202,87 @@ ah_bus_endpoint_close (AhBus      *self,
 
   ah_endpoint_drain (endpoint, TRUE, AH_DEAD_LETTER_AGENT_STOPPED, TRUE);
   ah_endpoint_unref (endpoint);
+}
+
+/* Blocks only the calling thread, and only while a turn of @endpoint
+ * runs: other endpoints, on its worker too, keep running. From a worker
+ * of this bus it is refused, not just from the endpoint's own handler
+ * (which would wait for itself): a worker waiting here would stall
+ * every endpoint it runs, and two handlers pausing each other's
+ * endpoints would wait for each other for ever. */
+void
+ah_bus_endpoint_pause (AhBus      *self,
+                       AhEndpoint *endpoint)
+{
+  AhWorker *worker;
+  gboolean unscheduled = FALSE;
+
+  g_return_if_fail (self != NULL);
+  g_return_if_fail (endpoint != NULL);
+  g_return_if_fail (endpoint->bus == self);
+  g_return_if_fail (ah_bus_worker_for_thread (self) == NULL);
+
+  worker = endpoint->worker;
+  /* A close from another thread may drop every other reference while
+   * this waits. */
+  ah_endpoint_ref (endpoint);
+  pthread_mutex_lock (&worker->lock);
+  endpoint->paused = TRUE;
+  if (endpoint->state == AH_ENDPOINT_SCHEDULED)
+    {
+      ah_worker_unlink_locked (worker, endpoint);
+      endpoint->state = AH_ENDPOINT_IDLE;
+      unscheduled = TRUE;
+    }
+  /* A resume meanwhile ends the wait too: that pause is over. */
+  while (endpoint->paused && endpoint->state == AH_ENDPOINT_RUNNING)
+    pthread_cond_wait (&worker->state_cond, &worker->lock);
+  pthread_mutex_unlock (&worker->lock);
+
+  /* The run queue's reference, and ours: never the last one while the
+   * caller still holds the endpoint. */
+  if (unscheduled)
+    ah_endpoint_unref (endpoint);
+  ah_endpoint_unref (endpoint);
+}
+
+/* Never blocks: from any thread, handlers included. */
+void
+ah_bus_endpoint_resume (AhBus      *self,
+                        AhEndpoint *endpoint)
+{
+  AhWorker *worker;
+  gboolean wake = FALSE;
+
+  g_return_if_fail (self != NULL);
+  g_return_if_fail (endpoint != NULL);
+  g_return_if_fail (endpoint->bus == self);
+
+  worker = endpoint->worker;
+  pthread_mutex_lock (&worker->lock);
+  if (endpoint->paused)
+    {
+      endpoint->paused = FALSE;
+      if (endpoint->state == AH_ENDPOINT_RUNNING)
+        {
+          /* A pause still waiting for this turn returns; the turn's end
+           * reschedules the endpoint as usual. */
+          pthread_cond_broadcast (&worker->state_cond);
+        }
+      else if (endpoint->state == AH_ENDPOINT_IDLE && !endpoint->closing && !worker->drained
+               && (endpoint->system_lane.length > 0 || endpoint->normal_lane.length > 0
+                   || (endpoint->deferred != NULL && endpoint->deferred->len > 0)))
+        {
+          /* Not running, so its worker does not touch @deferred now.
+           * BLOCKED stays BLOCKED: the full mailbox's consumer wakes it. */
+          endpoint->state = AH_ENDPOINT_SCHEDULED;
+          ah_worker_push_locked (worker, ah_endpoint_ref (endpoint));
+          wake = TRUE;
+        }
+    }
+  if (wake)
+    pthread_cond_signal (&worker->work_cond);
+  pthread_mutex_unlock (&worker->lock);
 }
 
 /* ---- Groups and subscriptions ---------------------------------------------------------- */
@@ -2340,7 +2459,8 @@ ah_endpoint_take_batch_locked (AhEndpoint  *endpoint,
 }
 
 /* After a run: back to the tail of the run queue if it has more to do
- * (fairness), parked if it waits for room elsewhere, else idle. Returns
+ * (fairness), parked if it waits for room elsewhere, else idle; idle
+ * too when paused, whatever it has to do (resume looks again). Returns
  * TRUE if the run queue keeps the reference. Must be called with the
  * worker lock held. */
 static gboolean
@@ -2356,7 +2476,8 @@ ah_endpoint_reschedule_locked (AhWorker   *worker,
       return FALSE;
     }
   endpoint->retry_pending = FALSE;
-  if (has_deferred || endpoint->system_lane.length > 0 || endpoint->normal_lane.length > 0)
+  if (!endpoint->paused
+      && (has_deferred || endpoint->system_lane.length > 0 || endpoint->normal_lane.length > 0))
     {
       endpoint->state = AH_ENDPOINT_SCHEDULED;
       ah_worker_push_locked (worker, endpoint);
@@ -2429,8 +2550,11 @@ ah_worker_run (AhWorker   *worker,
     ah_endpoint_retry_deferred (worker, endpoint);
 
   pthread_mutex_lock (&worker->lock);
-  /* No new batch before everything it already sent is queued. */
-  if (!endpoint->closing && (endpoint->deferred == NULL || endpoint->deferred->len == 0))
+  /* No new batch before everything it already sent is queued, and none
+   * once a pause has been asked for: the pause is waiting for this turn
+   * to end. */
+  if (!endpoint->closing && !endpoint->paused
+      && (endpoint->deferred == NULL || endpoint->deferred->len == 0))
     n = ah_endpoint_take_batch_locked (endpoint, worker->batch, self->config.handler_batch,
                                        &n_normal);
   if (n_normal > 0)
@@ -2448,9 +2572,8 @@ ah_worker_run (AhWorker   *worker,
   pthread_mutex_lock (&worker->lock);
   if (endpoint->closing)
     {
-      /* Closed from another thread meanwhile: the closer waits for this. */
+      /* Closed from another thread meanwhile. */
       endpoint->state = AH_ENDPOINT_IDLE;
-      pthread_cond_broadcast (&worker->state_cond);
     }
   else if (endpoint->close_requested)
     {
@@ -2462,6 +2585,9 @@ ah_worker_run (AhWorker   *worker,
     {
       keep_reference = ah_endpoint_reschedule_locked (worker, endpoint);
     }
+  /* A closer or a pauser on another thread waits for this turn to end. */
+  if (endpoint->closing || endpoint->paused)
+    pthread_cond_broadcast (&worker->state_cond);
   pthread_mutex_unlock (&worker->lock);
 
   if (closes_itself)

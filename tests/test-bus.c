@@ -2,7 +2,8 @@
  * request/reply, overflow policies, close and stop, counters.
  *
  * Also the additions for offloading and the test harness: holds, fresh
- * correlation ids, send_full and the tap.
+ * correlation ids, send_full and the tap. And for hot reload: pausing
+ * and resuming an endpoint.
  *
  * Every test gets a fresh bus; the tear-down stops it and checks that
  * accepted == delivered + dead_lettered + failed. Test threads use
@@ -2466,6 +2467,544 @@ test_tap_handlers (Fixture       *fixture,
   tap_log_clear (&log);
 }
 
+/* ---- Pause and resume ------------------------------------------------------------------ */
+
+static guint
+agent_get_n_received (Agent *agent)
+{
+  guint n;
+
+  pthread_mutex_lock (&agent->fixture->lock);
+  n = agent->n_received;
+  pthread_mutex_unlock (&agent->fixture->lock);
+  return n;
+}
+
+static guint
+agent_get_n_calls (Agent *agent)
+{
+  guint n;
+
+  pthread_mutex_lock (&agent->fixture->lock);
+  n = agent->n_calls;
+  pthread_mutex_unlock (&agent->fixture->lock);
+  return n;
+}
+
+/* Waits until @agent has received at least @n messages. */
+static void
+wait_received (Fixture *fixture,
+               Agent   *agent,
+               guint    n)
+{
+  gint64 deadline = deadline_in_us (WAIT_US);
+  guint n_received;
+
+  pthread_mutex_lock (&fixture->lock);
+  while (agent->n_received < n)
+    if (!fixture_wait_until (fixture, deadline))
+      break;
+  n_received = agent->n_received;
+  pthread_mutex_unlock (&fixture->lock);
+  g_assert_cmpuint (n_received, >=, n);
+}
+
+/* Sends @marker one message and waits until it has it, @n_times in a
+ * row. A worker's run queue is first in, first out, so an endpoint of
+ * the marker's worker that was scheduled before a marker was sent has
+ * had its turn once that marker arrives. Each pass also covers what the
+ * turns of the previous one scheduled. */
+static void
+pass_markers (Fixture *fixture,
+              Agent   *marker,
+              guint    n_times)
+{
+  for (guint i = 0; i < n_times; i++)
+    {
+      guint n = agent_get_n_received (marker);
+
+      send_to (fixture, marker->id, "marker", "m");
+      wait_received (fixture, marker, n + 1);
+    }
+}
+
+static void
+send_sequenced (Fixture   *fixture,
+                AhAgentId  to,
+                guint      slot,
+                guint64    sequence)
+{
+  Sequenced sequenced = { slot, sequence };
+  g_autoptr(GError) error = NULL;
+
+  g_assert_true (ah_bus_send (fixture->bus, AH_AGENT_ID_NONE, to, "seq", &sequenced,
+                              sizeof sequenced, AH_PRIORITY_NORMAL, &error));
+  g_assert_no_error (error);
+}
+
+static void
+test_pause_holds_mail (Fixture       *fixture,
+                       gconstpointer  user_data)
+{
+  Agent *paused = fixture_add_agent (fixture, step_check_sequence, NULL);
+  Agent *marker = fixture_add_agent (fixture, NULL, NULL);
+  AhBusCounters counters;
+
+  g_test_summary ("A paused endpoint is taken off its run queue and gets no batch while "
+                  "its mail piles up; after resume it gets all of it, in order, in full "
+                  "batches");
+
+  /* Queued before the workers start: it is on the run queue when paused. */
+  for (guint64 i = 1; i <= 10; i++)
+    send_sequenced (fixture, paused->id, 0, i);
+  ah_bus_endpoint_pause (fixture->bus, paused->endpoint);
+  for (guint64 i = 11; i <= 100; i++)
+    send_sequenced (fixture, paused->id, 0, i);
+  ah_bus_start (fixture->bus);
+
+  pass_markers (fixture, marker, 1);
+  g_assert_cmpuint (agent_get_n_calls (paused), ==, 0);
+  ah_bus_get_counters (fixture->bus, &counters);
+  /* The marker's batch may not have settled yet. */
+  g_assert_cmpuint (counters.in_flight, >=, 100);
+  g_assert_false (ah_bus_is_idle (fixture->bus));
+
+  ah_bus_endpoint_resume (fixture->bus, paused->endpoint);
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (paused->n_received, ==, 100);
+  g_assert_false (paused->out_of_order);
+  g_assert_cmpuint (paused->last_sequence[0], ==, 100);
+  /* handler_batch 32: everything was waiting, so 32 + 32 + 32 + 4. */
+  g_assert_cmpuint (paused->n_calls, ==, 4);
+  g_assert_cmpuint (paused->max_batch, ==, 32);
+}
+
+typedef struct {
+  Fixture  *fixture;
+  Agent    *agent;
+  gboolean  handler_running;    /* under the fixture lock */
+  gboolean  handler_finished;
+  gboolean  finished_before_pause_returned;
+  gboolean  pause_returned;
+} PauseRace;
+
+static gboolean
+step_hold_at_gate (Agent           *agent,
+                   AhBusCall       *call,
+                   const AhMessage *message)
+{
+  PauseRace *race = agent->data;
+  Fixture *fixture = agent->fixture;
+  gint64 deadline = deadline_in_us (WAIT_US);
+
+  pthread_mutex_lock (&fixture->lock);
+  race->handler_running = TRUE;
+  pthread_cond_broadcast (&fixture->cond);
+  while (!fixture->gate_open)
+    if (!fixture_wait_until (fixture, deadline))
+      break;
+  race->handler_finished = TRUE;
+  pthread_mutex_unlock (&fixture->lock);
+  return TRUE;
+}
+
+static gpointer
+pauser_main (gpointer data)
+{
+  PauseRace *race = data;
+
+  ah_bus_endpoint_pause (race->fixture->bus, race->agent->endpoint);
+  pthread_mutex_lock (&race->fixture->lock);
+  race->finished_before_pause_returned = race->handler_finished;
+  race->pause_returned = TRUE;
+  pthread_cond_broadcast (&race->fixture->cond);
+  pthread_mutex_unlock (&race->fixture->lock);
+  return NULL;
+}
+
+static void
+test_pause_waits_for_batch (Fixture       *fixture,
+                            gconstpointer  user_data)
+{
+  PauseRace race = { fixture };
+  Agent *marker;
+  gint64 deadline = deadline_in_us (WAIT_US);
+  pthread_t thread;
+
+  g_test_summary ("Pausing waits for the endpoint's running batch to return, and the "
+                  "next batch waits for resume");
+
+  race.agent = fixture_add_agent (fixture, step_hold_at_gate, &race);
+  marker = fixture_add_agent (fixture, NULL, NULL);
+  ah_bus_start (fixture->bus);
+  send_to (fixture, race.agent->id, "work", "1");
+  send_to (fixture, race.agent->id, "work", "2");
+
+  pthread_mutex_lock (&fixture->lock);
+  while (!race.handler_running)
+    if (!fixture_wait_until (fixture, deadline))
+      break;
+  pthread_mutex_unlock (&fixture->lock);
+  g_assert_true (race.handler_running);
+
+  /* The pause must not return while the handler is held at the gate. */
+  g_assert_cmpint (pthread_create (&thread, NULL, pauser_main, &race), ==, 0);
+  deadline = deadline_in_us (100 * 1000);
+  pthread_mutex_lock (&fixture->lock);
+  while (!race.pause_returned)
+    if (!fixture_wait_until (fixture, deadline))
+      break;
+  g_assert_false (race.pause_returned);
+  pthread_mutex_unlock (&fixture->lock);
+  fixture_open_gate (fixture);
+  pthread_join (thread, NULL);
+  g_assert_true (race.finished_before_pause_returned);
+
+  /* handler_batch 1: "2" is still queued, and stays so. */
+  pass_markers (fixture, marker, 2);
+  g_assert_cmpuint (agent_get_n_calls (race.agent), ==, 1);
+  g_assert_cmpuint (agent_get_n_received (race.agent), ==, 1);
+
+  ah_bus_endpoint_resume (fixture->bus, race.agent->endpoint);
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (race.agent->n_received, ==, 2);
+  g_assert_cmpstr (((Received *) g_ptr_array_index (fixture->received, 0))->subject, ==, "work");
+}
+
+static void
+test_pause_others_run (Fixture       *fixture,
+                       gconstpointer  user_data)
+{
+  Agent *paused = fixture_add_agent (fixture, step_check_sequence, NULL);
+  Agent *first = fixture_add_agent (fixture, step_check_sequence, NULL);
+  Agent *second = fixture_add_agent (fixture, step_check_sequence, NULL);
+
+  g_test_summary ("While one endpoint is paused, the other endpoints of its worker keep "
+                  "getting their batches");
+
+  ah_bus_start (fixture->bus);
+  ah_bus_endpoint_pause (fixture->bus, paused->endpoint);
+  for (guint64 i = 1; i <= 200; i++)
+    {
+      send_sequenced (fixture, first->id, 0, i);
+      send_sequenced (fixture, paused->id, 0, i);
+      send_sequenced (fixture, second->id, 0, i);
+    }
+  wait_received (fixture, first, 200);
+  wait_received (fixture, second, 200);
+  g_assert_cmpuint (agent_get_n_received (paused), ==, 0);
+  g_assert_false (first->out_of_order);
+  g_assert_false (second->out_of_order);
+
+  ah_bus_endpoint_resume (fixture->bus, paused->endpoint);
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (paused->n_received, ==, 200);
+  g_assert_false (paused->out_of_order);
+}
+
+static const AhBusConfig config_pause_block = {
+  .n_workers = 1, .publish_batch = 16, .handler_batch = 7, .mailbox_capacity = 16,
+  .overflow = AH_OVERFLOW_BLOCK };
+
+/* The concurrent test: per consumer, two sending threads. */
+#define PAUSE_N_MESSAGES 5000
+
+static void
+test_pause_concurrent (Fixture       *fixture,
+                       gconstpointer  user_data)
+{
+  const guint total = 2 * PAUSE_N_MESSAGES;
+  Agent *consumers[2];
+  ExternalSender senders[4];
+  pthread_t threads[4];
+  guint n_pauses = 0;
+  gboolean one_done = FALSE;
+
+  g_test_summary ("Pausing and resuming consumers over and over while several threads "
+                  "send to them loses, duplicates and reorders nothing, and a paused "
+                  "consumer handles nothing");
+
+  for (guint i = 0; i < 2; i++)
+    consumers[i] = fixture_add_agent (fixture, step_check_sequence, NULL);
+  ah_bus_start (fixture->bus);
+  for (guint slot = 0; slot < 4; slot++)
+    {
+      senders[slot] = (ExternalSender) { fixture, consumers[slot / 2], slot, PAUSE_N_MESSAGES };
+      g_assert_cmpint (pthread_create (&threads[slot], NULL, external_sender_main,
+                                       &senders[slot]), ==, 0);
+    }
+
+  /* Stops when either consumer has everything: pausing the other one
+   * over and over could then keep it from ever getting a turn. */
+  for (guint round = 0; !one_done; round++)
+    {
+      Agent *paused = consumers[round % 2];
+      Agent *running = consumers[(round + 1) % 2];
+      gint64 deadline = deadline_in_us (WAIT_US);
+      guint paused_before, paused_after, running_before;
+
+      ah_bus_endpoint_pause (fixture->bus, paused->endpoint);
+      pthread_mutex_lock (&fixture->lock);
+      paused_before = paused->n_received;
+      running_before = running->n_received;
+      /* Long enough for a paused consumer that still ran to show it: the
+       * other one gets some batches meanwhile (or everything). */
+      while (running->n_received < MIN (running_before + 16, total))
+        if (!fixture_wait_until (fixture, deadline))
+          break;
+      paused_after = paused->n_received;
+      one_done = running->n_received == total || paused->n_received == total;
+      pthread_mutex_unlock (&fixture->lock);
+      g_assert_cmpuint (paused_after, ==, paused_before);
+      ah_bus_endpoint_resume (fixture->bus, paused->endpoint);
+      n_pauses++;
+    }
+
+  for (guint slot = 0; slot < 4; slot++)
+    pthread_join (threads[slot], NULL);
+  fixture_wait_idle (fixture);
+  g_test_message ("%u pauses while sending", n_pauses);
+  g_assert_cmpuint (n_pauses, >=, 1);
+  for (guint i = 0; i < 2; i++)
+    {
+      g_assert_cmpuint (consumers[i]->n_received, ==, total);
+      g_assert_false (consumers[i]->out_of_order);
+      g_assert_cmpuint (consumers[i]->last_sequence[2 * i], ==, PAUSE_N_MESSAGES);
+      g_assert_cmpuint (consumers[i]->last_sequence[2 * i + 1], ==, PAUSE_N_MESSAGES);
+    }
+  g_assert_cmpuint (fixture->dead->len, ==, 0);
+}
+
+static void
+test_pause_resume_unpaused (Fixture       *fixture,
+                            gconstpointer  user_data)
+{
+  Agent *agent = fixture_add_agent (fixture, NULL, NULL);
+
+  g_test_summary ("Resuming an endpoint that is not paused changes nothing, idle or "
+                  "scheduled; pausing twice is pausing once");
+
+  ah_bus_endpoint_resume (fixture->bus, agent->endpoint);
+  g_assert_true (ah_bus_is_idle (fixture->bus));
+
+  /* Scheduled already: a second place on the run queue would corrupt it. */
+  for (guint i = 0; i < 3; i++)
+    send_to (fixture, agent->id, "work", "x");
+  ah_bus_endpoint_resume (fixture->bus, agent->endpoint);
+  ah_bus_endpoint_resume (fixture->bus, agent->endpoint);
+  ah_bus_start (fixture->bus);
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (agent->n_received, ==, 3);
+  g_assert_cmpuint (agent->n_calls, ==, 1);
+
+  ah_bus_endpoint_pause (fixture->bus, agent->endpoint);
+  ah_bus_endpoint_pause (fixture->bus, agent->endpoint);
+  send_to (fixture, agent->id, "work", "x");
+  ah_bus_endpoint_resume (fixture->bus, agent->endpoint);
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (agent->n_received, ==, 4);
+  ah_bus_endpoint_resume (fixture->bus, agent->endpoint);
+  g_assert_true (ah_bus_is_idle (fixture->bus));
+}
+
+static void
+test_pause_close (Fixture       *fixture,
+                  gconstpointer  user_data)
+{
+  Agent *paused = fixture_add_agent (fixture, NULL, NULL);
+  Agent *marker = fixture_add_agent (fixture, NULL, NULL);
+  AhAgentId paused_id = paused->id;
+
+  g_test_summary ("Closing a paused endpoint dead-letters its mail (agent-stopped) and "
+                  "leaves the bus idle");
+
+  ah_bus_start (fixture->bus);
+  ah_bus_endpoint_pause (fixture->bus, paused->endpoint);
+  for (guint i = 0; i < 5; i++)
+    send_to (fixture, paused->id, "work", "x");
+  pass_markers (fixture, marker, 1);
+  g_assert_false (ah_bus_is_idle (fixture->bus));
+
+  ah_bus_endpoint_close (fixture->bus, paused->endpoint);
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (paused->n_received, ==, 0);
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_AGENT_STOPPED), ==, 5);
+  g_assert_cmpuint (((DeadLetter *) g_ptr_array_index (fixture->dead, 0))->intended, ==,
+                    paused_id);
+  send_to (fixture, paused_id, "work", "x");
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_NO_AGENT), ==, 1);
+}
+
+static void
+test_pause_wait_idle (Fixture       *fixture,
+                      gconstpointer  user_data)
+{
+  Agent *paused = fixture_add_agent (fixture, NULL, NULL);
+  Agent *marker = fixture_add_agent (fixture, NULL, NULL);
+  AhBusCounters counters;
+  guint n_idle_calls;
+  gint64 deadline;
+
+  g_test_summary ("The bus is not idle while a paused endpoint holds mail: wait_idle "
+                  "times out and the idle func is not called until it is resumed");
+
+  ah_bus_endpoint_pause (fixture->bus, paused->endpoint);
+  ah_bus_start (fixture->bus);
+  for (guint i = 0; i < 3; i++)
+    send_to (fixture, paused->id, "work", "x");
+  pass_markers (fixture, marker, 1);
+
+  g_assert_false (ah_bus_is_idle (fixture->bus));
+  g_assert_false (ah_bus_wait_idle (fixture->bus, 50 * 1000));
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.in_flight, >=, 3);
+  pthread_mutex_lock (&fixture->lock);
+  n_idle_calls = fixture->n_idle_calls;
+  pthread_mutex_unlock (&fixture->lock);
+  g_assert_cmpuint (n_idle_calls, ==, 0);
+
+  ah_bus_endpoint_resume (fixture->bus, paused->endpoint);
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (paused->n_received, ==, 3);
+  /* The idle func runs just after wait_idle's waiters are woken. */
+  deadline = deadline_in_us (WAIT_US);
+  pthread_mutex_lock (&fixture->lock);
+  while (fixture->n_idle_calls == 0)
+    if (!fixture_wait_until (fixture, deadline))
+      break;
+  n_idle_calls = fixture->n_idle_calls;
+  pthread_mutex_unlock (&fixture->lock);
+  g_assert_cmpuint (n_idle_calls, >=, 1);
+}
+
+static const AhBusConfig config_pause_deferred = {
+  .n_workers = 1, .handler_batch = 8, .mailbox_capacity = 8, .overflow = AH_OVERFLOW_BLOCK };
+
+static void
+test_pause_deferred (Fixture       *fixture,
+                     gconstpointer  user_data)
+{
+  Agent *consumer = fixture_add_agent (fixture, step_check_sequence, NULL);
+  Burst burst;
+  Agent *sender = fixture_add_agent (fixture, step_send_burst, &burst);
+  Agent *marker = fixture_add_agent (fixture, NULL, NULL);
+
+  g_test_summary ("A paused endpoint whose messages wait for room elsewhere does not "
+                  "retry them when room is made; after resume it does, in order");
+
+  burst = (Burst) { consumer, 100, 0 };
+  ah_bus_endpoint_pause (fixture->bus, consumer->endpoint);
+  ah_bus_start (fixture->bus);
+
+  /* The consumer's mailbox takes 8; the sender keeps the other 92 and
+   * waits for room. */
+  send_to (fixture, sender->id, "go", "");
+  pass_markers (fixture, marker, 1);
+  g_assert_cmpuint (agent_get_n_received (consumer), ==, 0);
+
+  ah_bus_endpoint_pause (fixture->bus, sender->endpoint);
+  ah_bus_endpoint_resume (fixture->bus, consumer->endpoint);
+  /* The consumer takes its 8 and so wakes the sender, which must not
+   * retry: had it, the consumer would get more within these passes. */
+  pass_markers (fixture, marker, 3);
+  g_assert_cmpuint (agent_get_n_received (consumer), ==, 8);
+  g_assert_false (ah_bus_is_idle (fixture->bus));
+
+  ah_bus_endpoint_resume (fixture->bus, sender->endpoint);
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (consumer->n_received, ==, 100);
+  g_assert_false (consumer->out_of_order);
+  g_assert_cmpuint (consumer->last_sequence[0], ==, 100);
+  g_assert_cmpuint (sender->n_received, ==, 1);
+}
+
+static void
+test_pause_group (Fixture       *fixture,
+                  gconstpointer  user_data)
+{
+  AhBusGroup *group = ah_bus_group_new (fixture->bus, "workers", AH_DELIVERY_QUEUE);
+  Agent *paused = fixture_add_agent (fixture, NULL, NULL);
+  Agent *running = fixture_add_agent (fixture, NULL, NULL);
+  Agent *marker = fixture_add_agent (fixture, NULL, NULL);   /* the paused one's worker */
+  g_autoptr(GError) error = NULL;
+
+  g_test_summary ("A paused endpoint stays in its queue group and keeps its share, which "
+                  "waits in its mailbox until resume");
+
+  ah_bus_group_add (group, paused->endpoint);
+  ah_bus_group_add (group, running->endpoint);
+  g_assert_cmpuint (ah_bus_subscribe (fixture->bus, "jobs.*", group, &error), >, 0);
+  g_assert_no_error (error);
+  ah_bus_start (fixture->bus);
+  ah_bus_endpoint_pause (fixture->bus, paused->endpoint);
+  g_assert_cmpuint (ah_bus_group_get_size (group), ==, 2);
+
+  for (guint i = 0; i < 20; i++)
+    publish (fixture, "jobs.new", "job");
+  wait_received (fixture, running, 10);
+  pass_markers (fixture, marker, 1);
+  g_assert_cmpuint (agent_get_n_received (paused), ==, 0);
+  g_assert_cmpuint (agent_get_n_received (running), ==, 10);
+
+  ah_bus_endpoint_resume (fixture->bus, paused->endpoint);
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (paused->n_received, ==, 10);
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_NO_ROUTE), ==, 0);
+}
+
+static gboolean
+step_pause_target (Agent           *agent,
+                   AhBusCall       *call,
+                   const AhMessage *message)
+{
+  Agent *target = agent->data;
+
+  ah_bus_endpoint_pause (ah_bus_call_get_bus (call), target->endpoint);
+  return TRUE;
+}
+
+/* In a subprocess: the critical aborts it. */
+static void
+check_pause_from_handler_refused (Fixture  *fixture,
+                                  gboolean  own)
+{
+  if (g_test_subprocess ())
+    {
+      Agent *target = fixture_add_agent (fixture, NULL, NULL);
+      Agent *pauser = fixture_add_agent (fixture, step_pause_target, target);
+
+      if (own)
+        pauser->data = pauser;
+      ah_bus_start (fixture->bus);
+      send_to (fixture, pauser->id, "go", "");
+      fixture_wait_idle (fixture);
+      return;
+    }
+  g_test_trap_subprocess (NULL, 0, G_TEST_SUBPROCESS_DEFAULT);
+  g_test_trap_assert_failed ();
+  g_test_trap_assert_stderr ("*CRITICAL*ah_bus_endpoint_pause*ah_bus_worker_for_thread*");
+}
+
+static void
+test_pause_from_own_handler (Fixture       *fixture,
+                             gconstpointer  user_data)
+{
+  g_test_summary ("Pausing an endpoint from its own handler is refused with a critical "
+                  "(it would wait for itself)");
+
+  check_pause_from_handler_refused (fixture, TRUE);
+}
+
+static void
+test_pause_from_other_handler (Fixture       *fixture,
+                               gconstpointer  user_data)
+{
+  g_test_summary ("Pausing from any handler is refused with a critical: the worker "
+                  "would stall every endpoint it runs");
+
+  check_pause_from_handler_refused (fixture, FALSE);
+}
+
 #if defined (__SANITIZE_THREAD__)
 #  define TEST_UNDER_TSAN 1
 #elif defined (__has_feature)
@@ -2545,6 +3084,19 @@ main (int    argc,
   BUS_TEST ("/bus/send-full/from-handler", &config_one_worker, test_send_full_from_handler);
   BUS_TEST ("/bus/tap/external", &config_two_workers, test_tap_external);
   BUS_TEST ("/bus/tap/handlers", &config_two_workers, test_tap_handlers);
+  BUS_TEST ("/bus/pause/holds-mail", &config_one_worker, test_pause_holds_mail);
+  BUS_TEST ("/bus/pause/waits-for-batch", &config_batch_of_one, test_pause_waits_for_batch);
+  BUS_TEST ("/bus/pause/others-run", &config_one_worker, test_pause_others_run);
+  BUS_TEST ("/bus/pause/concurrent", &config_order_fail, test_pause_concurrent);
+  BUS_TEST ("/bus/pause/concurrent-backpressure", &config_pause_block, test_pause_concurrent);
+  BUS_TEST ("/bus/pause/resume-unpaused", &config_one_worker, test_pause_resume_unpaused);
+  BUS_TEST ("/bus/pause/close", &config_one_worker, test_pause_close);
+  BUS_TEST ("/bus/pause/wait-idle", &config_one_worker, test_pause_wait_idle);
+  BUS_TEST ("/bus/pause/deferred", &config_pause_deferred, test_pause_deferred);
+  BUS_TEST ("/bus/pause/group", &config_two_workers, test_pause_group);
+  BUS_TEST ("/bus/pause/from-own-handler", &config_one_worker, test_pause_from_own_handler);
+  BUS_TEST ("/bus/pause/from-other-handler", &config_two_workers,
+            test_pause_from_other_handler);
 
 #undef BUS_TEST
 
