@@ -60,6 +60,11 @@ typedef struct {
 #define AH_MANIFEST_OFFLOAD_THREADS_MAX 256
 #define AH_MANIFEST_OFFLOAD_QUEUE_MAX   1000000
 
+/* `watch_debounce_ms`: how long a plugin file stays quiet before a
+ * watched reload; a minute is beyond any build's pause between writes. */
+#define AH_MANIFEST_WATCH_DEBOUNCE_DEFAULT 200
+#define AH_MANIFEST_WATCH_DEBOUNCE_MAX     60000
+
 struct _AhManifest {
   char          *path;               /* as given, for messages */
   char          *base_dir;           /* absolute directory of the manifest */
@@ -71,6 +76,8 @@ struct _AhManifest {
   gboolean       stop_when_idle;     /* end the run when the system goes idle */
   guint          run_timeout_ms;     /* 0: none; the run stops after this long */
   AhManifestOffload offload;
+  gboolean       watch;              /* reload plugins when their files change */
+  guint          watch_debounce_ms;  /* default AH_MANIFEST_WATCH_DEBOUNCE_DEFAULT */
 };
 
 /* Cap on YAML events per manifest (nodes, collection ends, documents), so

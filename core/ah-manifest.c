@@ -1203,6 +1203,17 @@ load_root (ManifestLoader *self, AhManifest *manifest, const Node *root)
           if (!get_uint (self, "run_timeout_ms", value, 0, 86400000, &manifest->run_timeout_ms))
             return FALSE;
         }
+      else if (strcmp (key->text, "watch") == 0)
+        {
+          if (!get_bool (self, "watch", value, &manifest->watch))
+            return FALSE;
+        }
+      else if (strcmp (key->text, "watch_debounce_ms") == 0)
+        {
+          if (!get_uint (self, "watch_debounce_ms", value, 0, AH_MANIFEST_WATCH_DEBOUNCE_MAX,
+                         &manifest->watch_debounce_ms))
+            return FALSE;
+        }
       else if (strcmp (key->text, "bus") == 0)
         {
           if (!load_bus (self, &manifest->bus, value))
@@ -1222,8 +1233,8 @@ load_root (ManifestLoader *self, AhManifest *manifest, const Node *root)
       else
         {
           return unknown_key (self, key, "",
-                              "name, description, plugin_path, stop_when_idle, run_timeout_ms, bus, offload, "
-                              "agents");
+                              "name, description, plugin_path, stop_when_idle, run_timeout_ms, watch, "
+                              "watch_debounce_ms, bus, offload, agents");
         }
     }
 
@@ -1255,6 +1266,8 @@ manifest_new (const char *path, char *base_dir)
   manifest->offload.queue_capacity = 1024;
   manifest->stop_when_idle = FALSE;
   manifest->run_timeout_ms = 0;
+  manifest->watch = FALSE;
+  manifest->watch_debounce_ms = AH_MANIFEST_WATCH_DEBOUNCE_DEFAULT;
   return manifest;
 }
 
@@ -1522,6 +1535,26 @@ ah_manifest_free (AhManifest *self)
   g_clear_pointer (&self->plugin_dirs, g_ptr_array_unref);
   g_clear_pointer (&self->types, g_ptr_array_unref);
   g_free (self);
+}
+
+/**
+ * ah_manifest_get_watch:
+ * @self: a manifest
+ * @ret_debounce_ms: (out) (optional): the manifest's `watch_debounce_ms`
+ *
+ * What the manifest says about watching plugin files: whether to (the
+ * `watch` key), and the debounce to use, which applies to `--watch` too.
+ *
+ * Returns: the manifest's `watch` (default %FALSE)
+ */
+gboolean
+ah_manifest_get_watch (AhManifest *self, guint *ret_debounce_ms)
+{
+  g_return_val_if_fail (self != NULL, FALSE);
+
+  if (ret_debounce_ms != NULL)
+    *ret_debounce_ms = self->watch_debounce_ms;
+  return self->watch;
 }
 
 guint64

@@ -84,6 +84,8 @@ test_manifest_load_minimal (void)
   g_assert_cmpuint (manifest->plugin_dirs->len, ==, 0);
   g_assert_false (manifest->stop_when_idle);
   g_assert_cmpuint (manifest->run_timeout_ms, ==, 0);
+  g_assert_false (manifest->watch);
+  g_assert_cmpuint (manifest->watch_debounce_ms, ==, 200);
   g_assert_cmpuint (manifest->offload.n_threads, ==, 4);
   g_assert_cmpuint (manifest->offload.queue_capacity, ==, 1024);
 
@@ -127,6 +129,8 @@ test_manifest_load_complete (void)
   g_assert_cmpstr (manifest->description, ==, "Counts words, then reports");
   g_assert_true (manifest->stop_when_idle);
   g_assert_cmpuint (manifest->run_timeout_ms, ==, 60000);
+  g_assert_true (manifest->watch);
+  g_assert_cmpuint (manifest->watch_debounce_ms, ==, 500);
 
   g_assert_cmpuint (manifest->bus.n_workers, ==, 4);
   g_assert_cmpuint (manifest->bus.publish_batch, ==, 128);
@@ -460,6 +464,38 @@ test_manifest_load_docs_example (void)
   g_assert_cmpuint (ah_manifest_get_type (manifest, 0)->subscriptions->len, >=, 1);
 }
 
+static void
+test_manifest_load_watch (void)
+{
+  static const struct {
+    const char *yaml;
+    gboolean    watch;
+    guint       debounce_ms;
+  } cases[] = {
+    { "", FALSE, 200 },
+    { "watch: true\n", TRUE, 200 },
+    { "watch: false\nwatch_debounce_ms: 0\n", FALSE, 0 },
+    { "watch_debounce_ms: 60000\nwatch: TRUE\n", TRUE, 60000 },
+  };
+
+  g_test_summary ("watch and watch_debounce_ms reach ah_manifest_get_watch(), at their "
+                  "defaults and at the ends of the debounce range");
+
+  for (guint i = 0; i < G_N_ELEMENTS (cases); i++)
+    {
+      g_autofree char *yaml = g_strconcat (cases[i].yaml, AGENT_ECHO, NULL);
+      g_autoptr(GError) error = NULL;
+      g_autoptr(AhManifest) manifest = ah_manifest_load_data (yaml, strlen (yaml), "inline.yaml",
+                                                              NULL, &error);
+      guint debounce_ms = G_MAXUINT;
+
+      g_assert_no_error (error);
+      g_assert_cmpint (ah_manifest_get_watch (manifest, &debounce_ms), ==, cases[i].watch);
+      g_assert_cmpuint (debounce_ms, ==, cases[i].debounce_ms);
+      g_assert_cmpint (ah_manifest_get_watch (manifest, NULL), ==, cases[i].watch);
+    }
+}
+
 /* ---- Files that cannot be read --------------------------------------- */
 
 static void
@@ -520,9 +556,11 @@ static const InvalidManifest invalid_manifests[] = {
     "1:1: error: the manifest must be a mapping with 'name' and 'agents', got a sequence" },
   { "empty", AH_MANIFEST_ERROR_MISSING_KEY,
     "1:1: error: empty manifest: expected a mapping with 'name' and 'agents'" },
+  { "watch-debounce-huge", AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "2:20: error: 'watch_debounce_ms' must be an integer between 0 and 60000, got 60001" },
   { "unknown-top-key", AH_MANIFEST_ERROR_UNKNOWN_KEY,
     "2:1: error: unknown key 'agent' (expected name, description, plugin_path, stop_when_idle, "
-    "run_timeout_ms, bus, offload, agents)" },
+    "run_timeout_ms, watch, watch_debounce_ms, bus, offload, agents)" },
   { "unknown-type-key", AH_MANIFEST_ERROR_UNKNOWN_KEY,
     "5:5: error: unknown key 'pool' in agent type 'wordcount' (expected plugin, pool_size, prewarm, "
     "subscribe, config)" },
@@ -644,6 +682,15 @@ static const InlineCase inline_cases[] = {
     "5:16: error: 'pool_size' must be an integer, got the boolean true" },
   { "int-sequence", AGENT_ECHO "    pool_size: [1]\n", AH_MANIFEST_ERROR_WRONG_TYPE,
     "5:16: error: 'pool_size' must be an integer, got a sequence" },
+  { "watch-yes", "watch: yes\n" AGENT_ECHO, AH_MANIFEST_ERROR_WRONG_TYPE,
+    "1:8: error: 'watch' must be true or false, got 'yes' (YAML 1.1 booleans are not "
+    "accepted: use true or false)" },
+  { "watch-quoted", "watch: \"true\"\n" AGENT_ECHO, AH_MANIFEST_ERROR_WRONG_TYPE,
+    "1:8: error: 'watch' must be true or false, got a quoted string \"true\" (remove the quotes)" },
+  { "watch-debounce-negative", "watch_debounce_ms: -1\n" AGENT_ECHO, AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "1:20: error: 'watch_debounce_ms' must be an integer between 0 and 60000, got -1" },
+  { "watch-debounce-float", "watch_debounce_ms: 0.5\n" AGENT_ECHO, AH_MANIFEST_ERROR_WRONG_TYPE,
+    "1:20: error: 'watch_debounce_ms' must be a plain decimal integer, got '0.5'" },
   { "timeout-range", "run_timeout_ms: 86400001\n" AGENT_ECHO, AH_MANIFEST_ERROR_OUT_OF_RANGE,
     "1:17: error: 'run_timeout_ms' must be an integer between 0 and 86400000, got 86400001" },
   { "publish-batch-range", "bus: {publish_batch: 65537}\n" AGENT_ECHO, AH_MANIFEST_ERROR_OUT_OF_RANGE,
@@ -755,7 +802,7 @@ static const InlineCase inline_cases[] = {
     "3:1: error: did not find expected ',' or ']' (while parsing a flow sequence started at 2:9)" },
   { "escaped-key", "\"a\\nb\\\\\": 1\n", AH_MANIFEST_ERROR_UNKNOWN_KEY,
     "1:1: error: unknown key 'a\\nb\\\\' (expected name, description, plugin_path, stop_when_idle, "
-    "run_timeout_ms, bus, offload, agents)" },
+    "run_timeout_ms, watch, watch_debounce_ms, bus, offload, agents)" },
 };
 
 static void
@@ -805,7 +852,8 @@ test_manifest_load_long_text_in_message (void)
   g_autofree char *shown = g_strnfill (80, 'k');
   g_autofree char *expected = g_strdup_printf ("inline.yaml:1:1: error: unknown key '%s...' (expected name, "
                                                "description, plugin_path, stop_when_idle, "
-                                               "run_timeout_ms, bus, offload, agents)", shown);
+                                               "run_timeout_ms, watch, watch_debounce_ms, bus, "
+                                               "offload, agents)", shown);
   g_autoptr(GError) error = NULL;
   g_autoptr(AhManifest) manifest = NULL;
 
@@ -1137,6 +1185,7 @@ main (int argc, char **argv)
   g_test_add_func ("/manifest/load/plugin-path", test_manifest_load_plugin_path);
   g_test_add_func ("/manifest/load/plugin-path-string", test_manifest_load_plugin_path_string);
   g_test_add_func ("/manifest/load/booleans", test_manifest_load_booleans);
+  g_test_add_func ("/manifest/load/watch", test_manifest_load_watch);
   g_test_add_func ("/manifest/load/limits-exact", test_manifest_load_limits_exact);
   g_test_add_func ("/manifest/load/max-types", test_manifest_load_max_types);
   g_test_add_func ("/manifest/load/default", test_manifest_load_default);

@@ -59,6 +59,10 @@ AH_API guint       ah_manifest_get_n_types  (AhManifest *self);
 /* The agents the system starts with: the pool sizes of the types that
  * pre-warm. */
 AH_API guint64     ah_manifest_get_n_agents (AhManifest *self);
+/* (0.2) The manifest's `watch:` (reload plugins when their files change;
+ * default false); @ret_debounce_ms (nullable) gets its
+ * `watch_debounce_ms:` (default 200), for `--watch` too. */
+AH_API gboolean    ah_manifest_get_watch    (AhManifest *self, guint *ret_debounce_ms);
 AH_API void        ah_manifest_free         (AhManifest *self);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (AhManifest, ah_manifest_free)
