@@ -416,16 +416,20 @@ ah_bus_notify_idle (AhBus *self)
   AhBusIdleFunc func;
   gpointer data;
 
-  /* Taking the lock after the counters changed is what makes a waiter
-   * that checked them under the lock miss no wake-up. */
   pthread_mutex_lock (&self->idle_lock);
-  pthread_cond_broadcast (&self->idle_cond);
   func = self->idle_func;
   data = self->idle_data;
   pthread_mutex_unlock (&self->idle_lock);
 
+  /* The idle func first, so that a waiter woken below finds it has run. */
   if (func != NULL && ah_bus_is_idle_now (self))
     func (data);
+
+  /* Taking the lock after the counters changed is what makes a waiter
+   * that checked them under the lock miss no wake-up. */
+  pthread_mutex_lock (&self->idle_lock);
+  pthread_cond_broadcast (&self->idle_cond);
+  pthread_mutex_unlock (&self->idle_lock);
 }
 
 static void

@@ -135,6 +135,8 @@ lookup_config (AhContext  *ctx,
   g_return_val_if_fail (ctx != NULL, NULL);
   g_return_val_if_fail (key != NULL, NULL);
 
+  if (ctx->config != NULL)
+    return g_hash_table_lookup (ctx->config, key);
   return ah_pool_lookup_config (ctx->agent->pool, key);
 }
 

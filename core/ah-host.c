@@ -12,6 +12,8 @@
 #include "ah-host-private.h"
 #include "ah-loader-private.h"
 #include "ah-config-private.h"
+#include "ah-reload-private.h"
+#include "ah-watch-private.h"
 
 #include <string.h>
 
@@ -55,6 +57,11 @@ struct _AhHost {
   AhPool     **pools;
   guint        n_pools;
   GPtrArray   *observers;         /* (element-type HostObserver) (owned) */
+
+  GMutex       reload_lock;       /* one reload at a time; stop waits for it */
+  AhWatch     *watch;             /* NULL unless ah_host_watch() */
+  guint        reloads;           /* under @lock */
+  guint        reload_failures;   /* under @lock */
 
   GMutex       lock;
   GCond        cond;              /* stop requested, idle, or the run ended */
@@ -192,6 +199,7 @@ ah_host_new (AhManifest *manifest,
   self->plugins = host_plugin_cache_new ();
   self->observers = g_ptr_array_new_with_free_func (g_free);
   g_mutex_init (&self->lock);
+  g_mutex_init (&self->reload_lock);
   g_cond_init (&self->cond);
 
   /* Every plugin loads before anything else happens, so a bad one stops
@@ -285,6 +293,12 @@ host_stop (AhHost *self)
   self->state = HOST_STOPPING;
   g_mutex_unlock (&self->lock);
 
+  /* No reload starts from here on (they check the state), and one under
+   * way finishes before anything below is torn down. */
+  g_clear_pointer (&self->watch, ah_watch_free);
+  g_mutex_lock (&self->reload_lock);
+  g_mutex_unlock (&self->reload_lock);
+
   /* Offloads first, while the bus still runs: the running ones are
    * cancelled and their outcomes still reach their agents, which the
    * drain below then handles. */
@@ -372,6 +386,7 @@ ah_host_free (AhHost *self)
   g_hash_table_unref (self->plugins);
   ah_manifest_free (self->manifest);
   g_mutex_clear (&self->lock);
+  g_mutex_clear (&self->reload_lock);
   g_cond_clear (&self->cond);
   g_free (self);
 }
@@ -585,6 +600,8 @@ ah_host_get_stats (AhHost      *self,
   ret_stats->prewarm_ms = self->prewarm_ms;
 
   g_mutex_lock (&self->lock);
+  ret_stats->reloads = self->reloads;
+  ret_stats->reload_failures = self->reload_failures;
   end = self->run_end_us != 0 ? self->run_end_us : g_get_monotonic_time ();
   if (self->run_start_us != 0)
     ret_stats->elapsed_s = (end - self->run_start_us) / 1e6;
@@ -912,4 +929,219 @@ ah_host_request (AhHost       *self,
                    "request on '%s' had no responders", subject);
       return NULL;
     }
+}
+
+/* ---- hot reload ---------------------------------------------------------- */
+
+#define AH_SUBJECT_RELOAD_DONE   "$SYS.reload.done"
+#define AH_SUBJECT_RELOAD_FAILED "$SYS.reload.failed"
+
+static void
+host_publish_event (AhHost     *self,
+                    const char *subject,
+                    const char *text)
+{
+  /* System priority: the event overtakes any data backlog. A stopped bus
+   * refuses it, which only happens while the host stops. */
+  ah_bus_publish (self->bus, AH_AGENT_ID_NONE, subject, text, strlen (text),
+                  AH_PRIORITY_SYSTEM, NULL);
+}
+
+static void
+host_reload_failed (AhHost     *self,
+                    const char *path,
+                    GError     *error)
+{
+  g_autofree char *text = g_strdup_printf ("file=%s reason=%s", path, error->message);
+
+  g_mutex_lock (&self->lock);
+  self->reload_failures++;
+  g_mutex_unlock (&self->lock);
+  g_message ("reload of %s refused, the running version stays: %s", path, error->message);
+  host_publish_event (self, AH_SUBJECT_RELOAD_FAILED, text);
+}
+
+/* Reloads the plugin file @path for every agent type using it. */
+static gboolean
+host_reload_path (AhHost     *self,
+                  const char *path,
+                  GError    **error)
+{
+  g_autoptr(GError) local_error = NULL;
+  g_autoptr(AhPlugin) plugin = NULL;
+  g_autofree AhPool **pools = g_new0 (AhPool *, self->n_pools);
+  g_autofree char *text = NULL;
+  AhReloadResult result;
+  guint n_pools = 0;
+  gint64 start = g_get_monotonic_time ();
+  gdouble ms;
+
+  g_mutex_lock (&self->reload_lock);
+  if (!host_check_running (self, error))
+    {
+      g_mutex_unlock (&self->reload_lock);
+      return FALSE;
+    }
+
+  for (guint i = 0; i < self->n_pools; i++)
+    if (g_str_equal (ah_plugin_get_path (ah_pool_get_plugin (self->pools[i])), path))
+      pools[n_pools++] = self->pools[i];
+
+  /* A private copy: the loader never hands back the running mapping, and
+   * the build may overwrite the file right away. The ABI and descriptor
+   * are checked here, before any agent is touched. */
+  plugin = ah_plugin_open_copy (path, &local_error);
+  if (plugin == NULL
+      || !ah_reload_switch (self->manifest, self->bus, pools, n_pools, plugin, &result,
+                            &local_error))
+    {
+      host_reload_failed (self, path, local_error);
+      g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_RELOAD, "%s", local_error->message);
+      g_mutex_unlock (&self->reload_lock);
+      return FALSE;
+    }
+
+  /* The pools hold the new version; the cache follows, and the old
+   * version goes with its last reference (an offload may hold one). */
+  g_hash_table_replace (self->plugins, g_strdup (path), ah_plugin_ref (plugin));
+  ms = (g_get_monotonic_time () - start) / 1000.0;
+  g_mutex_lock (&self->lock);
+  self->reloads++;
+  g_mutex_unlock (&self->lock);
+
+  text = g_strdup_printf ("plugin=%s version=%s file=%s agents=%u migrated=%u kept=%u "
+                          "reinitialized=%u ms=%.3f",
+                          ah_plugin_get_desc (plugin)->name, ah_plugin_get_desc (plugin)->version,
+                          path, result.n_agents, result.n_migrated, result.n_kept,
+                          result.n_reinitialized, ms);
+  g_message ("reloaded %s: version %s, %u agent%s switched in %.3f ms",
+             path, ah_plugin_get_desc (plugin)->version, result.n_agents,
+             result.n_agents == 1 ? "" : "s", ms);
+  host_publish_event (self, AH_SUBJECT_RELOAD_DONE, text);
+  g_mutex_unlock (&self->reload_lock);
+  return TRUE;
+}
+
+gboolean
+ah_host_reload (AhHost     *self,
+                const char *type_name,
+                GError    **error)
+{
+  AhPool *pool;
+  g_autofree char *path = NULL;
+
+  g_return_val_if_fail (self != NULL, FALSE);
+  g_return_val_if_fail (type_name != NULL, FALSE);
+
+  pool = ah_host_find_pool (self, type_name);
+  if (pool == NULL)
+    {
+      g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_UNKNOWN_TYPE,
+                   "no agent type '%s' in manifest '%s'", type_name, self->manifest->name);
+      return FALSE;
+    }
+  /* Copied: a concurrent reload replaces the plugin the path lives in. */
+  g_mutex_lock (&self->reload_lock);
+  path = g_strdup (ah_plugin_get_path (ah_pool_get_plugin (pool)));
+  g_mutex_unlock (&self->reload_lock);
+
+  return host_reload_path (self, path, error);
+}
+
+/* The distinct plugin files of the running pools, with their checksum. */
+static GHashTable *
+host_running_files (AhHost *self)
+{
+  GHashTable *files = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
+
+  g_mutex_lock (&self->reload_lock);
+  for (guint i = 0; i < self->n_pools; i++)
+    {
+      AhPlugin *plugin = ah_pool_get_plugin (self->pools[i]);
+
+      g_hash_table_replace (files, g_strdup (ah_plugin_get_path (plugin)),
+                            g_strdup (ah_plugin_get_checksum (plugin)));
+    }
+  g_mutex_unlock (&self->reload_lock);
+  return files;
+}
+
+guint
+ah_host_reload_changed (AhHost  *self,
+                        GError **error)
+{
+  g_autoptr(GHashTable) files = NULL;
+  GHashTableIter iter;
+  gpointer path, checksum;
+  guint n_reloaded = 0;
+
+  g_return_val_if_fail (self != NULL, 0);
+
+  files = host_running_files (self);
+  g_hash_table_iter_init (&iter, files);
+  while (g_hash_table_iter_next (&iter, &path, &checksum))
+    {
+      g_autoptr(GError) local_error = NULL;
+      g_autofree char *now = ah_plugin_file_checksum (path, &local_error);
+
+      /* Touched but not changed: nothing to do. */
+      if (now != NULL && g_strcmp0 (now, checksum) == 0)
+        continue;
+      if (now != NULL && host_reload_path (self, path, &local_error))
+        {
+          n_reloaded++;
+          continue;
+        }
+      if (now == NULL)
+        host_reload_failed (self, path, local_error);
+      if (error != NULL && *error == NULL)
+        g_propagate_error (error, g_steal_pointer (&local_error));
+    }
+  return n_reloaded;
+}
+
+static void
+host_on_file_changed (const char *path,
+                      gpointer    user_data)
+{
+  AhHost *self = user_data;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GHashTable) files = host_running_files (self);
+  const char *checksum = g_hash_table_lookup (files, path);
+  g_autofree char *now = ah_plugin_file_checksum (path, NULL);
+
+  /* Written again with the same bytes (a no-op rebuild): not a reload. */
+  if (checksum != NULL && g_strcmp0 (now, checksum) == 0)
+    return;
+  /* The failure is logged and published by host_reload_path(); the old
+   * version runs on, which is all a watcher can do. */
+  host_reload_path (self, path, &error);
+}
+
+gboolean
+ah_host_watch (AhHost  *self,
+               guint    debounce_ms,
+               GError **error)
+{
+  g_autoptr(GHashTable) files = NULL;
+  GHashTableIter iter;
+  gpointer path;
+
+  g_return_val_if_fail (self != NULL, FALSE);
+
+  if (!host_check_running (self, error))
+    return FALSE;
+  if (self->watch != NULL)
+    return TRUE;
+
+  self->watch = ah_watch_new (debounce_ms, host_on_file_changed, self);
+  files = host_running_files (self);
+  g_hash_table_iter_init (&iter, files);
+  while (g_hash_table_iter_next (&iter, &path, NULL))
+    if (!ah_watch_add_file (self->watch, path, error))
+      {
+        g_clear_pointer (&self->watch, ah_watch_free);
+        return FALSE;
+      }
+  return TRUE;
 }

@@ -28,6 +28,7 @@
 
 typedef struct {
   AhAgentId       agent;
+  AhPlugin       *code;          /* (owned) the module of func and destroy */
   guint64         id;
   AhOffloadFunc   func;
   gpointer        data;
@@ -54,6 +55,8 @@ ah_offload_task_free (AhOffloadTask *task)
 {
   if (task->destroy != NULL)
     task->destroy (task->data);
+  /* Last: this may close the module destroy lives in (after a reload). */
+  g_clear_pointer (&task->code, ah_plugin_unref);
   g_free (task);
 }
 
@@ -153,6 +156,7 @@ ah_offload_pool_new (AhBus *bus,
 guint64
 ah_offload_pool_submit (AhOffloadPool  *self,
                         AhAgentId       agent,
+                        AhPlugin       *code,
                         AhOffloadFunc   func,
                         gpointer        data,
                         GDestroyNotify  destroy)
@@ -165,6 +169,7 @@ ah_offload_pool_submit (AhOffloadPool  *self,
 
   task = g_new0 (AhOffloadTask, 1);
   task->agent = agent;
+  task->code = code != NULL ? ah_plugin_ref (code) : NULL;
   task->id = id = ah_bus_new_correlation (self->bus);
   task->func = func;
   task->data = data;
@@ -262,5 +267,6 @@ ah_offload (AhContext      *ctx,
       return 0;
     }
 
-  return ah_offload_pool_submit (pool, ctx->agent->id, func, data, destroy);
+  return ah_offload_pool_submit (pool, ctx->agent->id, ah_pool_get_plugin (ctx->agent->pool),
+                                 func, data, destroy);
 }

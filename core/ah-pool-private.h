@@ -33,6 +33,11 @@ struct _AhAgent {
   guint         index;        /* slot in the pool, stable for the slot's life */
   AhAgentState  state;        /* under the pool's lock */
   gpointer      state_mem;    /* the plugin's state_size bytes */
+  /* The state's own allocation, when it is not a slice of the pool's
+   * initial block (slots added by spawns, states rebuilt by a reload):
+   * then state_mem is it, sized state_capacity. */
+  gpointer      state_owned;
+  gsize         state_capacity;
 };
 
 /* Called when an agent asks the host to stop (ah_context_request_stop). */
@@ -41,6 +46,9 @@ typedef void (*AhPoolStopFunc) (int exit_code, gpointer user_data);
 struct _AhContext {
   AhAgent     *agent;
   AhBusCall   *call;          /* NULL outside handle_batch */
+  /* A reload runs the new version's hooks before the switch: they read
+   * the new version's config (its schema's defaults). NULL: the pool's. */
+  GHashTable  *config;
 };
 
 AhPool     *ah_pool_new            (AhBus *bus, const AhManifestAgentType *type,
@@ -72,6 +80,26 @@ GArray     *ah_pool_get_live_ids   (AhPool *self);
 /* The host's offload pool, which the agents' ah_offload() use. */
 void        ah_pool_set_offload_pool (AhPool *self, AhOffloadPool *offload);
 AhOffloadPool *ah_pool_get_offload_pool (AhPool *self);
+
+/* ---- For the reload code (core/ah-reload.c) only ------------------- */
+
+AhPlugin   *ah_pool_get_plugin       (AhPool *self);
+/* Held while agents are spawned, terminated or switched: a reload never
+ * races a spawn. Never held while a handler runs. */
+void        ah_pool_lock_lifecycle   (AhPool *self);
+void        ah_pool_unlock_lifecycle (AhPool *self);
+/* The live agents, by slot index. Call with the lifecycle lock held: the
+ * set cannot change until it is released. (element-type AhAgent) */
+GPtrArray  *ah_pool_get_live_agents  (AhPool *self);
+/* Gives @agent the state buffer @state_mem (allocated with
+ * g_aligned_alloc0, AH_STATE_ALIGN, of @capacity bytes; taken over),
+ * freeing the one it had if it owned it. */
+void        ah_pool_agent_set_state  (AhAgent *agent, gpointer state_mem, gsize capacity);
+/* Switches the pool to @plugin (a reference is taken, the old one
+ * dropped) and @config (taken over). Lifecycle lock held, every live
+ * agent paused. */
+void        ah_pool_replace_plugin   (AhPool *self, AhPlugin *plugin, GHashTable *config);
+#define AH_STATE_ALIGN 16
 
 /* The config value of @key for the agents of @pool, or NULL. */
 const char *ah_pool_lookup_config  (AhPool *self, const char *key);

@@ -18,7 +18,6 @@
 
 #include <string.h>
 
-#define AH_STATE_ALIGN 16
 /* Pools up to this size are pre-warmed as one chunk; larger ones are cut
  * so that several threads share them. */
 #define AH_PREWARM_MIN_CHUNK 64
@@ -37,6 +36,7 @@ struct _AhPool {
   AhOffloadPool             *offload;      /* the host's; may be NULL */
   gsize                      state_stride;
 
+  GMutex                     lifecycle_lock;   /* see ah_pool_lock_lifecycle() */
   GMutex                     lock;
   AhAgent                   *block;        /* the initial pool_size slots */
   guint8                    *state_block;  /* their states, state_stride apart */
@@ -138,6 +138,7 @@ ah_pool_new (AhBus                     *bus,
   self->stop_func = stop_func;
   self->stop_data = stop_data;
   g_mutex_init (&self->lock);
+  g_mutex_init (&self->lifecycle_lock);
 
   self->config = ah_config_table_new (type, self->desc);
 
@@ -192,11 +193,13 @@ ah_pool_free (AhPool *self)
   if (self == NULL)
     return;
 
-  for (guint i = self->type->pool_size; i < self->slots->len; i++)
+  for (guint i = 0; i < self->slots->len; i++)
     {
       AhAgent *agent = g_ptr_array_index (self->slots, i);
-      g_aligned_free (agent->state_mem);
-      g_free (agent);
+
+      g_aligned_free (agent->state_owned);
+      if (i >= self->type->pool_size)
+        g_free (agent);
     }
   g_ptr_array_unref (self->slots);
   g_array_unref (self->idle);
@@ -205,6 +208,7 @@ ah_pool_free (AhPool *self)
   g_aligned_free (self->state_block);
   g_free (self->block);
   g_mutex_clear (&self->lock);
+  g_mutex_clear (&self->lifecycle_lock);
   ah_plugin_unref (self->plugin);
   g_free (self);
 }
@@ -268,6 +272,24 @@ pool_agent_release (AhPool  *self,
   g_mutex_unlock (&self->lock);
 }
 
+static gsize
+pool_agent_state_capacity (AhPool  *self,
+                           AhAgent *agent)
+{
+  return agent->state_owned != NULL ? agent->state_capacity : self->state_stride;
+}
+
+void
+ah_pool_agent_set_state (AhAgent *agent,
+                         gpointer state_mem,
+                         gsize    capacity)
+{
+  g_aligned_free (agent->state_owned);
+  agent->state_owned = state_mem;
+  agent->state_mem = state_mem;
+  agent->state_capacity = capacity;
+}
+
 /* Takes a slot off the idle list (or makes a new one) and marks it
  * STARTING. */
 static AhAgent *
@@ -288,12 +310,19 @@ pool_take_slot (AhPool *self)
       agent = g_new0 (AhAgent, 1);
       agent->pool = self;
       agent->index = self->slots->len;
-      if (self->state_stride > 0)
-        agent->state_mem = g_aligned_alloc0 (1, self->state_stride, AH_STATE_ALIGN);
       g_ptr_array_add (self->slots, agent);
     }
   agent->state = AH_AGENT_STARTING;
   g_mutex_unlock (&self->lock);
+
+  /* A new slot, or one whose state was sized for an earlier version of
+   * the plugin, gets a buffer of the running version's size. */
+  if (agent->state_mem == NULL ? self->desc->state_size > 0
+                               : pool_agent_state_capacity (self, agent) < self->desc->state_size)
+    ah_pool_agent_set_state (agent,
+                             self->desc->state_size > 0
+                             ? g_aligned_alloc0 (1, self->desc->state_size, AH_STATE_ALIGN) : NULL,
+                             self->desc->state_size);
 
   return agent;
 }
@@ -303,9 +332,11 @@ ah_pool_spawn (AhPool  *self,
                GError **error)
 {
   AhAgent *agent;
+  AhAgentId id;
 
   g_return_val_if_fail (self != NULL, AH_AGENT_ID_NONE);
 
+  ah_pool_lock_lifecycle (self);
   agent = pool_take_slot (self);
   if (!pool_agent_init (self, agent, error))
     {
@@ -313,11 +344,14 @@ ah_pool_spawn (AhPool  *self,
       self->init_failures++;
       g_mutex_unlock (&self->lock);
       pool_agent_release (self, agent);
+      ah_pool_unlock_lifecycle (self);
       return AH_AGENT_ID_NONE;
     }
   pool_agent_go_live (self, agent);
+  id = agent->id;
+  ah_pool_unlock_lifecycle (self);
 
-  return agent->id;
+  return id;
 }
 
 gboolean
@@ -366,6 +400,7 @@ ah_pool_terminate (AhPool   *self,
 
   g_return_val_if_fail (self != NULL, FALSE);
 
+  ah_pool_lock_lifecycle (self);
   g_mutex_lock (&self->lock);
   agent = g_hash_table_lookup (self->live, &id);
   if (agent != NULL)
@@ -377,6 +412,7 @@ ah_pool_terminate (AhPool   *self,
 
   if (agent == NULL)
     {
+      ah_pool_unlock_lifecycle (self);
       g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_UNKNOWN_AGENT,
                    "agent type '%s' has no live agent %" G_GUINT64_FORMAT,
                    self->type->name, id);
@@ -384,6 +420,7 @@ ah_pool_terminate (AhPool   *self,
     }
 
   pool_agent_stop (self, agent);
+  ah_pool_unlock_lifecycle (self);
   return TRUE;
 }
 
@@ -394,6 +431,7 @@ ah_pool_terminate_all (AhPool *self)
   GHashTableIter iter;
   gpointer value;
 
+  ah_pool_lock_lifecycle (self);
   g_mutex_lock (&self->lock);
   g_hash_table_iter_init (&iter, self->live);
   while (g_hash_table_iter_next (&iter, NULL, &value))
@@ -414,6 +452,7 @@ ah_pool_terminate_all (AhPool *self)
       if (agent->state == AH_AGENT_STOPPING)
         pool_agent_stop (self, agent);
     }
+  ah_pool_unlock_lifecycle (self);
 }
 
 void
@@ -435,6 +474,56 @@ ah_pool_get_stats (AhPool      *self,
 
   ret_stats->handled = __atomic_load_n (&self->handled, __ATOMIC_RELAXED);
   ret_stats->handler_failures = __atomic_load_n (&self->handler_failures, __ATOMIC_RELAXED);
+}
+
+AhPlugin *
+ah_pool_get_plugin (AhPool *self)
+{
+  return self->plugin;
+}
+
+void
+ah_pool_lock_lifecycle (AhPool *self)
+{
+  g_mutex_lock (&self->lifecycle_lock);
+}
+
+void
+ah_pool_unlock_lifecycle (AhPool *self)
+{
+  g_mutex_unlock (&self->lifecycle_lock);
+}
+
+GPtrArray *
+ah_pool_get_live_agents (AhPool *self)
+{
+  GPtrArray *agents = g_ptr_array_new ();
+
+  g_mutex_lock (&self->lock);
+  for (guint i = 0; i < self->slots->len; i++)
+    {
+      AhAgent *agent = g_ptr_array_index (self->slots, i);
+
+      if (agent->state == AH_AGENT_READY)
+        g_ptr_array_add (agents, agent);
+    }
+  g_mutex_unlock (&self->lock);
+
+  return agents;
+}
+
+void
+ah_pool_replace_plugin (AhPool     *self,
+                        AhPlugin   *plugin,
+                        GHashTable *config)
+{
+  AhPlugin *old = self->plugin;
+
+  self->plugin = ah_plugin_ref (plugin);
+  self->desc = ah_plugin_get_desc (plugin);
+  g_hash_table_unref (self->config);
+  self->config = config;
+  ah_plugin_unref (old);
 }
 
 GArray *
