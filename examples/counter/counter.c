@@ -59,9 +59,11 @@ counter_parse_amount (const AhMessage *message,
       *ret_amount = 1;
       return TRUE;
     }
-  /* The payload is not NUL-terminated by contract: copy before parsing. */
+  /* The payload is not NUL-terminated by contract: copy before parsing,
+   * and refuse a NUL inside, which would cut the text short. */
   text = g_strndup (data, size);
-  if (!g_ascii_string_to_unsigned (text, 10, 0, COUNTER_MAX_ADD, ret_amount, NULL))
+  if (strlen (text) != size
+      || !g_ascii_string_to_unsigned (text, 10, 0, COUNTER_MAX_ADD, ret_amount, NULL))
     {
       g_set_error (error, AH_AGENT_ERROR, AH_AGENT_ERROR_INVALID_MESSAGE,
                    "counter.add: '%.32s' is not a number from 0 to %d",

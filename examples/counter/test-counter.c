@@ -246,11 +246,12 @@ test_counter_manifest (void)
 
   ah_test_host_publish_string (host, "counter.add", "ten");
   ah_test_host_publish_string (host, "counter.add", "1000001");
+  ah_test_host_publish (host, "counter.add", "5\0" "5", 3);
   ah_test_host_run_until_idle (host);
   assert_count (host, "17");
   ah_test_host_get_stats (host, &stats);
-  /* Whether the two bad adds came in one batch or two, both are failed. */
-  g_assert_cmpuint (stats.failed, ==, 2);
+  /* However the bad adds were batched, each is failed. */
+  g_assert_cmpuint (stats.failed, ==, 3);
 
   g_clear_pointer (&host, ah_test_host_free);
   text = capture_end ();

@@ -47,7 +47,8 @@ sink_handle_message (AhContext       *ctx,
       g_autofree char *text = g_strndup (data, size);
       guint64 n_words;
 
-      if (!g_ascii_string_to_unsigned (text, 10, 0, G_MAXUINT32, &n_words, NULL))
+      if (strlen (text) != size
+          || !g_ascii_string_to_unsigned (text, 10, 0, G_MAXUINT32, &n_words, NULL))
         {
           g_set_error (error, AH_AGENT_ERROR, AH_AGENT_ERROR_INVALID_MESSAGE,
                        "pipeline.counts: '%.20s' is not a word count",

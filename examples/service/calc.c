@@ -66,7 +66,9 @@ calc_handle_request (AhContext       *ctx,
   char answer[64];
   gint64 value;
 
-  if (!g_ascii_string_to_signed (text, 10, G_MININT64, G_MAXINT64, &value, NULL))
+  /* A NUL inside the payload would cut the text short: not a number. */
+  if (strlen (text) != size
+      || !g_ascii_string_to_signed (text, 10, G_MININT64, G_MAXINT64, &value, NULL))
     {
       g_autofree char *escaped = g_strescape (text, NULL);
 

@@ -144,7 +144,16 @@ test_calc_not_a_number (void)
   g_assert_true (ah_host_get_type_stats (ah_test_host_get_host (host), 0, &stats));
   g_assert_cmpuint (stats.handler_failures, ==, 1);
 
-  /* The agent failed one batch; it still serves the next request. */
+  /* A NUL inside the payload makes it no number either. */
+  g_clear_error (&error);
+  reply = ah_test_host_request (host, "calc.square", "12\0" "3", 4, 100, &error);
+  g_assert_null (reply);
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_TIMEOUT);
+  g_clear_error (&error);
+  g_assert_true (ah_host_get_type_stats (ah_test_host_get_host (host), 0, &stats));
+  g_assert_cmpuint (stats.handler_failures, ==, 2);
+
+  /* The agent failed two batches; it still serves the next request. */
   assert_reply (host, "3", "9");
 }
 
