@@ -10,6 +10,8 @@
  *   + SEQCHECK_REFUSE_FORMAT_1  restore refuses a format 1 snapshot
  *   + SEQCHECK_ABI_2            built for plugin ABI 2.0 (the descriptor by hand)
  *   + SEQCHECK_NO_HOOKS         no snapshot/restore, no stable flag: re-initialised
+ *   + SEQCHECK_REQUIRE_CONFIG   a config schema with a required key the
+ *                               tests' manifest does not give
  *
  * Each agent checks ordering. A message on "seq.in" (published or sent
  * directly) carries "SENDER SEQ" in decimal; SEQ starts at 1 and each
@@ -59,6 +61,9 @@
 #  define SEQCHECK_STATE_FORMAT   2
 #elif defined (SEQCHECK_NO_HOOKS)
 #  define SEQCHECK_VERSION_STRING "2.0.0-nohooks"
+#  define SEQCHECK_STATE_FORMAT   2
+#elif defined (SEQCHECK_REQUIRE_CONFIG)
+#  define SEQCHECK_VERSION_STRING "2.0.0-config"
 #  define SEQCHECK_STATE_FORMAT   2
 #else
 #  define SEQCHECK_VERSION_STRING "2.0.0"
@@ -434,6 +439,14 @@ seqcheck_state_restore (AhContext *ctx,
 
 #endif /* hooks */
 
+#if defined (SEQCHECK_REQUIRE_CONFIG)
+static const AhConfigKey seqcheck_config[] = {
+  { "window", AH_CONFIG_INT, AH_CONFIG_FLAG_REQUIRED, NULL, 1, 1000,
+    "a setting this version cannot do without" },
+  AH_CONFIG_KEY_END
+};
+#endif
+
 #if defined (SEQCHECK_ABI_2)
 
 /* AH_PLUGIN_DEFINE stamps the ABI these headers speak, and overriding a
@@ -473,6 +486,9 @@ AH_PLUGIN_DEFINE (seqcheck,
 #if !defined (SEQCHECK_LAYOUT_STABLE) && !defined (SEQCHECK_NO_HOOKS)
   .state_snapshot = seqcheck_state_snapshot,
   .state_restore  = seqcheck_state_restore,
+#endif
+#if defined (SEQCHECK_REQUIRE_CONFIG)
+  .config_schema  = seqcheck_config,
 #endif
   .handle_batch   = seqcheck_handle_batch)
 
