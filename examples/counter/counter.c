@@ -6,7 +6,8 @@
  * payload is empty); a request on "counter.get" is answered with the
  * count. When the system starts, each agent publishes one "counter.add"
  * per item of its `seed` config, so a plain `agenthost run` has
- * something to count; at the end each agent prints its count.
+ * something to count. agent_finalize prints the count: when the agent
+ * stops, and when a hot reload retires this version's state.
  *
  * state_snapshot and state_restore are the hot-reload contract: the next
  * version of the plugin rebuilds its state from what this one wrote. The

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* The counter example: its snapshot format through the descriptor's
- * hooks, called directly as a hot reload would (the snapshot is the
- * contract between two versions of the plugin, so the tests build and
- * read snapshots byte by byte); its counting in the test harness; and
+ * hooks, called directly (the snapshot is the contract between two
+ * versions of the plugin, so the tests build and read snapshots byte by
+ * byte); its counting in the test harness, across a hot reload; and
  * counter.yaml under `agenthost run`. The plugin and its manifest are in
  * EXAMPLE_BUILD_DIR. */
 #include <agenthost/agenthost.h>
@@ -259,6 +259,46 @@ test_counter_manifest (void)
 }
 
 static void
+test_counter_reload (void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhTestHost) host = NULL;
+  g_autofree char *text = NULL;
+  AhHostStats stats;
+
+  g_test_summary ("A hot reload of counter.so carries the count through the plugin's own "
+                  "snapshot and restore; the old version's finalize reports at the switch");
+
+  capture_begin ();
+  host = ah_test_host_new_for_manifest (COUNTER_MANIFEST, &error);
+  g_assert_no_error (error);
+  ah_test_host_publish_string (host, "counter.add", "4");
+  ah_test_host_run_until_idle (host);
+  assert_count (host, "10");
+
+  /* Both versions have the hooks and do not declare the layout stable:
+   * the state goes through state_snapshot and state_restore. */
+  g_assert_true (ah_host_reload (ah_test_host_get_host (host), "counter", &error));
+  g_assert_no_error (error);
+  ah_test_host_run_until_idle (host);
+  assert_count (host, "10");
+  ah_test_host_publish_string (host, "counter.add", "");
+  ah_test_host_run_until_idle (host);
+  assert_count (host, "11");
+
+  ah_test_host_get_stats (host, &stats);
+  g_assert_cmpuint (stats.reloads, ==, 1);
+  g_assert_cmpuint (stats.reload_failures, ==, 0);
+  /* Nobody subscribes to the host's announcement of it. */
+  g_assert_cmpuint (ah_test_host_count (host, AH_TEST_CAPTURE_DEAD_LETTERS, "$SYS.reload.done"), ==, 1);
+
+  g_clear_pointer (&host, ah_test_host_free);
+  text = capture_end ();
+  g_assert_cmpstr (text, ==, "counter 0: 10 after 4 adds\n"
+                             "counter 0: 11 after 5 adds\n");
+}
+
+static void
 test_counter_config_invalid (void)
 {
   g_autoptr(GError) error = NULL;
@@ -326,6 +366,7 @@ main (int    argc,
                   hooks_set_up, test_counter_snapshot_refused, hooks_tear_down);
     }
   g_test_add_func ("/example/counter/manifest", test_counter_manifest);
+  g_test_add_func ("/example/counter/reload", test_counter_reload);
   g_test_add_func ("/example/counter/config/invalid", test_counter_config_invalid);
   g_test_add_func ("/example/counter/run", test_counter_run);
 
