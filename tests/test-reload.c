@@ -10,6 +10,7 @@
 #include <agenthost/agenthost.h>
 #include <agenthost/ah-testing.h>
 
+#include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdatomic.h>
@@ -17,6 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <glib/gstdio.h>
+#include <sys/stat.h>
 
 #define RELOAD_N_AGENTS      4
 #define RELOAD_TYPE          "seqcheck"
@@ -1063,6 +1065,90 @@ test_reload_unload_old (Reload       *fixture,
   reload_assert_agents (fixture, 1, 20, 0, 2);
 }
 
+/* Opens @fifo for writing on a thread of its own: open() returns only
+ * once the other end is open, here by the agent's offloaded function. */
+typedef struct {
+  const char *fifo;
+  GMutex      lock;
+  GCond       cond;
+  int         fd;           /* -1 until opened */
+  int         open_errno;
+} FifoWriter;
+
+static gpointer
+fifo_writer_open (gpointer data)
+{
+  FifoWriter *self = data;
+  int fd = g_open (self->fifo, O_WRONLY | O_CLOEXEC, 0);
+  int saved_errno = errno;
+
+  g_mutex_lock (&self->lock);
+  self->fd = fd;
+  self->open_errno = fd < 0 ? saved_errno : 0;
+  g_cond_broadcast (&self->cond);
+  g_mutex_unlock (&self->lock);
+  return NULL;
+}
+
+static void
+test_reload_unload_after_offload (Reload       *fixture,
+                                  gconstpointer user_data)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *fifo = g_build_filename (fixture->dir, "hold.fifo", NULL);
+  g_autoptr(GHashTable) with_v1 = NULL;
+  g_autoptr(GHashTable) during = NULL;
+  g_autoptr(GHashTable) after = NULL;
+  FifoWriter writer = { .fifo = fifo, .fd = -1 };
+  GThread *opener;
+  gint64 deadline = g_get_monotonic_time () + RELOAD_EVENT_TIMEOUT_S * G_TIME_SPAN_SECOND;
+  gboolean opened = TRUE;
+  GHashTableIter iter;
+  gpointer key;
+
+  g_test_summary ("An offloaded function of the old version still running keeps that "
+                  "version loaded after the switch; once it returns, the version is unloaded");
+
+  g_assert_cmpint (mkfifo (fifo, 0600), ==, 0);
+  with_v1 = mapped_plugin_files ();
+  g_assert_cmpuint (g_hash_table_size (with_v1), >, 0);
+
+  g_mutex_init (&writer.lock);
+  g_cond_init (&writer.cond);
+  opener = g_thread_new ("fifo-writer", fifo_writer_open, &writer);
+  ah_test_host_send (fixture->test_host, fixture->agents[0], "seq.hold", fifo, strlen (fifo));
+  g_mutex_lock (&writer.lock);
+  while (writer.fd < 0 && writer.open_errno == 0 && opened)
+    opened = g_cond_wait_until (&writer.cond, &writer.lock, deadline);
+  g_mutex_unlock (&writer.lock);
+  g_assert_true (opened);
+  g_assert_cmpint (writer.open_errno, ==, 0);
+  g_thread_join (opener);
+
+  /* v1's function is running on an I/O thread from here on. */
+  reload_install (fixture, "v2");
+  g_assert_true (ah_host_reload (fixture->host, RELOAD_TYPE, &error));
+  g_assert_no_error (error);
+  during = mapped_plugin_files ();
+  g_hash_table_iter_init (&iter, with_v1);
+  while (g_hash_table_iter_next (&iter, &key, NULL))
+    g_assert_true (g_hash_table_contains (during, key));
+
+  g_assert_cmpint (write (writer.fd, "x", 1), ==, 1);
+  g_assert_cmpint (close (writer.fd), ==, 0);
+  ah_test_host_run_until_idle (fixture->test_host);
+  after = mapped_plugin_files ();
+  assert_none_mapped (with_v1, after);
+
+  reload_send_traffic (fixture, 1, 10);
+  ah_test_host_run_until_idle (fixture->test_host);
+  reload_assert_agents (fixture, 2, 10, 0, 1);
+
+  g_unlink (fifo);
+  g_cond_clear (&writer.cond);
+  g_mutex_clear (&writer.lock);
+}
+
 int
 main (int    argc,
       char **argv)
@@ -1088,6 +1174,7 @@ main (int    argc,
   ADD ("/reload/watch/incomplete", test_reload_watch_incomplete, NULL);
   ADD ("/reload/load/twenty", test_reload_under_load, NULL);
   ADD ("/reload/unload/old-version", test_reload_unload_old, NULL);
+  ADD ("/reload/unload/after-offload", test_reload_unload_after_offload, NULL);
 #undef ADD
 
   return g_test_run ();

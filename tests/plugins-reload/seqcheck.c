@@ -20,6 +20,11 @@
  * a malformed payload - counts as an error. The tests route each sender's
  * traffic to one agent, so a correct host leaves errors at 0.
  *
+ * A message on "seq.hold" carries the path of a FIFO: the agent offloads
+ * a function of this version that opens the FIFO, reads one byte and
+ * returns. A test holds it there to have the old version's code running
+ * on an I/O thread while it reloads.
+ *
  * A request on "seq.stats" is answered, and a message on "seq.report"
  * answered by a publish on "seq.stats.<pool index>", with
  * "version=V count=N errors=E restores=R": R counts the state_restore
@@ -38,7 +43,10 @@
  */
 #include <agenthost/agenthost.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <unistd.h>
 
 #ifndef SEQCHECK_VERSION
 #error "SEQCHECK_VERSION must be defined (1 or 2)"
@@ -183,6 +191,32 @@ seqcheck_take (SeqCheck        *self,
     *last = seq;
 }
 
+/* On an I/O thread: blocks in open() until the test opens the FIFO for
+ * writing - which tells the test this code is running - then until it
+ * writes or closes. Not cancellable: the test always lets it go. */
+static GBytes *
+seqcheck_hold (gpointer      data,
+               GCancellable *cancellable,
+               GError      **error)
+{
+  const char *fifo = data;
+  char byte;
+  int fd = open (fifo, O_RDONLY | O_CLOEXEC);
+
+  if (fd < 0)
+    {
+      int saved_errno = errno;
+
+      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (saved_errno),
+                   "cannot open %s: %s", fifo, g_strerror (saved_errno));
+      return NULL;
+    }
+  while (read (fd, &byte, 1) < 0 && errno == EINTR)
+    ;
+  close (fd);
+  return g_bytes_new (NULL, 0);
+}
+
 static char *
 seqcheck_format_stats (const SeqCheck *self)
 {
@@ -215,6 +249,14 @@ seqcheck_handle_batch (AhContext               *ctx,
           g_autofree char *stats = seqcheck_format_stats (self);
 
           ah_reply (ctx, message, stats, strlen (stats));
+        }
+      else if (g_str_equal (subject, "seq.hold"))
+        {
+          gsize size;
+          const char *fifo = ah_message_get_data (message, &size);
+
+          if (ah_offload (ctx, seqcheck_hold, g_strndup (fifo, size), g_free) == 0)
+            self->errors++;
         }
       else if (g_str_equal (subject, "seq.report"))
         {
