@@ -213,6 +213,9 @@ struct _AhWorker {
   /* Written by the worker thread only, read by anyone. */
   AhTally         tally;
   AhLatency       latency;
+  /* The longest the worker waited for its own lock: how long another
+   * thread (a publisher, a pause for a reload) held it up. */
+  _Atomic guint64 stall_max_ns;
 };
 
 struct _AhBusCall {
@@ -2540,6 +2543,23 @@ ah_worker_call (AhWorker    *worker,
 
 /* One turn of @endpoint (state RUNNING, its run-queue reference handed
  * over): retry what it could not send, else handle a batch. */
+/* The worker thread takes its own lock through this: uncontended, it is
+ * one try-lock; contended, the wait is timed and the longest kept. */
+static void
+ah_worker_lock_self (AhWorker *worker)
+{
+  gint64 start;
+  guint64 waited;
+
+  if (pthread_mutex_trylock (&worker->lock) == 0)
+    return;
+  start = ah__monotonic_ns ();
+  pthread_mutex_lock (&worker->lock);
+  waited = (guint64) (ah__monotonic_ns () - start);
+  if (waited > atomic_load_explicit (&worker->stall_max_ns, memory_order_relaxed))
+    atomic_store_explicit (&worker->stall_max_ns, waited, memory_order_relaxed);
+}
+
 static void
 ah_worker_run (AhWorker   *worker,
                AhEndpoint *endpoint)
@@ -2553,7 +2573,7 @@ ah_worker_run (AhWorker   *worker,
   if (endpoint->deferred != NULL && endpoint->deferred->len > 0)
     ah_endpoint_retry_deferred (worker, endpoint);
 
-  pthread_mutex_lock (&worker->lock);
+  ah_worker_lock_self (worker);
   /* No new batch before everything it already sent is queued, and none
    * once a pause has been asked for: the pause is waiting for this turn
    * to end. */
@@ -2573,7 +2593,7 @@ ah_worker_run (AhWorker   *worker,
   if (n > 0)
     ah_worker_call (worker, endpoint, worker->batch, n);
 
-  pthread_mutex_lock (&worker->lock);
+  ah_worker_lock_self (worker);
   if (endpoint->closing)
     {
       /* Closed from another thread meanwhile. */
@@ -2610,7 +2630,7 @@ ah_worker_main (gpointer data)
   AhWorker *worker = data;
 
   ah_bus_current_worker = worker;
-  pthread_mutex_lock (&worker->lock);
+  ah_worker_lock_self (worker);
   for (;;)
     {
       AhEndpoint *endpoint;
@@ -2626,7 +2646,7 @@ ah_worker_main (gpointer data)
           endpoint->state = AH_ENDPOINT_IDLE;
           pthread_mutex_unlock (&worker->lock);
           ah_endpoint_unref (endpoint);
-          pthread_mutex_lock (&worker->lock);
+          ah_worker_lock_self (worker);
           continue;
         }
       endpoint->state = AH_ENDPOINT_RUNNING;
@@ -2634,7 +2654,7 @@ ah_worker_main (gpointer data)
 
       ah_worker_run (worker, endpoint);
 
-      pthread_mutex_lock (&worker->lock);
+      ah_worker_lock_self (worker);
     }
   pthread_mutex_unlock (&worker->lock);
   ah_bus_current_worker = NULL;
@@ -3041,7 +3061,7 @@ ah_bus_get_counters (AhBus         *self,
 {
   guint64 sums[AH_TALLY_N_FIELDS];
   g_autofree guint64 *counts = g_new0 (guint64, AH_LATENCY_N_BUCKETS);
-  guint64 total = 0, max_ns = 0;
+  guint64 total = 0, max_ns = 0, stall_max_ns = 0;
   gint64 in_flight;
 
   g_return_if_fail (self != NULL);
@@ -3068,6 +3088,8 @@ ah_bus_get_counters (AhBus         *self,
         }
       worker_max = atomic_load_explicit (&worker->latency.max_ns, memory_order_relaxed);
       max_ns = MAX (max_ns, worker_max);
+      stall_max_ns = MAX (stall_max_ns,
+                          atomic_load_explicit (&worker->stall_max_ns, memory_order_relaxed));
     }
 
   memset (ret_counters, 0, sizeof *ret_counters);
@@ -3080,6 +3102,7 @@ ah_bus_get_counters (AhBus         *self,
   ret_counters->batches = sums[AH_TALLY_BATCHES];
   ret_counters->requests = sums[AH_TALLY_REQUESTS];
   ret_counters->request_timeouts = sums[AH_TALLY_REQUEST_TIMEOUTS];
+  ret_counters->worker_stall_max_us = stall_max_ns / 1000.0;
   ret_counters->latency_p50_us = ah_latency_percentile_us (counts, total, max_ns, 0.50);
   ret_counters->latency_p95_us = ah_latency_percentile_us (counts, total, max_ns, 0.95);
   ret_counters->latency_p99_us = ah_latency_percentile_us (counts, total, max_ns, 0.99);

@@ -59,8 +59,12 @@ typedef struct {
   guint   n_types;
   guint   reloads;         /* plugin versions switched to */
   guint   reload_failures; /* reloads refused or rolled back */
+  /* The longest any bus worker waited for its own lock, held by another
+   * thread (a publisher, a reload pausing an agent): how long the bus
+   * held a worker up. */
+  gdouble worker_stall_max_us;
   /*< private >*/
-  guint64 reserved[7];
+  guint64 reserved[6];
 } AhHostStats;
 
 typedef struct {
