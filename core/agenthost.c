@@ -37,8 +37,8 @@ typedef enum {
   "Exit status:\n"                                                             \
   "  0    success; also a clean stop by SIGINT, SIGTERM or --timeout\n"        \
   "  1    the run failed (the host did not start, e.g. an agent's init\n"     \
-  "       failed, or the run ended with an error), or new-plugin could\n"     \
-  "       not write its files\n"                                               \
+  "       failed, or the run ended with an error), new-plugin could\n"        \
+  "       not write its files, or reload found no host to signal\n"          \
   "  2    usage error (unknown command or option, bad argument)\n"            \
   "  3    invalid manifest\n"                                                  \
   "  4    a plugin failed to load\n"                                           \
@@ -63,6 +63,7 @@ static int command_run      (const Command *command, GStrv *args);
 static int command_validate (const Command *command, GStrv *args);
 static int command_inspect  (const Command *command, GStrv *args);
 static int command_new_plugin (const Command *command, GStrv *args);
+static int command_reload   (const Command *command, GStrv *args);
 static int command_help     (const Command *command, GStrv *args);
 
 static const Command commands[] = {
@@ -84,8 +85,29 @@ static const Command commands[] = {
     "summary, and what agents print goes to stderr, so stdout is exactly\n"
     "one JSON document.\n"
     "\n"
+    "Hot reload: with --watch (or the manifest's watch: true) a plugin is\n"
+    "reloaded once its file has been quiet for the manifest's\n"
+    "watch_debounce_ms (default 200) after a change. SIGHUP, or\n"
+    "'agenthost reload NAME', reloads every plugin whose file changed.\n"
+    "Either way the log says what was reloaded or why a new version was\n"
+    "refused; a refused version never stops the run, the old one runs on.\n"
+    "While running, the host's pid is in $XDG_RUNTIME_DIR/agenthost/NAME.pid\n"
+    "(NAME: the manifest's name).\n"
+    "\n"
     AGENTHOST_EXIT_STATUS_HELP,
     command_run,
+  },
+  {
+    "reload", "[NAME]",
+    "Make a running system reload the plugins whose files changed",
+    "Sends SIGHUP to the running 'agenthost run' whose manifest is named\n"
+    "NAME; it reloads every plugin whose file content changed and logs the\n"
+    "outcome on its stderr. Without NAME, the only running system; when\n"
+    "several are running, they are listed and one must be named. Hosts are\n"
+    "found through their pid files in $XDG_RUNTIME_DIR/agenthost/.\n"
+    "\n"
+    AGENTHOST_EXIT_STATUS_HELP,
+    command_reload,
   },
   {
     "validate", "FILE...",
@@ -380,6 +402,168 @@ command_help (const Command *command, GStrv *args)
   return target->func (target, &target_args);
 }
 
+/* ---- pid files: how `reload` finds a running host -------------------- */
+
+/* A manifest name: what a pid file is named after. The manifest's own
+ * rule, so that any running system can be named, and no name can reach
+ * outside the directory. */
+#define AGENTHOST_NAME_MAX 64
+
+static gboolean
+system_name_is_valid (const char *name)
+{
+  gsize len = strlen (name);
+
+  if (len == 0 || len > AGENTHOST_NAME_MAX)
+    return FALSE;
+  for (const char *p = name; *p != '\0'; p++)
+    if (!g_ascii_isalnum (*p) && *p != '_' && *p != '.' && *p != '-')
+      return FALSE;
+  return TRUE;
+}
+
+static char *
+pid_dir_path (void)
+{
+  return g_build_filename (g_get_user_runtime_dir (), "agenthost", NULL);
+}
+
+static char *
+pid_file_path (const char *name)
+{
+  g_autofree char *dir = pid_dir_path ();
+  g_autofree char *file_name = g_strconcat (name, ".pid", NULL);
+
+  return g_build_filename (dir, file_name, NULL);
+}
+
+/* The start time of process @pid (field 22 of /proc/PID/stat, in clock
+ * ticks after boot). A pid file records it beside the pid: a pid is
+ * reused once its process is gone, the pair never is. */
+static gboolean
+process_start_time (pid_t pid, guint64 *ret_start_time)
+{
+  g_autofree char *stat_path = g_strdup_printf ("/proc/%d/stat", (int) pid);
+  g_autofree char *contents = NULL;
+  g_auto(GStrv) fields = NULL;
+  const char *after_comm;
+  char *end = NULL;
+
+  if (!g_file_get_contents (stat_path, &contents, NULL, NULL))
+    return FALSE;
+  /* The command name (field 2) is in parentheses and may hold spaces and
+   * parentheses itself: the fields that follow start after the last ')'. */
+  after_comm = strrchr (contents, ')');
+  if (after_comm == NULL)
+    return FALSE;
+  fields = g_strsplit (after_comm + 1, " ", -1);
+  /* fields[0] is empty (the space after ')'), fields[1] is field 3. */
+  if (g_strv_length (fields) < 21)
+    return FALSE;
+  *ret_start_time = g_ascii_strtoull (fields[20], &end, 10);
+  return end != fields[20] && *end == '\0';
+}
+
+/* Reads "PID START\n". FALSE when the file is missing or not of ours. */
+static gboolean
+pid_file_read (const char *path, pid_t *ret_pid, guint64 *ret_start_time, GError **error)
+{
+  g_autofree char *contents = NULL;
+  guint64 pid = 0;
+  guint64 start_time = 0;
+  char *end = NULL;
+
+  if (!g_file_get_contents (path, &contents, NULL, error))
+    return FALSE;
+  pid = g_ascii_strtoull (contents, &end, 10);
+  if (end != contents && *end == ' ')
+    {
+      const char *start_text = end + 1;
+
+      start_time = g_ascii_strtoull (start_text, &end, 10);
+      if (end != start_text && *end == '\n' && end[1] == '\0' && pid > 0 && pid <= G_MAXINT)
+        {
+          *ret_pid = (pid_t) pid;
+          *ret_start_time = start_time;
+          return TRUE;
+        }
+    }
+  g_set_error (error, G_FILE_ERROR, G_FILE_ERROR_INVAL,
+               "%s is not an agenthost pid file", path);
+  return FALSE;
+}
+
+/* Whether the pid file at @path names a process that is running now:
+ * the same pid, started at the same time. */
+static gboolean
+pid_file_is_live (const char *path, pid_t *ret_pid)
+{
+  guint64 start_time = 0;
+  guint64 actual_start_time = 0;
+
+  if (!pid_file_read (path, ret_pid, &start_time, NULL))
+    return FALSE;
+  return process_start_time (*ret_pid, &actual_start_time) && actual_start_time == start_time;
+}
+
+/* Writes this process's pid file for the system @name. Returns its path,
+ * or NULL when it cannot or must not be written: a live host of the same
+ * name keeps its file (`reload NAME` reaches that one, which is worth a
+ * warning); an unusable runtime directory (a sandbox may point
+ * XDG_RUNTIME_DIR at /dev/null) only costs `reload` its way to find this
+ * host, which SIGHUP does not need: -v says so. */
+static char *
+pid_file_write (const char *name)
+{
+  g_autofree char *dir = pid_dir_path ();
+  g_autofree char *path = pid_file_path (name);
+  g_autofree char *contents = NULL;
+  g_autoptr(GError) error = NULL;
+  guint64 start_time = 0;
+  pid_t other = 0;
+
+  if (!system_name_is_valid (name))
+    return NULL;
+  if (pid_file_is_live (path, &other) && other != getpid ())
+    {
+      g_printerr ("%s: another host named '%s' is running (pid %d): 'agenthost reload %s' "
+                  "reaches that one, not this one\n", g_get_prgname (), name, (int) other, name);
+      return NULL;
+    }
+  if (!process_start_time (getpid (), &start_time))
+    {
+      g_debug ("cannot read this process's start time: no pid file, 'agenthost reload' "
+               "will not find this host");
+      return NULL;
+    }
+  contents = g_strdup_printf ("%d %" G_GUINT64_FORMAT "\n", (int) getpid (), start_time);
+  if (g_mkdir_with_parents (dir, 0700) != 0)
+    {
+      int saved_errno = errno;
+
+      g_debug ("cannot create %s: %s; 'agenthost reload' will not find this host",
+               dir, g_strerror (saved_errno));
+      return NULL;
+    }
+  if (!g_file_set_contents (path, contents, -1, &error))
+    {
+      g_debug ("%s; 'agenthost reload' will not find this host", error->message);
+      return NULL;
+    }
+  return g_steal_pointer (&path);
+}
+
+/* Removes the pid file at @path if it still names this process. */
+static void
+pid_file_remove (const char *path)
+{
+  guint64 start_time = 0;
+  pid_t pid = 0;
+
+  if (pid_file_read (path, &pid, &start_time, NULL) && pid == getpid ())
+    g_unlink (path);
+}
+
 /* ---- run -------------------------------------------------------------- */
 
 typedef enum {
@@ -397,14 +581,20 @@ typedef struct {
   gdouble     timeout_s;          /* 0: no --timeout */
   guint       timeout_source_id;  /* main thread only */
   gboolean    signalled;          /* main thread only: a SIGINT or SIGTERM came */
+  gboolean    watch;              /* --watch, or the manifest's watch: true */
+  guint       watch_debounce_ms;  /* the manifest's watch_debounce_ms */
+  GThread    *reload_thread;      /* main thread only: the latest SIGHUP's */
 
   GMutex      lock;
   RunPhase    phase;              /* under @lock */
   gboolean    stop_requested;     /* under @lock: by a signal or --timeout */
+  gboolean    reload_running;     /* under @lock: a SIGHUP's reload is under way */
+  gboolean    reload_again;       /* under @lock: another SIGHUP came meanwhile */
 
   /* Written by the run thread before it finishes; read after the join. */
   GError     *start_error;
   int         run_status;
+  char       *pid_path;           /* NULL when no pid file was written */
 } RunState;
 
 /* Asks the host to stop, once. A stop asked for during pre-warm is
@@ -454,6 +644,79 @@ run_on_signal (gpointer user_data, int signum)
     }
   /* A repeated SIGTERM changes nothing: the drain is already bounded by
    * the manifest's drain_timeout_ms. */
+  return G_SOURCE_CONTINUE;
+}
+
+/* On a thread of its own: a reload blocks until every agent has
+ * switched, and the main loop must keep answering signals meanwhile.
+ * SIGHUPs that come during a reload make one more reload after it: a
+ * file changed after the first one looked is not missed. */
+static gpointer
+run_reload_thread_main (gpointer user_data)
+{
+  RunState *run = user_data;
+  gboolean again;
+
+  do
+    {
+      g_autoptr(GError) error = NULL;
+      guint n_reloaded = ah_host_reload_changed (run->host, &error);
+
+      if (n_reloaded > 0)
+        g_printerr ("%s: reload: %u plugin file%s reloaded\n", g_get_prgname (),
+                    n_reloaded, n_reloaded == 1 ? "" : "s");
+      if (error != NULL)
+        g_printerr ("%s: reload failed, the running version stays: %s\n",
+                    g_get_prgname (), error->message);
+      else if (n_reloaded == 0)
+        g_printerr ("%s: reload: no plugin changed\n", g_get_prgname ());
+
+      g_mutex_lock (&run->lock);
+      again = run->reload_again;
+      run->reload_again = FALSE;
+      run->reload_running = again;
+      g_mutex_unlock (&run->lock);
+    }
+  while (again);
+  return NULL;
+}
+
+static gboolean
+run_on_sighup (gpointer user_data)
+{
+  RunState *run = user_data;
+  gboolean running;
+  gboolean busy;
+
+  g_mutex_lock (&run->lock);
+  running = run->phase == RUN_PHASE_RUNNING && !run->stop_requested;
+  busy = run->reload_running;
+  if (running && busy)
+    run->reload_again = TRUE;
+  else if (running)
+    run->reload_running = TRUE;
+  g_mutex_unlock (&run->lock);
+
+  if (!running)
+    {
+      g_printerr ("%s: SIGHUP received, but the system is not running: nothing to reload\n",
+                  g_get_prgname ());
+      return G_SOURCE_CONTINUE;
+    }
+  if (busy)
+    {
+      g_printerr ("%s: SIGHUP received during a reload: reloading again after it\n",
+                  g_get_prgname ());
+      return G_SOURCE_CONTINUE;
+    }
+
+  g_printerr ("%s: SIGHUP received, reloading the plugins whose files changed\n",
+              g_get_prgname ());
+  /* The previous reload thread has finished (reload_running was FALSE):
+   * this join does not wait. */
+  if (run->reload_thread != NULL)
+    g_thread_join (run->reload_thread);
+  run->reload_thread = g_thread_new ("agenthost-reload", run_reload_thread_main, run);
   return G_SOURCE_CONTINUE;
 }
 
@@ -511,6 +774,7 @@ run_thread_main (gpointer user_data)
   RunState *run = user_data;
   AhHostStats stats;
   gboolean stop_early;
+  gboolean watching = FALSE;
 
   g_debug ("pre-warming the pools of '%s'", run->system_name);
   if (!ah_host_start (run->host, &run->start_error))
@@ -531,12 +795,29 @@ run_thread_main (gpointer user_data)
   if (stop_early)
     ah_host_request_stop (run->host, AGENTHOST_EXIT_OK);
 
+  if (run->watch && !stop_early)
+    {
+      g_autoptr(GError) watch_error = NULL;
+
+      watching = ah_host_watch (run->host, run->watch_debounce_ms, &watch_error);
+      /* Watching is a convenience: without it, SIGHUP still reloads. */
+      if (!watching)
+        g_printerr ("%s: cannot watch the plugin files (SIGHUP still reloads): %s\n",
+                    g_get_prgname (), watch_error->message);
+    }
+  /* Before the line below: a script that waits for it can then find the
+   * host with `agenthost reload`. */
+  run->pid_path = pid_file_write (run->system_name);
+
   ah_host_get_stats (run->host, &stats);
   g_printerr ("%s: running '%s': %u agent type%s, %u agent%s, pre-warmed in %.1f ms (Ctrl-C to stop)\n",
               g_get_prgname (), run->system_name,
               stats.n_types, stats.n_types == 1 ? "" : "s",
               stats.n_agents, stats.n_agents == 1 ? "" : "s",
               stats.prewarm_ms);
+  if (watching)
+    g_printerr ("%s: watching the plugin files: one that changes is reloaded after %u ms "
+                "without a write\n", g_get_prgname (), run->watch_debounce_ms);
   g_idle_add (run_on_started, run);
 
   run->run_status = ah_host_run (run->host);
@@ -654,6 +935,7 @@ command_run (const Command *command, GStrv *args)
   g_autofree char *timeout_text = NULL;
   gboolean verbose = FALSE;
   gboolean quiet = FALSE;
+  gboolean watch = FALSE;
   const GOptionEntry entries[] = {
     { "json", 0, 0, G_OPTION_ARG_FILENAME, &json_path,
       "Write the summary as JSON to FILE ('-': stdout, no text summary)", "FILE" },
@@ -663,6 +945,8 @@ command_run (const Command *command, GStrv *args)
       "Show debug messages (agenthost log domain) on stderr", NULL },
     { "quiet", 'q', 0, G_OPTION_ARG_NONE, &quiet,
       "Do not print the text summary", NULL },
+    { "watch", 'w', 0, G_OPTION_ARG_NONE, &watch,
+      "Reload a plugin when its file changes (as the manifest's watch: true)", NULL },
     G_OPTION_ENTRY_NULL
   };
   g_autoptr(GError) error = NULL;
@@ -672,7 +956,7 @@ command_run (const Command *command, GStrv *args)
   g_autoptr(GMainLoop) loop = NULL;
   RunState run = { 0 };
   GThread *thread;
-  guint sigint_id, sigterm_id;
+  guint sigint_id, sigterm_id, sighup_id;
   gboolean json_to_stdout;
   int status;
 
@@ -713,6 +997,7 @@ command_run (const Command *command, GStrv *args)
   g_debug ("loaded manifest %s", ah_manifest_get_path (manifest));
 
   system_name = g_strdup (ah_manifest_get_name (manifest));
+  run.watch = ah_manifest_get_watch (manifest, &run.watch_debounce_ms) || watch;
   host = ah_host_new (g_steal_pointer (&manifest), &error);
   if (host == NULL)
     return report_error (error);
@@ -728,13 +1013,26 @@ command_run (const Command *command, GStrv *args)
    * these signals with their default action (terminate). */
   sigint_id = g_unix_signal_add (SIGINT, run_on_sigint, &run);
   sigterm_id = g_unix_signal_add (SIGTERM, run_on_sigterm, &run);
+  sighup_id = g_unix_signal_add (SIGHUP, run_on_sighup, &run);
 
   thread = g_thread_new ("agenthost-run", run_thread_main, &run);
   g_main_loop_run (loop);
   g_thread_join (thread);
+  /* A reload still under way ends with an error once the host has
+   * stopped; the host must outlive it. */
+  if (run.reload_thread != NULL)
+    g_thread_join (run.reload_thread);
+  if (run.pid_path != NULL)
+    {
+      pid_file_remove (run.pid_path);
+      g_clear_pointer (&run.pid_path, g_free);
+    }
 
   g_source_remove (sigint_id);
   g_source_remove (sigterm_id);
+  /* The SIGHUP source stays until the end: without it, a late
+   * `agenthost reload` would kill the process (SIGHUP's default action)
+   * before its summary. No loop runs now, so it never dispatches. */
   if (run.timeout_source_id != 0)
     g_source_remove (run.timeout_source_id);
   g_mutex_clear (&run.lock);
@@ -743,6 +1041,7 @@ command_run (const Command *command, GStrv *args)
     {
       status = report_error (run.start_error);
       g_clear_error (&run.start_error);
+      g_source_remove (sighup_id);
       return status;
     }
 
@@ -764,6 +1063,7 @@ command_run (const Command *command, GStrv *args)
       if (status == AGENTHOST_EXIT_OK)
         status = AGENTHOST_EXIT_RUN_FAILED;
     }
+  g_source_remove (sighup_id);
   return status;
 }
 
@@ -1251,6 +1551,132 @@ command_new_plugin (const Command *command, GStrv *args)
            "  meson setup build && meson test -C build\n"
            "  %s run manifest.yaml\n",
            dir_word, g_get_prgname ());
+  return AGENTHOST_EXIT_OK;
+}
+
+/* ---- reload ----------------------------------------------------------- */
+
+static int
+compare_strings (gconstpointer a, gconstpointer b)
+{
+  return strcmp (*(const char * const *) a, *(const char * const *) b);
+}
+
+/* The names of the systems whose pid files name a live host, sorted.
+ * Stale files (a host that was killed) are skipped, not removed: they
+ * are not ours. */
+static GPtrArray *
+list_running_systems (void)
+{
+  g_autofree char *dir_path = pid_dir_path ();
+  g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func (g_free);
+  g_autoptr(GDir) dir = g_dir_open (dir_path, 0, NULL);
+  const char *entry;
+
+  while (dir != NULL && (entry = g_dir_read_name (dir)) != NULL)
+    {
+      g_autofree char *name = NULL;
+      g_autofree char *path = NULL;
+      pid_t pid = 0;
+
+      if (!g_str_has_suffix (entry, ".pid"))
+        continue;
+      name = g_strndup (entry, strlen (entry) - strlen (".pid"));
+      if (!system_name_is_valid (name))
+        continue;
+      path = g_build_filename (dir_path, entry, NULL);
+      if (pid_file_is_live (path, &pid))
+        g_ptr_array_add (names, g_steal_pointer (&name));
+    }
+  g_ptr_array_sort (names, compare_strings);
+  return g_steal_pointer (&names);
+}
+
+static int
+command_reload (const Command *command, GStrv *args)
+{
+  g_autofree char *name = NULL;
+  g_autofree char *path = NULL;
+  g_autoptr(GError) error = NULL;
+  guint64 start_time = 0;
+  guint64 actual_start_time = 0;
+  pid_t pid = 0;
+  int status;
+
+  if (!command_parse_options (command, NULL, args, &status))
+    return status;
+  if (g_strv_length (*args) > 2)
+    {
+      print_usage_error (command->name, "expected at most one NAME");
+      return AGENTHOST_EXIT_USAGE;
+    }
+
+  if ((*args)[1] != NULL)
+    {
+      if (!system_name_is_valid ((*args)[1]))
+        {
+          g_autofree char *message = g_strdup_printf (
+              "'%s' is not a system name: 1 to %d characters of A-Z a-z 0-9 _ . -",
+              (*args)[1], AGENTHOST_NAME_MAX);
+
+          print_usage_error (command->name, message);
+          return AGENTHOST_EXIT_USAGE;
+        }
+      name = g_strdup ((*args)[1]);
+    }
+  else
+    {
+      g_autoptr(GPtrArray) running = list_running_systems ();
+
+      if (running->len == 0)
+        {
+          g_autofree char *dir = pid_dir_path ();
+
+          g_printerr ("%s: no system is running (no live pid file in %s)\n",
+                      g_get_prgname (), dir);
+          return AGENTHOST_EXIT_RUN_FAILED;
+        }
+      if (running->len > 1)
+        {
+          g_autofree char *list = NULL;
+
+          g_ptr_array_add (running, NULL);
+          list = g_strjoinv (", ", (char **) running->pdata);
+          g_printerr ("%s %s: %u systems are running (%s): name one\n", g_get_prgname (),
+                      command->name, running->len - 1, list);
+          return AGENTHOST_EXIT_USAGE;
+        }
+      name = g_strdup (g_ptr_array_index (running, 0));
+    }
+
+  path = pid_file_path (name);
+  if (!pid_file_read (path, &pid, &start_time, &error))
+    {
+      if (g_error_matches (error, G_FILE_ERROR, G_FILE_ERROR_NOENT))
+        g_printerr ("%s: no system named '%s' is running (no %s)\n",
+                    g_get_prgname (), name, path);
+      else
+        g_printerr ("%s: %s\n", g_get_prgname (), error->message);
+      return AGENTHOST_EXIT_RUN_FAILED;
+    }
+  /* Never signal a process that merely got the pid of a host that died:
+   * SIGHUP would terminate most programs. */
+  if (!process_start_time (pid, &actual_start_time) || actual_start_time != start_time)
+    {
+      g_printerr ("%s: no system named '%s' is running (%s is stale: process %d is gone)\n",
+                  g_get_prgname (), name, path, (int) pid);
+      return AGENTHOST_EXIT_RUN_FAILED;
+    }
+  if (kill (pid, SIGHUP) != 0)
+    {
+      int saved_errno = errno;
+
+      g_printerr ("%s: cannot signal '%s' (pid %d): %s\n", g_get_prgname (), name, (int) pid,
+                  g_strerror (saved_errno));
+      return AGENTHOST_EXIT_RUN_FAILED;
+    }
+  g_print ("sent SIGHUP to '%s' (pid %d): it reloads the plugins whose files changed, "
+           "and logs what it did\n", name, (int) pid);
   return AGENTHOST_EXIT_OK;
 }
 

@@ -7,8 +7,11 @@
 #include <agenthost/agenthost.h>
 #include <gio/gio.h>
 
+#include <glib/gstdio.h>
+#include <link.h>
 #include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 /* What one finished run of the command left behind. */
 typedef struct {
@@ -59,6 +62,10 @@ cli_launcher_new (GSubprocessFlags flags)
     ? g_strconcat (shipped, ":", plugins, NULL) : g_strdup (plugins);
 
   g_subprocess_launcher_setenv (launcher, "AGENTHOST_PLUGIN_PATH", search_path, TRUE);
+  /* G_TEST_OPTION_ISOLATE_DIRS points the variable at /dev/null and
+   * gives this process a directory of its own: the children share it,
+   * where hosts write their pid files and `reload` finds them. */
+  g_subprocess_launcher_setenv (launcher, "XDG_RUNTIME_DIR", g_get_user_runtime_dir (), TRUE);
   /* The command's own debug output is only wanted where a test asks. */
   g_subprocess_launcher_unsetenv (launcher, "G_MESSAGES_DEBUG");
   return launcher;
@@ -213,7 +220,7 @@ test_cli_help_main (void)
   g_auto(CliResult) result = { 0 };
   const char * const expected[] = {
     "Usage:", "run [MANIFEST]", "validate FILE...", "inspect PLUGIN.so...", "new-plugin NAME [DIR]",
-    "help [COMMAND]", "--version", "Exit status:", "130",
+    "reload [NAME]", "help [COMMAND]", "--version", "Exit status:", "130",
   };
 
   g_test_summary ("--help lists every command and the exit statuses");
@@ -240,7 +247,7 @@ test_cli_help_command (void)
   g_auto(CliResult) via_option = { 0 };
   const char * const expected[] = {
     "agenthost run [OPTION", "[MANIFEST]", "--json", "--timeout", "--verbose", "--quiet",
-    "SIGINT", "Exit status:",
+    "--watch", "watch_debounce_ms", "SIGHUP", "SIGINT", "Exit status:",
   };
 
   g_test_summary ("'help run' and 'run --help' print the same help of the command");
@@ -326,6 +333,11 @@ static const UsageCase usage_cases[] = {
       "then lowercase letters, digits or '_', at most 64 bytes\n" } },
   { "new-plugin-typo", { "new-plugn", "a", NULL }, { "Did you mean 'new-plugin'?" } },
   { "version-extra", { "--version", "now", NULL }, { "--version takes no argument" } },
+  { "reload-two-names", { "reload", "a", "b", NULL }, { "agenthost reload: expected at most one NAME\n" } },
+  { "reload-bad-name", { "reload", "../x", NULL },
+    { "agenthost reload: '../x' is not a system name: 1 to 64 characters of A-Z a-z 0-9 _ . -\n",
+      "Try 'agenthost reload --help'" } },
+  { "reload-bad-option", { "reload", "--all", NULL }, { "agenthost reload: ", "--all" } },
 };
 
 static void
@@ -915,6 +927,352 @@ test_cli_run_sigint_twice (void)
   g_assert_cmpstr (out, ==, "");
 }
 
+/* ---- reload and watch ------------------------------------------------- */
+
+/* Where a host named @name keeps its pid file: G_TEST_OPTION_ISOLATE_DIRS
+ * gives each test its own XDG_RUNTIME_DIR, which the children inherit. */
+static char *
+pid_file_of (const char *name)
+{
+  g_autofree char *file_name = g_strconcat (name, ".pid", NULL);
+
+  return g_build_filename (g_get_user_runtime_dir (), "agenthost", file_name, NULL);
+}
+
+/* This process's start time, the second field of a pid file. */
+static guint64
+own_start_time (void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *stat = NULL;
+  g_auto(GStrv) fields = NULL;
+
+  g_file_get_contents ("/proc/self/stat", &stat, NULL, &error);
+  g_assert_no_error (error);
+  fields = g_strsplit (strrchr (stat, ')') + 2, " ", -1);
+  g_assert_cmpuint (g_strv_length (fields), >, 19);
+  return g_ascii_strtoull (fields[19], NULL, 10);
+}
+
+/* A pid file naming this test process: should agenthost reload signal
+ * it, SIGHUP's default action ends the test, which then fails. */
+static void
+write_own_pid_file (const char *name, guint64 start_time)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *path = pid_file_of (name);
+  g_autofree char *dir = g_path_get_dirname (path);
+  g_autofree char *contents = g_strdup_printf ("%d %" G_GUINT64_FORMAT "\n",
+                                               (int) getpid (), start_time);
+
+  g_assert_cmpint (g_mkdir_with_parents (dir, 0700), ==, 0);
+  g_file_set_contents (path, contents, -1, &error);
+  g_assert_no_error (error);
+}
+
+static void
+test_cli_reload_running (void)
+{
+  LiveRun live = { 0 };
+  g_autofree char *manifest = fixture_path ("echo-forever.yaml");
+  g_autofree char *pid_path = pid_file_of ("echo-forever");
+  g_autofree char *pid_contents = NULL;
+  g_autofree char *expected_out = NULL;
+  g_autofree char *out = NULL;
+  g_autoptr(GError) error = NULL;
+  const char *pid;
+  int status;
+
+  g_test_summary ("'agenthost reload NAME' (and without NAME, the only host) makes a "
+                  "running host reload its changed plugins: with none changed it logs "
+                  "'no plugin changed'; the host's pid file names it while it runs and "
+                  "is gone after");
+  live_run_start (&live, "run", "--timeout", "60", manifest, NULL);
+  live_run_wait_for_line (&live, "agenthost: running 'echo-forever'");
+  pid = g_subprocess_get_identifier (live.process);
+  expected_out = g_strdup_printf ("sent SIGHUP to 'echo-forever' (pid %s): it reloads the "
+                                  "plugins whose files changed, and logs what it did\n", pid);
+
+  g_file_get_contents (pid_path, &pid_contents, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_true (g_str_has_prefix (pid_contents, pid));
+  g_assert_cmpint (pid_contents[strlen (pid)], ==, ' ');
+
+  {
+    g_auto(CliResult) result = { 0 };
+
+    cli_run (&result, "reload", "echo-forever", NULL);
+    g_assert_cmpint (result.status, ==, 0);
+    g_assert_cmpstr (result.out, ==, expected_out);
+    g_assert_cmpstr (result.err, ==, "");
+    live_run_wait_for_line (&live, "agenthost: SIGHUP received, reloading the plugins whose "
+                                   "files changed");
+    live_run_wait_for_line (&live, "agenthost: reload: no plugin changed");
+  }
+  {
+    g_auto(CliResult) result = { 0 };
+
+    cli_run (&result, "reload", NULL);
+    g_assert_cmpint (result.status, ==, 0);
+    g_assert_cmpstr (result.out, ==, expected_out);
+    live_run_wait_for_line (&live, "agenthost: reload: no plugin changed");
+  }
+
+  g_subprocess_send_signal (live.process, SIGTERM);
+  status = live_run_finish (&live, &out);
+  g_assert_cmpint (status, ==, 0);
+  assert_text_summary (out, "echo-forever");
+  g_assert_false (g_file_test (pid_path, G_FILE_TEST_EXISTS));
+  g_string_free (live.err_seen, TRUE);
+}
+
+/* A system of one plugin file of its own, seqcheck version 1, in a
+ * scratch directory: the tests replace that file. */
+static char *
+reload_system_new (const char *extra_yaml, char **ret_plugin)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *v1 = g_test_build_filename (G_TEST_BUILT, "plugins-reload",
+                                               "seqcheck-v1.so", NULL);
+  g_autofree char *bytes = NULL;
+  g_autofree char *yaml = NULL;
+  char *manifest = scratch_path ("hot.yaml");
+  gsize size = 0;
+
+  g_file_get_contents (v1, &bytes, &size, &error);
+  g_assert_no_error (error);
+  *ret_plugin = scratch_path ("seqcheck.so");
+  g_file_set_contents (*ret_plugin, bytes, (gssize) size, &error);
+  g_assert_no_error (error);
+
+  yaml = g_strdup_printf ("name: hot\n"
+                          "%s"
+                          "agents:\n"
+                          "  seq:\n"
+                          "    plugin: ./seqcheck.so\n"
+                          "    pool_size: 3\n"
+                          "    subscribe: [seq.in]\n", extra_yaml);
+  g_file_set_contents (manifest, yaml, -1, &error);
+  g_assert_no_error (error);
+  return manifest;
+}
+
+/* Where the last byte the dynamic loader maps from @bytes ends: a file
+ * cut before it is a plugin still being written. (Debug sections follow
+ * the loaded ones: half a file may well be loadable.) */
+static gsize
+elf_loaded_end (const char *bytes, gsize size)
+{
+  ElfW(Ehdr) header;
+  gsize end = 0;
+
+  g_assert_cmpuint (size, >=, sizeof header);
+  memcpy (&header, bytes, sizeof header);
+  g_assert_cmpuint (header.e_phoff + (gsize) header.e_phnum * sizeof (ElfW(Phdr)), <=, size);
+  for (guint i = 0; i < header.e_phnum; i++)
+    {
+      ElfW(Phdr) segment;
+
+      memcpy (&segment, bytes + header.e_phoff + i * sizeof segment, sizeof segment);
+      if (segment.p_type == PT_LOAD)
+        end = MAX (end, (gsize) (segment.p_offset + segment.p_filesz));
+    }
+  g_assert_cmpuint (end, >, 0);
+  g_assert_cmpuint (end, <=, size);
+  return end;
+}
+
+/* As a build does: the new file written beside the old one, then moved
+ * over it. */
+static void
+replace_plugin (const char *plugin, const char *version_file)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *source = g_test_build_filename (G_TEST_BUILT, "plugins-reload",
+                                                   version_file, NULL);
+  g_autofree char *temp = g_strconcat (plugin, ".tmp", NULL);
+  g_autofree char *bytes = NULL;
+  gsize size = 0;
+
+  g_file_get_contents (source, &bytes, &size, &error);
+  g_assert_no_error (error);
+  g_file_set_contents (temp, bytes, (gssize) size, &error);
+  g_assert_no_error (error);
+  g_assert_cmpint (g_rename (temp, plugin), ==, 0);
+}
+
+static void
+test_cli_reload_changed (void)
+{
+  LiveRun live = { 0 };
+  g_autoptr(GError) error = NULL;
+  g_autofree char *plugin = NULL;
+  g_autofree char *manifest = reload_system_new ("", &plugin);
+  g_autofree char *out = NULL;
+  int status;
+
+  g_test_summary ("After the plugin file is rebuilt, 'agenthost reload' switches the "
+                  "running agents to the new version and says so; garbage written over "
+                  "the file is refused, logged, and the run goes on");
+  live_run_start (&live, "run", "--timeout", "60", manifest, NULL);
+  live_run_wait_for_line (&live, "agenthost: running 'hot': 1 agent type, 3 agents");
+
+  replace_plugin (plugin, "seqcheck-v2.so");
+  {
+    g_auto(CliResult) result = { 0 };
+
+    cli_run (&result, "reload", "hot", NULL);
+    g_assert_cmpint (result.status, ==, 0);
+    live_run_wait_for_line (&live, ": version 2.0.0, 3 agents switched in ");
+    live_run_wait_for_line (&live, "agenthost: reload: 1 plugin file reloaded");
+  }
+
+  g_file_set_contents (plugin, "garbage, not a plugin", -1, &error);
+  g_assert_no_error (error);
+  {
+    g_auto(CliResult) result = { 0 };
+
+    cli_run (&result, "reload", "hot", NULL);
+    g_assert_cmpint (result.status, ==, 0);
+    live_run_wait_for_line (&live, "agenthost: reload failed, the running version stays: ");
+    g_assert_nonnull (strstr (live.err_seen->str, "seqcheck.so: not an ELF file\n"));
+  }
+
+  g_subprocess_send_signal (live.process, SIGTERM);
+  status = live_run_finish (&live, &out);
+  g_assert_cmpint (status, ==, 0);
+  assert_text_summary (out, "hot");
+  g_string_free (live.err_seen, TRUE);
+}
+
+typedef struct {
+  const char *extra_yaml;   /* manifest keys */
+  const char *option;       /* a run option, or NULL */
+  const char *watching;     /* the line that says the watch is in place */
+} WatchCase;
+
+static const WatchCase watch_cases[] = {
+  { "", "--watch",
+    "agenthost: watching the plugin files: one that changes is reloaded after 200 ms "
+    "without a write" },
+  { "watch: true\nwatch_debounce_ms: 50\n", NULL,
+    "agenthost: watching the plugin files: one that changes is reloaded after 50 ms "
+    "without a write" },
+};
+
+static void
+test_cli_run_watch (gconstpointer data)
+{
+  const WatchCase *tc = data;
+  LiveRun live = { 0 };
+  g_autoptr(GError) error = NULL;
+  g_autofree char *plugin = NULL;
+  g_autofree char *manifest = reload_system_new (tc->extra_yaml, &plugin);
+  g_autofree char *out = NULL;
+  int status;
+
+  g_test_summary ("With --watch or the manifest's watch: true, a rebuilt plugin file is "
+                  "reloaded without being asked, once; a file being written is refused, "
+                  "the run goes on");
+  if (tc->option != NULL)
+    live_run_start (&live, "run", "--timeout", "60", tc->option, manifest, NULL);
+  else
+    live_run_start (&live, "run", "--timeout", "60", manifest, NULL);
+  live_run_wait_for_line (&live, "agenthost: running 'hot'");
+  live_run_wait_for_line (&live, tc->watching);
+
+  replace_plugin (plugin, "seqcheck-v2.so");
+  live_run_wait_for_line (&live, ": version 2.0.0, 3 agents switched in ");
+
+  /* A plugin cut short inside its code, left so: the watch reloads it,
+   * the loader refuses it. */
+  {
+    g_autofree char *v1 = g_test_build_filename (G_TEST_BUILT, "plugins-reload",
+                                                 "seqcheck-v1.so", NULL);
+    g_autofree char *bytes = NULL;
+    gsize size = 0;
+
+    g_file_get_contents (v1, &bytes, &size, &error);
+    g_assert_no_error (error);
+    g_file_set_contents (plugin, bytes, (gssize) elf_loaded_end (bytes, size) - 1, &error);
+    g_assert_no_error (error);
+  }
+  live_run_wait_for_line (&live, "refused, the running version stays: ");
+
+  g_subprocess_send_signal (live.process, SIGTERM);
+  status = live_run_finish (&live, &out);
+  g_assert_cmpint (status, ==, 0);
+  assert_text_summary (out, "hot");
+  /* Reloaded once, refused once: nothing more came of two writes. */
+  g_assert_null (strstr (strstr (live.err_seen->str, " agents switched in ") + 1,
+                         " agents switched in "));
+  g_string_free (live.err_seen, TRUE);
+}
+
+static void
+test_cli_reload_none (void)
+{
+  g_auto(CliResult) by_default = { 0 };
+  g_auto(CliResult) by_name = { 0 };
+  g_autofree char *dir = g_build_filename (g_get_user_runtime_dir (), "agenthost", NULL);
+  g_autofree char *expected_default = g_strdup_printf (
+      "agenthost: no system is running (no live pid file in %s)\n", dir);
+  g_autofree char *expected_name = g_strdup_printf (
+      "agenthost: no system named 'absent' is running (no %s/absent.pid)\n", dir);
+
+  g_test_summary ("reload with no host running, or none of that name, exits 1 and says so");
+  cli_run (&by_default, "reload", NULL);
+  g_assert_cmpint (by_default.status, ==, 1);
+  g_assert_cmpstr (by_default.out, ==, "");
+  g_assert_cmpstr (by_default.err, ==, expected_default);
+
+  cli_run (&by_name, "reload", "absent", NULL);
+  g_assert_cmpint (by_name.status, ==, 1);
+  g_assert_cmpstr (by_name.err, ==, expected_name);
+}
+
+static void
+test_cli_reload_stale (void)
+{
+  g_auto(CliResult) by_name = { 0 };
+  g_auto(CliResult) by_default = { 0 };
+  g_autofree char *path = pid_file_of ("gone");
+  g_autofree char *expected = g_strdup_printf (
+      "agenthost: no system named 'gone' is running (%s is stale: process %d is gone)\n",
+      path, (int) getpid ());
+
+  g_test_summary ("A pid file whose pid now belongs to another process (its start time "
+                  "differs) is stale: nothing is signalled, reload exits 1");
+  write_own_pid_file ("gone", own_start_time () + 1);
+
+  cli_run (&by_name, "reload", "gone", NULL);
+  g_assert_cmpint (by_name.status, ==, 1);
+  g_assert_cmpstr (by_name.err, ==, expected);
+
+  cli_run (&by_default, "reload", NULL);
+  g_assert_cmpint (by_default.status, ==, 1);
+  g_assert_nonnull (strstr (by_default.err, "agenthost: no system is running"));
+}
+
+static void
+test_cli_reload_several (void)
+{
+  g_auto(CliResult) result = { 0 };
+  guint64 start_time = own_start_time ();
+
+  g_test_summary ("Without NAME, several running hosts are listed (stale ones left out) "
+                  "and none is signalled: exit 2");
+  write_own_pid_file ("beta", start_time);
+  write_own_pid_file ("alpha", start_time);
+  write_own_pid_file ("stale", start_time + 1);
+
+  cli_run (&result, "reload", NULL);
+  g_assert_cmpint (result.status, ==, 2);
+  g_assert_cmpstr (result.out, ==, "");
+  g_assert_cmpstr (result.err, ==,
+                   "agenthost reload: 2 systems are running (alpha, beta): name one\n");
+}
+
 int
 main (int argc, char **argv)
 {
@@ -972,6 +1330,14 @@ main (int argc, char **argv)
   g_test_add_func ("/cli/run/sigterm", test_cli_run_sigterm);
   g_test_add_func ("/cli/run/timeout", test_cli_run_timeout);
   g_test_add_func ("/cli/run/sigint-twice", test_cli_run_sigint_twice);
+  g_test_add_data_func ("/cli/run/watch/option", &watch_cases[0], test_cli_run_watch);
+  g_test_add_data_func ("/cli/run/watch/manifest", &watch_cases[1], test_cli_run_watch);
+
+  g_test_add_func ("/cli/reload/running", test_cli_reload_running);
+  g_test_add_func ("/cli/reload/changed", test_cli_reload_changed);
+  g_test_add_func ("/cli/reload/none", test_cli_reload_none);
+  g_test_add_func ("/cli/reload/stale", test_cli_reload_stale);
+  g_test_add_func ("/cli/reload/several", test_cli_reload_several);
 
   return g_test_run ();
 }
