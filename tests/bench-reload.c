@@ -11,15 +11,17 @@
  * reports how many messages it counted and how many arrived out of
  * sequence; the counts must add up to what was sent, with no error.
  *
- * What it cannot see directly is how long a bus worker stalls during a
- * switch. The proxy is the bus's own publish-to-handler latency: its p99
- * and maximum after the warm-up (no reload yet) and over the whole run;
- * the bus keeps one histogram per run, so the second includes the first.
- * Under a saturating load (the default) those figures are mostly time
- * spent queueing behind full mailboxes; --rate paces the publisher below
- * saturation, and then a higher maximum over the run is a message that
- * waited through a switch - a worker held up, or its agent paused (an
- * agent is paused for about the reload time; its worker is not).
+ * How long a bus worker stalls during a switch: the bus times every wait
+ * of a worker for its own lock (held by a publisher queueing into its
+ * mailboxes, or by a reload pausing one of its agents) and keeps the
+ * longest, worker_stall_max_us; printed after the warm-up (no reload
+ * yet) and over the whole run. The publish-to-handler latency is printed
+ * too, its p99 and maximum at the same two points (the bus keeps one
+ * histogram per run, so the second includes the first). Under a
+ * saturating load (the default) latency is mostly time spent queueing
+ * behind full mailboxes; --rate paces the publisher below saturation,
+ * and then a higher maximum over the run is a message that waited
+ * through a switch (its agent is paused for about the reload time).
  *
  * Built, not run by `meson test`: build/tests/bench-reload [--json].
  * Exit status 0 when every reload succeeded and no message went wrong.
@@ -378,6 +380,7 @@ main (int    argc,
                "\"reload_ms\": {\"median\": %.3f, \"p90\": %.3f, \"max\": %.3f}, "
                "\"latency_us\": {\"p99_warmup\": %.1f, \"p99_run\": %.1f, "
                "\"max_warmup\": %.1f, \"max_run\": %.1f}, "
+               "\"worker_stall_max_us\": {\"warmup\": %.1f, \"run\": %.1f}, "
                "\"sequence_errors\": %" G_GUINT64_FORMAT ", \"agents_unanswered\": %u, "
                "\"agents_wrong_restores\": %u, \"reload_failures\": %u, \"ok\": %s}\n",
                bench.n_agents, n_reloaded, opt_reloads, sent, counted, rate,
@@ -385,6 +388,7 @@ main (int    argc,
                n_reloaded > 0 ? reload_ms[n_reloaded - 1] : 0.0,
                before.latency_p99_us, after.latency_p99_us,
                before.latency_max_us, after.latency_max_us,
+               before.worker_stall_max_us, after.worker_stall_max_us,
                errors, n_unanswered, n_wrong_restores, bench.n_failed,
                ok ? "true" : "false");
     }
@@ -403,6 +407,9 @@ main (int    argc,
       g_print ("  latency max              after warm-up %.1f us   whole run %.1f us "
                "(publish to handler)\n",
                before.latency_max_us, after.latency_max_us);
+      g_print ("  worker stall max         after warm-up %.1f us   whole run %.1f us "
+               "(a worker waiting for its own lock)\n",
+               before.worker_stall_max_us, after.worker_stall_max_us);
       g_print ("  messages                 %" G_GUINT64_FORMAT " counted of %" G_GUINT64_FORMAT
                " sent, %" G_GUINT64_FORMAT " out of sequence\n", counted, sent, errors);
       g_print ("  agents                   %u unanswered, %u with restores != %u\n",
