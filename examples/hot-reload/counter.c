@@ -1,7 +1,7 @@
 /* counter: the agent type the hot-reload walk-through edits while it
- * runs (README.md). Each tick it hears of adds COUNTER_STEP to its count,
- * prints a line, and publishes "count=N ticks=T step=S" on counter.count;
- * a request on counter.get is answered with the count.
+ * runs (README.md). Each tick it hears of adds COUNTER_STEP to its count
+ * and prints "counter: tick T, count N (+S per tick)"; a request on
+ * counter.get is answered with the count.
  *
  * Its state survives a reload because the plugin provides the two hooks:
  * state_snapshot writes the count and the ticks in a documented format
@@ -63,15 +63,10 @@ counter_handle_batch (AhContext               *ctx,
         }
       else if (g_str_equal (subject, "tick"))
         {
-          char report[96];
-
           self->count += COUNTER_STEP;
           self->ticks++;
           g_print ("counter: tick %" G_GUINT64_FORMAT ", count %" G_GUINT64_FORMAT
                    " (+%d per tick)\n", self->ticks, self->count, COUNTER_STEP);
-          g_snprintf (report, sizeof report, "count=%" G_GUINT64_FORMAT " ticks=%"
-                      G_GUINT64_FORMAT " step=%d", self->count, self->ticks, COUNTER_STEP);
-          ah_publish_string (ctx, "counter.count", report);
         }
     }
   return TRUE;

@@ -32,13 +32,48 @@ static const char fast_manifest[] =
   "      - tick\n"
   "      - counter.get\n";
 
-/* The counter prints a line per tick from the host's workers: kept out
- * of the TAP stream, which GTest writes with g_print() too. */
-static void
-filter_print (const char *text)
+/* One "counter: tick T, count N (+S per tick)" line. */
+typedef struct {
+  guint64 count;
+  guint64 ticks;
+  guint   step;
+} Report;
+
+static gboolean
+parse_report (const char *line,
+              Report     *ret_report)
 {
-  if (g_str_has_prefix (text, "counter: "))
-    return;
+  guint64 ticks, count;
+  guint step;
+
+  if (sscanf (line, "counter: tick %" G_GUINT64_FORMAT ", count %" G_GUINT64_FORMAT
+              " (+%u per tick)", &ticks, &count, &step) != 3)
+    return FALSE;
+  *ret_report = (Report) { count, ticks, step };
+  return TRUE;
+}
+
+/* What the counter prints from the host's workers while a test of the
+ * embedding API runs: recorded, and kept out of the TAP stream, which
+ * GTest writes with g_print() too. */
+static GMutex printed_lock;
+static GCond printed_cond;
+static GArray *printed;   /* (element-type Report) while recording */
+
+static void
+record_print (const char *text)
+{
+  Report report;
+
+  if (parse_report (text, &report))
+    {
+      g_mutex_lock (&printed_lock);
+      if (printed != NULL)
+        g_array_append_val (printed, report);
+      g_cond_broadcast (&printed_cond);
+      g_mutex_unlock (&printed_lock);
+      return;
+    }
   fputs (text, stdout);
   fflush (stdout);
 }
@@ -95,13 +130,6 @@ remove_example_dir (const char *dir)
   g_rmdir (dir);
 }
 
-/* One counter.count report, or one "counter: tick ..." line. */
-typedef struct {
-  guint64 count;
-  guint64 ticks;
-  guint   step;
-} Report;
-
 /* The reports, oldest first, must be ticks 1, 2, 3... each adding its
  * step to the count before it, with step 1 up to one point and 10 from
  * there on, at least @min_after of them after it. */
@@ -129,60 +157,30 @@ assert_reports (const GArray *reports,
 
 /* ---- through the embedding API --------------------------------------------- */
 
-typedef struct {
-  GMutex  lock;
-  GCond   cond;
-  GArray *reports;   /* (element-type Report) */
-} Reports;
-
-static void
-on_count (const AhMessage *message,
-          gpointer         user_data)
+/* The first index of @reports with @step, or its length. */
+static guint
+find_step (const GArray *reports,
+           guint         step)
 {
-  Reports *reports = user_data;
-  gsize size;
-  const char *data = ah_message_get_data (message, &size);
-  g_autofree char *text = g_strndup (data, size);
-  Report report;
-  guint64 count, ticks;
-  int consumed = 0;
-
-  if (sscanf (text, "count=%" G_GUINT64_FORMAT " ticks=%" G_GUINT64_FORMAT " step=%u%n",
-              &count, &ticks, &report.step, &consumed) != 3 || text[consumed] != '\0')
-    g_error ("not a counter report: '%s'", text);
-  report.count = count;
-  report.ticks = ticks;
-  g_mutex_lock (&reports->lock);
-  g_array_append_val (reports->reports, report);
-  g_cond_broadcast (&reports->cond);
-  g_mutex_unlock (&reports->lock);
+  for (guint i = 0; i < reports->len; i++)
+    if (g_array_index (reports, Report, i).step == step)
+      return i;
+  return reports->len;
 }
 
-/* Waits for a report with @step, then @more reports after it. */
+/* Waits until the counter has printed @more lines after its first of
+ * @step. */
 static void
-wait_for_step (Reports *reports,
-               guint    step,
-               guint    more)
+wait_for_step (guint step,
+               guint more)
 {
   gint64 deadline = g_get_monotonic_time () + TEST_TIMEOUT_S * G_TIME_SPAN_SECOND;
   gboolean in_time = TRUE;
 
-  g_mutex_lock (&reports->lock);
-  for (;;)
-    {
-      guint first = reports->reports->len;
-
-      for (guint i = 0; i < reports->reports->len; i++)
-        if (g_array_index (reports->reports, Report, i).step == step)
-          {
-            first = i;
-            break;
-          }
-      if (first + more < reports->reports->len || !in_time)
-        break;
-      in_time = g_cond_wait_until (&reports->cond, &reports->lock, deadline);
-    }
-  g_mutex_unlock (&reports->lock);
+  g_mutex_lock (&printed_lock);
+  while (find_step (printed, step) + more >= printed->len && in_time)
+    in_time = g_cond_wait_until (&printed_cond, &printed_lock, deadline);
+  g_mutex_unlock (&printed_lock);
   g_assert_true (in_time);
 }
 
@@ -195,41 +193,39 @@ test_hot_reload_api (void)
   g_autofree char *step10 = g_build_filename (EXAMPLE_BUILD_DIR, "counter-step10.so", NULL);
   g_autoptr(GError) error = NULL;
   g_autoptr(AhHost) host = NULL;
+  g_autoptr(GArray) reports = NULL;
   AhManifest *manifest;
-  Reports reports;
   AhHostStats stats;
 
   g_test_summary ("The counter, reloaded with COUNTER_STEP 10 while ticks flow, goes on "
                   "from its count at 10 per tick; no tick missed or counted twice");
 
-  g_mutex_init (&reports.lock);
-  g_cond_init (&reports.cond);
-  reports.reports = g_array_new (FALSE, FALSE, sizeof (Report));
+  g_mutex_lock (&printed_lock);
+  printed = g_array_new (FALSE, FALSE, sizeof (Report));
+  g_mutex_unlock (&printed_lock);
 
   manifest = ah_manifest_load (manifest_path, &error);
   g_assert_no_error (error);
   host = ah_host_new (manifest, &error);
   g_assert_no_error (error);
-  g_assert_cmpuint (ah_host_subscribe (host, "counter.count", on_count, &reports, &error), >, 0);
-  g_assert_no_error (error);
   g_assert_true (ah_host_start (host, &error));
   g_assert_no_error (error);
 
-  wait_for_step (&reports, 1, 3);
+  wait_for_step (1, 3);
   copy_file (step10, counter);
   g_assert_true (ah_host_reload (host, "counter", &error));
   g_assert_no_error (error);
-  wait_for_step (&reports, 10, 3);
+  wait_for_step (10, 3);
 
   ah_host_get_stats (host, &stats);
   g_assert_cmpuint (stats.reloads, ==, 1);
   g_assert_cmpuint (stats.reload_failures, ==, 0);
   g_clear_pointer (&host, ah_host_free);
 
-  assert_reports (reports.reports, 3);
-  g_array_unref (reports.reports);
-  g_cond_clear (&reports.cond);
-  g_mutex_clear (&reports.lock);
+  g_mutex_lock (&printed_lock);
+  reports = g_steal_pointer (&printed);
+  g_mutex_unlock (&printed_lock);
+  assert_reports (reports, 3);
   remove_example_dir (dir);
 }
 
@@ -239,7 +235,7 @@ typedef struct {
   GMainLoop        *loop;
   GDataInputStream *output;
   GString          *log;        /* everything read, for the failure message */
-  GArray           *ticks;      /* (element-type Report) from the counter's lines */
+  GArray           *ticks;      /* (element-type Report) */
   gboolean          reloaded;   /* the host logged the reload */
   guint             want_step;
   guint             want_more;
@@ -250,15 +246,7 @@ typedef struct {
 static gboolean
 watching_satisfied (Watching *self)
 {
-  guint first = self->ticks->len;
-
-  for (guint i = 0; i < self->ticks->len; i++)
-    if (g_array_index (self->ticks, Report, i).step == self->want_step)
-      {
-        first = i;
-        break;
-      }
-  return first + self->want_more < self->ticks->len;
+  return find_step (self->ticks, self->want_step) + self->want_more < self->ticks->len;
 }
 
 static void watching_read_next (Watching *self);
@@ -273,7 +261,6 @@ watching_on_line (GObject      *source,
   g_autofree char *line = g_data_input_stream_read_line_finish (self->output, result, NULL,
                                                                 &error);
   Report report;
-  guint64 ticks, count;
 
   if (line == NULL)
     {
@@ -282,13 +269,8 @@ watching_on_line (GObject      *source,
       return;
     }
   g_string_append_printf (self->log, "%s\n", line);
-  if (sscanf (line, "counter: tick %" G_GUINT64_FORMAT ", count %" G_GUINT64_FORMAT
-              " (+%u per tick)", &ticks, &count, &report.step) == 3)
-    {
-      report.ticks = ticks;
-      report.count = count;
-      g_array_append_val (self->ticks, report);
-    }
+  if (parse_report (line, &report))
+    g_array_append_val (self->ticks, report);
   else if (strstr (line, "reloaded") != NULL && strstr (line, "counter.so") != NULL)
     self->reloaded = TRUE;
 
@@ -398,7 +380,7 @@ main (int    argc,
       char **argv)
 {
   g_test_init (&argc, &argv, G_TEST_OPTION_ISOLATE_DIRS, NULL);
-  g_set_print_handler (filter_print);
+  g_set_print_handler (record_print);
 
   g_test_add_func ("/example/hot-reload/api", test_hot_reload_api);
   g_test_add_func ("/example/hot-reload/run-watch", test_hot_reload_run_watch);
