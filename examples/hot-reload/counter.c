@@ -103,8 +103,8 @@ counter_state_restore (AhContext *ctx,
     {
       g_set_error (error, AH_AGENT_ERROR, AH_AGENT_ERROR_FAILED,
                    "counter reads snapshot format %d of %" G_GSIZE_FORMAT " bytes, "
-                   "not format %u of %" G_GSIZE_FORMAT, COUNTER_STATE_FORMAT, sizeof read,
-                   format, size);
+                   "not format %u of %" G_GSIZE_FORMAT " bytes",
+                   COUNTER_STATE_FORMAT, sizeof read, format, size);
       return FALSE;
     }
   memcpy (&read, data, sizeof read);
