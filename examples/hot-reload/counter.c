@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* counter: the agent type the hot-reload walk-through edits while it
  * runs (README.md). Each tick it hears of adds COUNTER_STEP to its count
  * and prints "counter: tick T, count N (+S per tick)"; a request on
@@ -9,8 +10,6 @@
  * state_restore reads it. A version that changes the format bumps the
  * number and keeps reading the older ones, or refuses them: then the
  * reload is rolled back and this version runs on.
- *
- * SPDX-License-Identifier: MIT
  */
 #include <agenthost/agenthost.h>
 

@@ -1,10 +1,9 @@
+/* SPDX-License-Identifier: MIT */
 /* ticker: keeps traffic flowing so that a hot reload has something to
  * carry on. When the system starts, the agent publishes "tick" 1; each
  * tick it hears of its own is followed, interval_ms later, by the next
  * one. The loop sustains itself and nothing polls: the wait runs on the
  * host's I/O threads (ah_offload), and its end comes back as a message.
- *
- * SPDX-License-Identifier: MIT
  */
 #include <agenthost/agenthost.h>
 
