@@ -81,6 +81,7 @@ static AhPlugin *
 host_load_plugin (AhManifest                *manifest,
                   const AhManifestAgentType *type,
                   GHashTable                *cache,
+                  gboolean                   private_copy,
                   GError                   **error)
 {
   g_autoptr(GError) local_error = NULL;
@@ -99,7 +100,12 @@ host_load_plugin (AhManifest                *manifest,
       plugin = g_hash_table_lookup (cache, path);
       if (plugin == NULL)
         {
-          plugin = ah_plugin_open (path, &local_error);
+          /* A running host loads every version, the first included, from
+           * a private copy: a plugin file overwritten in place (cp, not a
+           * linker's new file) would otherwise pull the code from under
+           * the running agents (SIGBUS). Checking a manifest needs no copy. */
+          plugin = private_copy ? ah_plugin_open_copy (path, &local_error)
+                                : ah_plugin_open (path, &local_error);
           if (plugin != NULL)
             g_hash_table_insert (cache, g_steal_pointer (&path), plugin);
         }
@@ -134,7 +140,7 @@ ah_manifest_check_plugins (AhManifest *self,
 
   cache = host_plugin_cache_new ();
   for (guint i = 0; i < self->types->len; i++)
-    if (host_load_plugin (self, g_ptr_array_index (self->types, i), cache, error) == NULL)
+    if (host_load_plugin (self, g_ptr_array_index (self->types, i), cache, FALSE, error) == NULL)
       return FALSE;
 
   return TRUE;
@@ -209,7 +215,7 @@ ah_host_new (AhManifest *manifest,
       g_autoptr(GError) local_error = NULL;
 
       if (host_load_plugin (manifest, g_ptr_array_index (manifest->types, i),
-                            self->plugins, &local_error) == NULL)
+                            self->plugins, TRUE, &local_error) == NULL)
         {
           /* Only a plugin that did not load is the host's PLUGIN error; a
            * config its schema refuses is the manifest's fault and keeps
@@ -236,7 +242,7 @@ ah_host_new (AhManifest *manifest,
   for (guint i = 0; i < manifest->types->len; i++)
     {
       const AhManifestAgentType *type = g_ptr_array_index (manifest->types, i);
-      AhPlugin *plugin = host_load_plugin (manifest, type, self->plugins, error);
+      AhPlugin *plugin = host_load_plugin (manifest, type, self->plugins, TRUE, error);
 
       g_assert (plugin != NULL);   /* loaded above, now from the cache */
       self->pools[i] = ah_pool_new (self->bus, type, plugin, host_on_agent_stop, self, error);

@@ -646,6 +646,39 @@ test_reload_refused_config (Reload       *fixture,
   reload_assert_failed_event (fixture, 0, "refuses the config");
   reload_assert_host_counters (fixture, 0, 1);
 }
+static void
+test_reload_overwrite_in_place (Reload       *fixture,
+                                gconstpointer user_data)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GBytes) v2 = built_plugin_bytes ("v2");
+  int fd;
+
+  g_test_summary ("The running file overwritten in place (truncated and written, as cp "
+                  "does) while traffic flows: the running version is untouched, and the "
+                  "reload loads the new bytes");
+
+  reload_send_traffic (fixture, 1, 20);
+  ah_test_host_run_until_idle (fixture->test_host);
+  fd = g_open (fixture->plugin_path, O_WRONLY | O_TRUNC | O_CLOEXEC, 0);
+  g_assert_cmpint (fd, >=, 0);
+  /* Traffic while the file is empty: the running code must not be the file's. */
+  reload_send_traffic (fixture, 21, 30);
+  ah_test_host_run_until_idle (fixture->test_host);
+  g_assert_cmpint (write (fd, g_bytes_get_data (v2, NULL), g_bytes_get_size (v2)), ==,
+                   (gssize) g_bytes_get_size (v2));
+  g_assert_cmpint (close (fd), ==, 0);
+  reload_send_traffic (fixture, 31, 40);
+  ah_test_host_run_until_idle (fixture->test_host);
+  reload_assert_agents (fixture, 1, 40, 0, 0);
+
+  g_assert_true (ah_host_reload (fixture->host, RELOAD_TYPE, &error));
+  g_assert_no_error (error);
+  reload_send_traffic (fixture, 41, 50);
+  ah_test_host_run_until_idle (fixture->test_host);
+  reload_assert_agents (fixture, 2, 50, 0, 1);
+}
+
 
 typedef enum {
   BAD_FILE_GARBAGE,     /* bytes that are no ELF file at all */
@@ -1166,6 +1199,7 @@ main (int    argc,
   ADD ("/reload/refused/other-plugin", test_reload_refused_other_plugin, NULL);
   ADD ("/reload/refused/config", test_reload_refused_config, NULL);
   ADD ("/reload/refused/garbage", test_reload_refused_file, GINT_TO_POINTER (BAD_FILE_GARBAGE));
+  ADD ("/reload/overwrite/in-place", test_reload_overwrite_in_place, NULL);
   ADD ("/reload/refused/truncated", test_reload_refused_file, GINT_TO_POINTER (BAD_FILE_TRUNCATED));
   ADD ("/reload/refused/empty", test_reload_refused_file, GINT_TO_POINTER (BAD_FILE_EMPTY));
   ADD ("/reload/refused/unknown-type", test_reload_unknown_type, NULL);
