@@ -814,7 +814,7 @@ typedef struct {
   gconstpointer data;
   gsize         size;
   guint         timeout_ms;
-  guint64       correlation;  /* worker-only */
+  guint64       correlation;  /* the endpoint's worker only */
   GMutex        lock;
   GCond         cond;
   gboolean      done;
@@ -822,17 +822,23 @@ typedef struct {
   GBytes       *reply;
 } HostRequest;
 
+/* The first outcome counts; a late second one (a reply racing the
+ * timeout is settled by the bus, but be strict) is dropped. */
 static void
 host_request_finish (HostRequest  *request,
                      AhMessageKind outcome,
                      GBytes       *reply)
 {
   g_mutex_lock (&request->lock);
-  request->outcome = outcome;
-  request->reply = reply;
-  request->done = TRUE;
+  if (!request->done)
+    {
+      request->outcome = outcome;
+      request->reply = g_steal_pointer (&reply);
+      request->done = TRUE;
+    }
   g_cond_signal (&request->cond);
   g_mutex_unlock (&request->lock);
+  g_clear_pointer (&reply, g_bytes_unref);
 }
 
 static gboolean
@@ -849,14 +855,15 @@ host_request_handle (AhBusCall               *call,
       const AhMessage *message = messages[i];
       AhMessageKind kind = ah_message_get_kind (message);
 
-      if (kind == AH_MESSAGE_DIRECT)
+      if (kind == AH_MESSAGE_DIRECT && request->correlation == 0)
         {
           request->correlation = ah_bus_call_request (call, request->subject, request->data,
                                                       request->size, request->timeout_ms);
           if (request->correlation == 0)
             host_request_finish (request, AH_MESSAGE_NO_RESPONDERS, NULL);
         }
-      else if (ah_message_get_correlation (message) == request->correlation)
+      else if (request->correlation != 0
+               && ah_message_get_correlation (message) == request->correlation)
         {
           gsize size;
           gconstpointer data = ah_message_get_data (message, &size);
@@ -870,24 +877,19 @@ host_request_handle (AhBusCall               *call,
 }
 
 GBytes *
-ah_host_request (AhHost       *self,
-                 const char   *subject,
-                 gconstpointer data,
-                 gsize         size,
-                 guint         timeout_ms,
-                 GError      **error)
+ah_host_request_full (AhHost                   *self,
+                      const char               *subject,
+                      gconstpointer             data,
+                      gsize                     size,
+                      guint                     timeout_ms,
+                      AhHostRequestEndpointFunc endpoint_func,
+                      gpointer                  user_data,
+                      GError                  **error)
 {
   HostRequest request = { subject, data, size, timeout_ms, 0 };
   AhEndpoint *endpoint;
   gint64 deadline;
 
-  g_return_val_if_fail (self != NULL, NULL);
-  g_return_val_if_fail (subject != NULL, NULL);
-  g_return_val_if_fail (data != NULL || size == 0, NULL);
-  g_return_val_if_fail (timeout_ms > 0, NULL);
-
-  if (!host_check_running (self, error))
-    return NULL;
   if (!ah_subject_is_valid (subject))
     {
       g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_SUBJECT, "'%s' is not a valid subject", subject);
@@ -897,6 +899,8 @@ ah_host_request (AhHost       *self,
   g_mutex_init (&request.lock);
   g_cond_init (&request.cond);
   endpoint = ah_bus_endpoint_new (self->bus, host_request_handle, &request);
+  if (endpoint_func != NULL)
+    endpoint_func (ah_endpoint_get_id (endpoint), user_data);
   if (!ah_bus_send (self->bus, AH_AGENT_ID_NONE, ah_endpoint_get_id (endpoint),
                     AH_SUBJECT_HOST_REQUEST, "", 0, AH_PRIORITY_SYSTEM, error))
     {
@@ -935,11 +939,31 @@ ah_host_request (AhHost       *self,
     case AH_MESSAGE_DIRECT:
     case AH_MESSAGE_REQUEST:
     case AH_MESSAGE_NO_RESPONDERS:
+    case AH_MESSAGE_OFFLOAD_DONE:
+    case AH_MESSAGE_OFFLOAD_FAILED:
     default:
       g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_NO_RESPONDERS,
                    "request on '%s' had no responders", subject);
       return NULL;
     }
+}
+
+GBytes *
+ah_host_request (AhHost       *self,
+                 const char   *subject,
+                 gconstpointer data,
+                 gsize         size,
+                 guint         timeout_ms,
+                 GError      **error)
+{
+  g_return_val_if_fail (self != NULL, NULL);
+  g_return_val_if_fail (subject != NULL, NULL);
+  g_return_val_if_fail (data != NULL || size == 0, NULL);
+  g_return_val_if_fail (timeout_ms > 0, NULL);
+
+  if (!host_check_running (self, error))
+    return NULL;
+  return ah_host_request_full (self, subject, data, size, timeout_ms, NULL, NULL, error);
 }
 
 /* ---- hot reload ---------------------------------------------------------- */

@@ -19,7 +19,6 @@
 
 #define AH_TEST_DEFAULT_IDLE_TIMEOUT_MS 30000
 #define AH_TEST_SUBJECT_HOST_STARTED    "$SYS.host.started"
-#define AH_TEST_SUBJECT_REQUEST_KICK    "$SYS.test.request"
 #define AH_TEST_N_CAPTURES              (AH_TEST_CAPTURE_DEAD_LETTERS + 1)
 
 struct _AhTestHost {
@@ -484,71 +483,17 @@ ah_test_host_send (AhTestHost   *self,
  * (only a handler can request: a temporary endpoint is kicked and
  * requests from its handler), but from an endpoint the harness knows, so
  * its request is not recorded as an agent's. */
-typedef struct {
-  const char   *subject;
-  gconstpointer data;
-  gsize         size;
-  guint         timeout_ms;
-  guint64       correlation;  /* the endpoint's worker only */
-  GMutex        lock;
-  GCond         cond;
-  gboolean      done;
-  AhMessageKind outcome;
-  GBytes       *reply;
-} TestingRequest;
-
+/* The harness's own requests come from a temporary endpoint; its id is
+ * remembered so that the request is not recorded as an agent's. */
 static void
-testing_request_finish (TestingRequest *request,
-                        AhMessageKind   outcome,
-                        GBytes         *reply)
+testing_request_remember_endpoint (AhAgentId endpoint_id,
+                                   gpointer  user_data)
 {
-  g_mutex_lock (&request->lock);
-  if (!request->done)
-    {
-      request->outcome = outcome;
-      request->reply = reply;
-      request->done = TRUE;
-      reply = NULL;
-    }
-  g_cond_signal (&request->cond);
-  g_mutex_unlock (&request->lock);
-  if (reply != NULL)
-    g_bytes_unref (reply);
-}
+  AhTestHost *self = user_data;
 
-static gboolean
-testing_request_handle (AhBusCall               *call,
-                        const AhMessage * const *messages,
-                        guint                    n_messages,
-                        gpointer                 user_data,
-                        GError                 **error)
-{
-  TestingRequest *request = user_data;
-
-  for (guint i = 0; i < n_messages; i++)
-    {
-      const AhMessage *message = messages[i];
-      AhMessageKind kind = ah_message_get_kind (message);
-
-      if (kind == AH_MESSAGE_DIRECT && request->correlation == 0)
-        {
-          request->correlation = ah_bus_call_request (call, request->subject, request->data,
-                                                      request->size, request->timeout_ms);
-          if (request->correlation == 0)
-            testing_request_finish (request, AH_MESSAGE_NO_RESPONDERS, NULL);
-        }
-      else if (request->correlation != 0
-               && ah_message_get_correlation (message) == request->correlation)
-        {
-          gsize size;
-          gconstpointer data = ah_message_get_data (message, &size);
-
-          testing_request_finish (request, kind,
-                                  kind == AH_MESSAGE_REPLY ? g_bytes_new (data, size) : NULL);
-        }
-    }
-
-  return TRUE;
+  g_mutex_lock (&self->lock);
+  g_hash_table_add (self->own_endpoints, g_memdup2 (&endpoint_id, sizeof endpoint_id));
+  g_mutex_unlock (&self->lock);
 }
 
 GBytes *
@@ -559,76 +504,14 @@ ah_test_host_request (AhTestHost   *self,
                       guint         timeout_ms,
                       GError      **error)
 {
-  TestingRequest request = { subject, data, size, timeout_ms, 0 };
-  AhEndpoint *endpoint;
-  AhAgentId endpoint_id;
-  gint64 deadline;
-
   g_return_val_if_fail (self != NULL, NULL);
   g_return_val_if_fail (subject != NULL, NULL);
   g_return_val_if_fail (data != NULL || size == 0, NULL);
   g_return_val_if_fail (timeout_ms > 0, NULL);
   g_return_val_if_fail (error == NULL || *error == NULL, NULL);
 
-  if (!ah_subject_is_valid (subject))
-    {
-      g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_SUBJECT, "'%s' is not a valid subject",
-                   subject);
-      return NULL;
-    }
-
-  g_mutex_init (&request.lock);
-  g_cond_init (&request.cond);
-  endpoint = ah_bus_endpoint_new (self->bus, testing_request_handle, &request);
-  endpoint_id = ah_endpoint_get_id (endpoint);
-  g_mutex_lock (&self->lock);
-  g_hash_table_add (self->own_endpoints, g_memdup2 (&endpoint_id, sizeof endpoint_id));
-  g_mutex_unlock (&self->lock);
-
-  if (!ah_bus_send (self->bus, AH_AGENT_ID_NONE, endpoint_id, AH_TEST_SUBJECT_REQUEST_KICK,
-                    "", 0, AH_PRIORITY_SYSTEM, error))
-    {
-      ah_bus_endpoint_close (self->bus, endpoint);
-      g_mutex_clear (&request.lock);
-      g_cond_clear (&request.cond);
-      return NULL;
-    }
-
-  /* The bus guarantees one outcome unless it stops meanwhile; the
-   * deadline covers that. Closing the endpoint waits out a running
-   * handler, so nothing touches @request after it. */
-  deadline = g_get_monotonic_time () + (gint64) timeout_ms * 1000 + G_USEC_PER_SEC;
-  g_mutex_lock (&request.lock);
-  while (!request.done)
-    if (!g_cond_wait_until (&request.cond, &request.lock, deadline))
-      break;
-  g_mutex_unlock (&request.lock);
-
-  ah_bus_endpoint_close (self->bus, endpoint);
-  if (!request.done)
-    request.outcome = AH_MESSAGE_TIMEOUT;
-  g_mutex_clear (&request.lock);
-  g_cond_clear (&request.cond);
-
-  switch (request.outcome)
-    {
-    case AH_MESSAGE_REPLY:
-      return request.reply;
-    case AH_MESSAGE_TIMEOUT:
-      g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_TIMEOUT,
-                   "request on '%s' got no reply within %u ms", subject, timeout_ms);
-      return NULL;
-    case AH_MESSAGE_PUBLISH:
-    case AH_MESSAGE_DIRECT:
-    case AH_MESSAGE_REQUEST:
-    case AH_MESSAGE_NO_RESPONDERS:
-    case AH_MESSAGE_OFFLOAD_DONE:
-    case AH_MESSAGE_OFFLOAD_FAILED:
-    default:
-      g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_NO_RESPONDERS,
-                   "request on '%s' had no responders", subject);
-      return NULL;
-    }
+  return ah_host_request_full (self->host, subject, data, size, timeout_ms,
+                               testing_request_remember_endpoint, self, error);
 }
 
 /* ---- inspecting ---------------------------------------------------------- */
