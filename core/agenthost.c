@@ -2784,12 +2784,13 @@ command_bench (const Command *command,
   };
   g_autoptr(GPtrArray) results = g_ptr_array_new_with_free_func ((GDestroyNotify) bench_result_free);
   g_autoptr(GPtrArray) names = g_ptr_array_new ();
-  const char *pin_note = options.pin ? "requested, not supported by this host" : "off";
+  const char *pin_note;
   guint64 lost = 0;
   int status;
 
   if (!command_parse_options (command, entries, args, &status))
     return status;
+  /* The bus has no CPU affinity setting to pass the request on to. */
   pin_note = options.pin ? "requested, not supported by this host" : "off";
   if (options.workers < 0 || options.workers > 256)
     {
