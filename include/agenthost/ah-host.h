@@ -22,7 +22,6 @@ typedef enum {
   AH_HOST_ERROR_PREWARM,       /* an agent's init failed while pre-warming */
   AH_HOST_ERROR_UNKNOWN_TYPE,
   AH_HOST_ERROR_UNKNOWN_AGENT,
-  AH_HOST_ERROR_POOL_FULL,     /* the type already runs its pool's maximum */
   AH_HOST_ERROR_STATE,         /* not allowed in the host's current state */
   AH_HOST_ERROR_SUBJECT,       /* not a valid subject or pattern */
   AH_HOST_ERROR_OVERFLOW,      /* a mailbox was full under the "fail" policy */
