@@ -115,6 +115,14 @@ gboolean    ah_bus_send               (AhBus *self, AhAgentId sender, AhAgentId 
                                        const char *subject, gconstpointer data, gsize size,
                                        AhPriority priority, GError **error);
 
+/* An advisory event from the host itself (lifecycle, reload), at system
+ * priority, delivered only if someone subscribes to @subject: an event
+ * nobody hears is not counted at all, so events never show up as dead
+ * letters in the account. From any thread, handlers' included; never
+ * waits. Returns TRUE when someone got it. */
+gboolean    ah_bus_publish_event      (AhBus *self, const char *subject,
+                                       gconstpointer data, gsize size);
+
 /* Publishing from inside a handler: queued in the call's outbox and
  * routed in order when the handler returns (or when the outbox holds
  * publish_batch messages). Return FALSE when refused (counted failed). */

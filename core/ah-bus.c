@@ -1836,6 +1836,38 @@ ah_bus_publish (AhBus        *self,
 }
 
 gboolean
+ah_bus_publish_event (AhBus        *self,
+                      const char   *subject,
+                      gconstpointer data,
+                      gsize         size)
+{
+  g_auto(AhRecipients) recipients = { 0 };
+  const char *interned;
+  AhMessage *message;
+
+  g_return_val_if_fail (self != NULL, FALSE);
+  g_return_val_if_fail (subject != NULL, FALSE);
+  g_return_val_if_fail (data != NULL || size == 0, FALSE);
+
+  if (atomic_load (&self->stopping) || !ah_bus_check_message (subject, size, NULL))
+    return FALSE;
+
+  /* Nobody listens: the event never becomes a message, so it is neither
+   * accepted nor dead-lettered and the account stays about traffic. */
+  interned = ah_bus_route_subject (self, subject, &recipients);
+  if (recipients.len == 0)
+    return FALSE;
+
+  ah_bus_tally_add (self, AH_TALLY_PUBLISHED, 1);
+  message = ah__message_new (AH_MESSAGE_PUBLISH, AH_PRIORITY_SYSTEM,
+                             interned != NULL ? interned : subject, interned != NULL,
+                             AH_AGENT_ID_NONE, AH_AGENT_ID_NONE, 0, data, size);
+  ah_bus_tap (self, message, AH_AGENT_ID_NONE);
+  /* System priority: never refused for room, never waits. */
+  return ah_bus_deliver_external (self, message, &recipients, TRUE, NULL);
+}
+
+gboolean
 ah_bus_send (AhBus        *self,
              AhAgentId     sender,
              AhAgentId     to,

@@ -278,10 +278,9 @@ ah_host_start (AhHost  *self,
   g_mutex_unlock (&self->lock);
   ah_bus_start (self->bus);
 
-  /* System priority: the start signal overtakes any data already queued. */
-  if (!ah_bus_publish (self->bus, AH_AGENT_ID_NONE, AH_SUBJECT_HOST_STARTED, "", 0,
-                       AH_PRIORITY_SYSTEM, error))
-    return FALSE;
+  /* An event, at system priority: it overtakes any data already queued,
+   * and a system where nobody listens for it does not count it. */
+  ah_bus_publish_event (self->bus, AH_SUBJECT_HOST_STARTED, "", 0);
 
   return TRUE;
 }
@@ -976,10 +975,8 @@ host_publish_event (AhHost     *self,
                     const char *subject,
                     const char *text)
 {
-  /* System priority: the event overtakes any data backlog. A stopped bus
-   * refuses it, which only happens while the host stops. */
-  ah_bus_publish (self->bus, AH_AGENT_ID_NONE, subject, text, strlen (text),
-                  AH_PRIORITY_SYSTEM, NULL);
+  /* An event: system priority, and not counted when nobody listens. */
+  ah_bus_publish_event (self->bus, subject, text, strlen (text));
 }
 
 static void

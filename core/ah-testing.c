@@ -18,7 +18,6 @@
 #include <string.h>
 
 #define AH_TEST_DEFAULT_IDLE_TIMEOUT_MS 30000
-#define AH_TEST_SUBJECT_HOST_STARTED    "$SYS.host.started"
 #define AH_TEST_N_CAPTURES              (AH_TEST_CAPTURE_DEAD_LETTERS + 1)
 
 struct _AhTestHost {
@@ -140,13 +139,6 @@ testing_on_dead_letter (const AhMessage   *message,
 {
   AhTestHost *self = user_data;
   AhTestMessage *record;
-
-  /* The host announces its start to whoever listens; a plugin under test
-   * that does not listen has lost nothing. */
-  if (reason == AH_DEAD_LETTER_NO_ROUTE
-      && ah_message_get_sender (message) == AH_AGENT_ID_NONE
-      && g_str_equal (ah_message_get_subject (message), AH_TEST_SUBJECT_HOST_STARTED))
-    return;
 
   record = testing_message_new (message, intended, ah_dead_letter_reason_to_string (reason));
   g_mutex_lock (&self->lock);

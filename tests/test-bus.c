@@ -688,6 +688,43 @@ test_route_broadcast_shared (Fixture       *fixture,
 }
 
 static void
+test_route_event (Fixture       *fixture,
+                  gconstpointer  user_data)
+{
+  AhBusCounters counters;
+  Received *received;
+
+  g_test_summary ("A host event reaches its subscribers at system priority; one nobody "
+                  "hears is not a message at all: not accepted, not dead-lettered");
+
+  ah_bus_start (fixture->bus);
+  g_assert_false (ah_bus_publish_event (fixture->bus, "$SYS.nobody", "x", 1));
+  fixture_wait_idle (fixture);
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.published, ==, 0);
+  g_assert_cmpuint (counters.accepted, ==, 0);
+  g_assert_cmpuint (counters.dead_lettered, ==, 0);
+  g_assert_cmpuint (fixture->dead->len, ==, 0);
+
+  fixture_add_subscriber (fixture, "$SYS.agent.>", NULL, NULL);
+  g_assert_true (ah_bus_publish_event (fixture->bus, "$SYS.agent.spawned", "id=7", 4));
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (fixture->received->len, ==, 1);
+  received = g_ptr_array_index (fixture->received, 0);
+  g_assert_cmpstr (received->subject, ==, "$SYS.agent.spawned");
+  g_assert_cmpint (received->priority, ==, AH_PRIORITY_SYSTEM);
+  g_assert_cmpuint (received->sender, ==, AH_AGENT_ID_NONE);
+  g_assert_cmpmem (g_bytes_get_data (received->payload, NULL),
+                   g_bytes_get_size (received->payload), "id=7", 4);
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.accepted, ==, 1);
+  g_assert_cmpuint (counters.delivered, ==, 1);
+
+  ah_bus_stop (fixture->bus, WAIT_US);
+  g_assert_false (ah_bus_publish_event (fixture->bus, "$SYS.agent.spawned", "", 0));
+}
+
+static void
 test_route_no_route (Fixture       *fixture,
                      gconstpointer  user_data)
 {
@@ -3073,6 +3110,7 @@ main (int    argc,
   BUS_TEST ("/bus/stop/drains", &config_two_workers, test_stop_drains);
   BUS_TEST ("/bus/stop/blocked-publisher", &config_block_small, test_stop_blocked_publisher);
   BUS_TEST ("/bus/idle/func-and-wait", &config_two_workers, test_idle_func_and_wait);
+  BUS_TEST ("/bus/route/event", &config_two_workers, test_route_event);
   BUS_TEST ("/bus/hold/keeps-busy", &config_two_workers, test_hold_keeps_busy);
   BUS_TEST ("/bus/hold/wait-idle", &config_two_workers, test_hold_wait_idle);
   BUS_TEST ("/bus/correlation/unique", &config_two_workers, test_correlation_unique);
