@@ -103,6 +103,24 @@ ah_pool_request_stop (AhPool *self,
     self->stop_func (exit_code, self->stop_data);
 }
 
+/* Lifecycle events, for whoever watches the system like any traffic:
+ * "$SYS.agent.spawned", "$SYS.agent.stopped", "$SYS.agent.failed". Not
+ * counted when nobody subscribes (ah_bus_publish_event). */
+static void
+pool_publish_event (AhPool     *self,
+                    const char *what,
+                    AhAgent    *agent,
+                    const char *reason)
+{
+  g_autofree char *subject = g_strconcat ("$SYS.agent.", what, NULL);
+  g_autofree char *text = NULL;
+
+  text = g_strdup_printf ("type=%s id=%" G_GUINT64_FORMAT " index=%u%s%s", self->type->name,
+                          agent->id, agent->index, reason != NULL ? " reason=" : "",
+                          reason != NULL ? reason : "");
+  ah_bus_publish_event (self->bus, subject, text, strlen (text));
+}
+
 static AhBusGroup *
 pool_get_group (AhPool     *self,
                 AhDelivery  delivery)
@@ -349,6 +367,7 @@ ah_pool_spawn (AhPool  *self,
     }
   pool_agent_go_live (self, agent);
   id = agent->id;
+  pool_publish_event (self, "spawned", agent, NULL);
   ah_pool_unlock_lifecycle (self);
 
   return id;
@@ -388,6 +407,7 @@ pool_agent_stop (AhPool  *self,
   g_mutex_lock (&self->lock);
   self->terminated++;
   g_mutex_unlock (&self->lock);
+  pool_publish_event (self, "stopped", agent, NULL);
   pool_agent_release (self, agent);
 }
 
@@ -561,6 +581,8 @@ pool_agent_handle (AhBusCall               *call,
     return TRUE;
 
   __atomic_add_fetch (&self->handler_failures, 1, __ATOMIC_RELAXED);
+  pool_publish_event (self, "failed", agent,
+                      local_error != NULL ? local_error->message : "handle_batch returned FALSE");
   /* An agent failing is an event of the run, not a bug of the host:
    * logged as a message (shown by default), counted, and the run goes on. */
   g_message ("agent type '%s' agent %" G_GUINT64_FORMAT " failed a batch of %u: %s",

@@ -338,6 +338,61 @@ test_spawn_init_failure (void)
   g_assert_cmpuint (doomed.init_failures, ==, 1);
 }
 
+static void
+test_lifecycle_events (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autofree char *spawned_text = NULL;
+  g_autofree char *stopped_text = NULL;
+  Observed observed;
+  AhHostStats before, after;
+  AhAgentId id;
+
+  g_test_summary ("Spawns, stops and handler failures are announced on $SYS.agent.*; "
+                  "with nobody listening they are not counted at all");
+
+  observed_init (&observed);
+  host = host_start_from_yaml (
+    "name: lifecycle\n"
+    "plugin_path: [plugins]\n"
+    "agents:\n"
+    "  flaky:\n"
+    "    plugin: flaky\n"
+    "    subscribe: [flaky.in]\n");
+
+  /* Nobody listens yet: the account does not move. */
+  assert_account_exact (host);
+  ah_host_get_stats (host, &before);
+  id = ah_host_spawn (host, "flaky", &error);
+  g_assert_no_error (error);
+  g_assert_true (ah_host_terminate (host, id, &error));
+  assert_account_exact (host);
+  ah_host_get_stats (host, &after);
+  g_assert_cmpuint (after.accepted, ==, before.accepted);
+  g_assert_cmpuint (after.dead_lettered, ==, before.dead_lettered);
+
+  g_assert_cmpuint (ah_host_subscribe (host, "$SYS.agent.>", observed_add, &observed, &error), >, 0);
+  id = ah_host_spawn (host, "flaky", &error);
+  g_assert_no_error (error);
+  assert_account_exact (host);
+  g_assert_true (ah_host_terminate (host, id, &error));
+  assert_account_exact (host);
+  g_assert_true (ah_host_publish (host, "flaky.in", "fail", 4, &error));
+  assert_account_exact (host);
+
+  g_assert_cmpuint (observed.payloads->len, ==, 3);
+  spawned_text = g_strdup_printf ("type=flaky id=%" G_GUINT64_FORMAT " index=1", id);
+  stopped_text = g_strdup_printf ("type=flaky id=%" G_GUINT64_FORMAT " index=1", id);
+  g_assert_cmpstr (g_ptr_array_index (observed.payloads, 0), ==, spawned_text);
+  g_assert_cmpstr (g_ptr_array_index (observed.payloads, 1), ==, stopped_text);
+  g_assert_true (g_str_has_prefix (g_ptr_array_index (observed.payloads, 2), "type=flaky id="));
+  g_assert_true (g_str_has_suffix (g_ptr_array_index (observed.payloads, 2), " index=0 reason=flaky failure"));
+
+  g_clear_pointer (&host, ah_host_free);
+  observed_clear (&observed);
+}
+
 /* ---- traffic ------------------------------------------------------------ */
 
 static void
@@ -601,6 +656,7 @@ main (int    argc,
   g_test_add_func ("/pool/spawn/reuse", test_spawn_reuse);
   g_test_add_func ("/pool/spawn/errors", test_spawn_errors);
   g_test_add_func ("/pool/spawn/init-failure", test_spawn_init_failure);
+  g_test_add_func ("/pool/lifecycle/events", test_lifecycle_events);
   g_test_add_func ("/host/request/reply", test_request_reply);
   g_test_add_func ("/host/request/no-responders", test_request_no_responders);
   g_test_add_func ("/host/request/timeout", test_request_timeout);
