@@ -213,6 +213,41 @@ test_config_check_no_schema (void)
   g_assert_no_error (error);
 }
 
+/* The first ```yaml block of docs/manifest.md, the "complete example". */
+static char *
+doc_complete_example (void)
+{
+  g_autofree char *path = g_test_build_filename (G_TEST_DIST, "..", "docs", "manifest.md", NULL);
+  g_autofree char *text = NULL;
+  g_autoptr(GError) error = NULL;
+  const char *start, *end;
+
+  g_file_get_contents (path, &text, NULL, &error);
+  g_assert_no_error (error);
+  start = strstr (text, "```yaml\n");
+  g_assert_nonnull (start);
+  start += strlen ("```yaml\n");
+  end = strstr (start, "\n```");
+  g_assert_nonnull (end);
+  return g_strndup (start, end - start + 1);
+}
+
+static void
+test_config_check_doc_example (void)
+{
+  g_autofree char *yaml = doc_complete_example ();
+  g_autofree char *build_root = g_test_build_filename (G_TEST_BUILT, "..", NULL);
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhManifest) manifest = NULL;
+
+  g_test_summary ("docs/manifest.md's complete example passes the shipped plugins' checks, "
+                  "config included, read from the build tree as if it sat there");
+  manifest = ah_manifest_load_data (yaml, strlen (yaml), "manifest.md", build_root, &error);
+  g_assert_no_error (error);
+  g_assert_true (ah_manifest_check_plugins (manifest, &error));
+  g_assert_no_error (error);
+}
+
 static void
 test_config_check_shipped (void)
 {
@@ -495,6 +530,7 @@ main (int argc, char **argv)
     }
   g_test_add_func ("/config/check/no-schema", test_config_check_no_schema);
   g_test_add_func ("/config/check/shipped", test_config_check_shipped);
+  g_test_add_func ("/config/check/doc-example", test_config_check_doc_example);
   for (gsize i = 0; i < G_N_ELEMENTS (config_runs); i++)
     {
       g_autofree char *path = g_strconcat ("/config/run/", config_runs[i].name, NULL);
