@@ -1771,21 +1771,24 @@ test_close_dead_letters (Fixture       *fixture,
   g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_AGENT_STOPPED), ==, 8);
 }
 
+/* A call that must wait out a running batch (close, pause), made from
+ * another thread while the handler is held at the fixture's gate. */
 typedef struct {
   Fixture  *fixture;
   Agent    *agent;
+  void    (*call) (AhBus *bus, AhEndpoint *endpoint);
   gboolean  handler_running;   /* under the fixture lock */
   gboolean  handler_finished;
-  gboolean  finished_before_close_returned;
-  gboolean  close_returned;
-} CloseRace;
+  gboolean  finished_before_call_returned;
+  gboolean  call_returned;
+} GateRace;
 
 static gboolean
-step_wait_for_gate (Agent           *agent,
-                    AhBusCall       *call,
-                    const AhMessage *message)
+step_hold_at_gate (Agent           *agent,
+                   AhBusCall       *call,
+                   const AhMessage *message)
 {
-  CloseRace *race = agent->data;
+  GateRace *race = agent->data;
   Fixture *fixture = agent->fixture;
   gint64 deadline = deadline_in_us (WAIT_US);
 
@@ -1801,55 +1804,66 @@ step_wait_for_gate (Agent           *agent,
 }
 
 static gpointer
-closer_main (gpointer data)
+gate_race_caller_main (gpointer data)
 {
-  CloseRace *race = data;
+  GateRace *race = data;
 
-  ah_bus_endpoint_close (race->fixture->bus, race->agent->endpoint);
+  race->call (race->fixture->bus, race->agent->endpoint);
   pthread_mutex_lock (&race->fixture->lock);
-  race->finished_before_close_returned = race->handler_finished;
-  race->close_returned = TRUE;
+  race->finished_before_call_returned = race->handler_finished;
+  race->call_returned = TRUE;
   pthread_cond_broadcast (&race->fixture->cond);
   pthread_mutex_unlock (&race->fixture->lock);
   return NULL;
+}
+
+/* Waits until the agent's handler is held at the gate, makes the call
+ * from another thread, checks it does not return while the handler is
+ * held, then opens the gate and joins. */
+static void
+gate_race_run (GateRace *race)
+{
+  Fixture *fixture = race->fixture;
+  gint64 deadline = deadline_in_us (WAIT_US);
+  pthread_t thread;
+
+  pthread_mutex_lock (&fixture->lock);
+  while (!race->handler_running)
+    if (!fixture_wait_until (fixture, deadline))
+      break;
+  pthread_mutex_unlock (&fixture->lock);
+  g_assert_true (race->handler_running);
+
+  g_assert_cmpint (pthread_create (&thread, NULL, gate_race_caller_main, race), ==, 0);
+  deadline = deadline_in_us (100 * 1000);
+  pthread_mutex_lock (&fixture->lock);
+  while (!race->call_returned)
+    if (!fixture_wait_until (fixture, deadline))
+      break;
+  g_assert_false (race->call_returned);
+  pthread_mutex_unlock (&fixture->lock);
+  fixture_open_gate (fixture);
+  pthread_join (thread, NULL);
 }
 
 static void
 test_close_waits_for_handler (Fixture       *fixture,
                               gconstpointer  user_data)
 {
-  CloseRace race = { fixture };
-  gint64 deadline = deadline_in_us (WAIT_US);
-  pthread_t thread;
+  GateRace race = { fixture, .call = ah_bus_endpoint_close };
 
   g_test_summary ("Closing an endpoint from another thread waits for its running batch");
 
-  race.agent = fixture_add_agent (fixture, step_wait_for_gate, &race);
+  race.agent = fixture_add_agent (fixture, step_hold_at_gate, &race);
   ah_bus_start (fixture->bus);
   send_to (fixture, race.agent->id, "work", "1");
   send_to (fixture, race.agent->id, "work", "2");
 
-  pthread_mutex_lock (&fixture->lock);
-  while (!race.handler_running)
-    if (!fixture_wait_until (fixture, deadline))
-      break;
-  pthread_mutex_unlock (&fixture->lock);
-  g_assert_true (race.handler_running);
-
   /* The close must not return while the handler is held at the gate. */
-  g_assert_cmpint (pthread_create (&thread, NULL, closer_main, &race), ==, 0);
-  deadline = deadline_in_us (100 * 1000);
-  pthread_mutex_lock (&fixture->lock);
-  while (!race.close_returned)
-    if (!fixture_wait_until (fixture, deadline))
-      break;
-  g_assert_false (race.close_returned);
-  pthread_mutex_unlock (&fixture->lock);
-  fixture_open_gate (fixture);
-  pthread_join (thread, NULL);
+  gate_race_run (&race);
   fixture_wait_idle (fixture);
 
-  g_assert_true (race.finished_before_close_returned);
+  g_assert_true (race.finished_before_call_returned);
   g_assert_cmpuint (race.agent->n_received + count_dead (fixture, AH_DEAD_LETTER_AGENT_STOPPED),
                     ==, 2);
 }
@@ -2616,57 +2630,12 @@ test_pause_holds_mail (Fixture       *fixture,
   g_assert_cmpuint (paused->max_batch, ==, 32);
 }
 
-typedef struct {
-  Fixture  *fixture;
-  Agent    *agent;
-  gboolean  handler_running;    /* under the fixture lock */
-  gboolean  handler_finished;
-  gboolean  finished_before_pause_returned;
-  gboolean  pause_returned;
-} PauseRace;
-
-static gboolean
-step_hold_at_gate (Agent           *agent,
-                   AhBusCall       *call,
-                   const AhMessage *message)
-{
-  PauseRace *race = agent->data;
-  Fixture *fixture = agent->fixture;
-  gint64 deadline = deadline_in_us (WAIT_US);
-
-  pthread_mutex_lock (&fixture->lock);
-  race->handler_running = TRUE;
-  pthread_cond_broadcast (&fixture->cond);
-  while (!fixture->gate_open)
-    if (!fixture_wait_until (fixture, deadline))
-      break;
-  race->handler_finished = TRUE;
-  pthread_mutex_unlock (&fixture->lock);
-  return TRUE;
-}
-
-static gpointer
-pauser_main (gpointer data)
-{
-  PauseRace *race = data;
-
-  ah_bus_endpoint_pause (race->fixture->bus, race->agent->endpoint);
-  pthread_mutex_lock (&race->fixture->lock);
-  race->finished_before_pause_returned = race->handler_finished;
-  race->pause_returned = TRUE;
-  pthread_cond_broadcast (&race->fixture->cond);
-  pthread_mutex_unlock (&race->fixture->lock);
-  return NULL;
-}
-
 static void
 test_pause_waits_for_batch (Fixture       *fixture,
                             gconstpointer  user_data)
 {
-  PauseRace race = { fixture };
+  GateRace race = { fixture, .call = ah_bus_endpoint_pause };
   Agent *marker;
-  gint64 deadline = deadline_in_us (WAIT_US);
-  pthread_t thread;
 
   g_test_summary ("Pausing waits for the endpoint's running batch to return, and the "
                   "next batch waits for resume");
@@ -2677,25 +2646,9 @@ test_pause_waits_for_batch (Fixture       *fixture,
   send_to (fixture, race.agent->id, "work", "1");
   send_to (fixture, race.agent->id, "work", "2");
 
-  pthread_mutex_lock (&fixture->lock);
-  while (!race.handler_running)
-    if (!fixture_wait_until (fixture, deadline))
-      break;
-  pthread_mutex_unlock (&fixture->lock);
-  g_assert_true (race.handler_running);
-
   /* The pause must not return while the handler is held at the gate. */
-  g_assert_cmpint (pthread_create (&thread, NULL, pauser_main, &race), ==, 0);
-  deadline = deadline_in_us (100 * 1000);
-  pthread_mutex_lock (&fixture->lock);
-  while (!race.pause_returned)
-    if (!fixture_wait_until (fixture, deadline))
-      break;
-  g_assert_false (race.pause_returned);
-  pthread_mutex_unlock (&fixture->lock);
-  fixture_open_gate (fixture);
-  pthread_join (thread, NULL);
-  g_assert_true (race.finished_before_pause_returned);
+  gate_race_run (&race);
+  g_assert_true (race.finished_before_call_returned);
 
   /* handler_batch 1: "2" is still queued, and stays so. */
   pass_markers (fixture, marker, 2);
