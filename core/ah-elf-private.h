@@ -52,4 +52,8 @@ GPtrArray *ah__elf_lint                    (const char *path, GError **error);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (AhElfFinding, ah__elf_finding_free)
 
+/* "an executable", "a core dump"...: what an ELF e_type is, for the
+ * loader's and the lint's messages. */
+const char *ah__elf_type_name (guint16 elf_type);
+
 G_END_DECLS

@@ -261,8 +261,8 @@ ah_elf_image_load (AhElfImage *image, const char *path, GError **error)
   return TRUE;
 }
 
-static const char *
-ah_elf_type_name (guint16 elf_type)
+const char *
+ah__elf_type_name (guint16 elf_type)
 {
   switch (elf_type)
     {
@@ -325,7 +325,7 @@ ah_elf_image_parse_header (AhElfImage *image, GError **error)
     {
       g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_LOAD,
                    "%s: not a shared object: %s (ELF type %u)", image->path,
-                   ah_elf_type_name (image->header.e_type), (guint) image->header.e_type);
+                   ah__elf_type_name (image->header.e_type), (guint) image->header.e_type);
       return FALSE;
     }
   return TRUE;

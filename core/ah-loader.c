@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 
 #include "ah-loader-private.h"
+#include "ah-elf-private.h"
 #include "ah-config-private.h"
 
 #include <dlfcn.h>
@@ -175,24 +176,6 @@ ah_elf_data_name (unsigned char elf_data)
       return "big-endian";
     default:
       return "of an unknown byte order";
-    }
-}
-
-static const char *
-ah_elf_type_name (guint16 elf_type)
-{
-  switch (elf_type)
-    {
-    case ET_NONE:
-      return "an object of no type";
-    case ET_REL:
-      return "a relocatable object file";
-    case ET_EXEC:
-      return "an executable";
-    case ET_CORE:
-      return "a core dump";
-    default:
-      return "an object of unknown type";
     }
 }
 
@@ -418,7 +401,7 @@ ah_plugin_check_fd (int fd, const char *path, GError **error)
     {
       g_set_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_LOAD,
                    "%s: not a shared object: %s (ELF type %u)", path,
-                   ah_elf_type_name (header.e_type), (guint) header.e_type);
+                   ah__elf_type_name (header.e_type), (guint) header.e_type);
       return FALSE;
     }
 #ifdef AH_ELF_MACHINE
