@@ -28,6 +28,7 @@ typedef struct {
 typedef struct {
   guint64 published, accepted, delivered, dead_lettered, failed, in_flight;
   guint64 batches, requests, request_timeouts;
+  guint64 retried;                /* failed batches' messages delivered again */
   gdouble latency_p50_us, latency_p95_us, latency_p99_us, latency_max_us;
   /* The longest any worker waited for its own lock (held by a publisher,
    * a pause...): how long the bus held a worker up. */
@@ -134,9 +135,24 @@ gboolean    ah_bus_call_reply         (AhBusCall *call, const AhMessage *request
                                        gconstpointer data, gsize size);
 guint64     ah_bus_call_request       (AhBusCall *call, const char *subject,
                                        gconstpointer data, gsize size, guint timeout_ms);
+/* For a supervisor, from an endpoint func about to return FALSE: asks
+ * the bus to deliver @message (one of the failing batch's messages)
+ * once more instead of dead-lettering it with the batch. It goes to
+ * another member of @group when @group (nullable) has one, else back to
+ * this endpoint, behind what its mailbox holds. A message is redelivered
+ * at most once: for a message that already was
+ * (ah_message_is_redelivered()) this returns FALSE and it is
+ * dead-lettered with the batch. The message stays accepted once and is
+ * settled once, by its second handler. */
+gboolean    ah_bus_call_retry         (AhBusCall *call, const AhMessage *message,
+                                       AhBusGroup *group);
 AhEndpoint *ah_bus_call_get_endpoint  (AhBusCall *call);
 AhBus      *ah_bus_call_get_bus       (AhBusCall *call);
 guint       ah_bus_call_get_worker    (AhBusCall *call);
+
+/* Normal-priority messages waiting in @endpoint's mailbox, read without a
+ * lock: a snapshot for autoscaling and inspection, not an exact count. */
+guint       ah_bus_endpoint_get_depth (AhEndpoint *endpoint);
 
 /* ---- For hot reload ------------------------------------------------- */
 

@@ -76,6 +76,7 @@ typedef enum {
   AH_TALLY_BATCHES,
   AH_TALLY_REQUESTS,
   AH_TALLY_REQUEST_TIMEOUTS,
+  AH_TALLY_RETRIED,
   AH_TALLY_N_FIELDS
 } AhTallyField;
 
@@ -210,6 +211,7 @@ struct _AhWorker {
   /* Only the worker thread touches these: */
   GArray         *outbox;       /* (element-type AhEnvelope) of the running call */
   AhMessage     **batch;        /* handler_batch slots */
+  AhEndpoint    **retry_to;     /* handler_batch slots: ah_bus_call_retry's choices */
   /* Written by the worker thread only, read by anyone. */
   AhTally         tally;
   AhLatency       latency;
@@ -223,6 +225,9 @@ struct _AhBusCall {
   AhWorker   *worker;
   AhEndpoint *endpoint;
   guint       n_outbox_calls;   /* publish/send/request/reply calls in the outbox */
+  AhMessage **batch;            /* the messages of this call */
+  guint       n_batch;
+  guint       n_retries;        /* slots of worker->retry_to set */
 };
 
 struct _AhBus {
@@ -660,6 +665,17 @@ ah_endpoint_get_id (AhEndpoint *endpoint)
   g_return_val_if_fail (endpoint != NULL, AH_AGENT_ID_NONE);
 
   return endpoint->id;
+}
+
+guint
+ah_bus_endpoint_get_depth (AhEndpoint *endpoint)
+{
+  g_return_val_if_fail (endpoint != NULL, 0);
+
+  /* normal_used counts the normal lane (plus reservations under
+   * AH_OVERFLOW_FAIL); system messages are few and do not make a
+   * mailbox deep, so the lock-free figure is the useful one. */
+  return atomic_load_explicit (&endpoint->normal_used, memory_order_relaxed);
 }
 
 gpointer
@@ -2472,6 +2488,82 @@ ah_bus_call_get_worker (AhBusCall *call)
   return call->worker->index;
 }
 
+/* ---- Redelivery of a failed batch -------------------------------------------------------------- */
+
+gboolean
+ah_bus_call_retry (AhBusCall       *call,
+                   const AhMessage *message,
+                   AhBusGroup      *group)
+{
+  AhBus *self;
+  AhEndpoint *to = NULL;
+  guint index;
+
+  g_return_val_if_fail (call != NULL, FALSE);
+  g_return_val_if_fail (message != NULL, FALSE);
+
+  self = call->bus;
+  for (index = 0; index < call->n_batch; index++)
+    if (call->batch[index] == message)
+      break;
+  g_return_val_if_fail (index < call->n_batch, FALSE);
+  if (message->redelivered || call->worker->retry_to[index] != NULL)
+    return message->redelivered ? FALSE : TRUE;
+
+  if (group != NULL)
+    {
+      pthread_rwlock_rdlock (&self->route_lock);
+      /* Round robin over the others: a retry goes where the group's
+       * next message would, skipping the endpoint that failed. */
+      for (guint tries = 0; tries < group->members->len && to == NULL; tries++)
+        {
+          guint turn = atomic_fetch_add_explicit (&group->next_member, 1, memory_order_relaxed);
+          AhEndpoint *member = g_ptr_array_index (group->members, turn % group->members->len);
+
+          if (member != call->endpoint)
+            to = ah_endpoint_ref (member);
+        }
+      pthread_rwlock_unlock (&self->route_lock);
+    }
+  if (to == NULL)
+    to = ah_endpoint_ref (call->endpoint);
+
+  call->worker->retry_to[index] = to;
+  call->n_retries++;
+  return TRUE;
+}
+
+/* Puts the retried messages of a failed batch in the outbox, as copies
+ * marked redelivered. They were accepted when first routed and are not
+ * settled yet: their second delivery settles them. */
+static void
+ah_bus_call_queue_retries (AhBusCall *call)
+{
+  AhBus *self = call->bus;
+  AhWorker *worker = call->worker;
+  gboolean reserve = self->config.overflow == AH_OVERFLOW_FAIL;
+
+  for (guint i = 0; i < call->n_batch; i++)
+    {
+      AhEndpoint *to = worker->retry_to[i];
+      AhEnvelope envelope;
+
+      if (to == NULL)
+        continue;
+      ah_bus_tally_add (self, AH_TALLY_RETRIED, 1);
+      if (reserve && call->batch[i]->priority != AH_PRIORITY_SYSTEM
+          && !ah_endpoint_reserve (to, self->config.mailbox_capacity))
+        {
+          /* Counted failed, like any message a full mailbox refuses. */
+          ah_bus_dead_letter (self, call->batch[i], to->id, AH_DEAD_LETTER_OVERFLOW);
+          continue;
+        }
+      envelope.message = ah__message_copy_redelivered (call->batch[i]);
+      envelope.to = ah_endpoint_ref (to);
+      g_array_append_val (worker->outbox, envelope);
+    }
+}
+
 /* ---- Workers ---------------------------------------------------------------------------------- */
 
 /* Takes up to @max messages, system lane first, each lane oldest first.
@@ -2545,7 +2637,7 @@ ah_worker_call (AhWorker    *worker,
                 guint        n)
 {
   AhBus *self = worker->bus;
-  AhBusCall call = { self, worker, endpoint, 0 };
+  AhBusCall call = { self, worker, endpoint, 0, batch, n, 0 };
   g_autoptr(GError) error = NULL;
   gint64 start = ah__monotonic_ns ();
   gboolean handled;
@@ -2561,13 +2653,19 @@ ah_worker_call (AhWorker    *worker,
   /* What the handler published was accepted, even if it then failed.
    * The flush comes before the batch settles, so in_flight cannot touch
    * 0 while its consequences are still on their way. */
+  if (!handled && call.n_retries > 0)
+    ah_bus_call_queue_retries (&call);
   ah_bus_call_flush (&call);
   ah_bus_tally_add (self, AH_TALLY_BATCHES, 1);
   if (handled)
     ah_bus_settle (self, AH_TALLY_DELIVERED, n);
   else
     for (guint i = 0; i < n; i++)
-      ah_bus_dead_letter (self, batch[i], endpoint->id, AH_DEAD_LETTER_HANDLER_FAILED);
+      if (worker->retry_to[i] == NULL)
+        ah_bus_dead_letter (self, batch[i], endpoint->id, AH_DEAD_LETTER_HANDLER_FAILED);
+  if (call.n_retries > 0)
+    for (guint i = 0; i < n; i++)
+      g_clear_pointer (&worker->retry_to[i], ah_endpoint_unref);
 
   for (guint i = 0; i < n; i++)
     ah__message_unref (batch[i]);
@@ -2793,6 +2891,7 @@ ah_bus_new (const AhBusConfig *config)
       ah_cond_init_monotonic (&worker->state_cond);
       worker->outbox = g_array_new (FALSE, FALSE, sizeof (AhEnvelope));
       worker->batch = g_new (AhMessage *, self->config.handler_batch);
+      worker->retry_to = g_new0 (AhEndpoint *, self->config.handler_batch);
       self->workers[i] = worker;
     }
 
@@ -2977,6 +3076,7 @@ ah_bus_free (AhBus *self)
       pthread_cond_destroy (&worker->state_cond);
       g_array_unref (worker->outbox);
       g_free (worker->batch);
+      g_free (worker->retry_to);
       g_free (worker);
     }
   g_free (self->workers);
@@ -3134,6 +3234,7 @@ ah_bus_get_counters (AhBus         *self,
   ret_counters->batches = sums[AH_TALLY_BATCHES];
   ret_counters->requests = sums[AH_TALLY_REQUESTS];
   ret_counters->request_timeouts = sums[AH_TALLY_REQUEST_TIMEOUTS];
+  ret_counters->retried = sums[AH_TALLY_RETRIED];
   ret_counters->worker_stall_max_us = stall_max_ns / 1000.0;
   ret_counters->latency_p50_us = ah_latency_percentile_us (counts, total, max_ns, 0.50);
   ret_counters->latency_p95_us = ah_latency_percentile_us (counts, total, max_ns, 0.95);

@@ -31,6 +31,32 @@ typedef struct {
   AhManifestPos  pos;
 } AhManifestSubscription;
 
+/* `supervision: policy:` - what happens to a type's agents when one of
+ * them fails (its agent_init or handle_batch returns FALSE), after
+ * Erlang/OTP's supervisor strategies. */
+typedef enum {
+  AH_RESTART_ONE_FOR_ONE,   /* restart the failed agent only (default) */
+  AH_RESTART_ONE_FOR_ALL,   /* restart every agent of the type */
+  AH_RESTART_TEMPORARY,     /* no restart: the failed agent is stopped */
+} AhRestartPolicy;
+
+/* `supervision: failed_messages:` - the messages of a failed batch. */
+typedef enum {
+  AH_FAILED_MESSAGES_RETRY,        /* once more, on another agent when there is one (default) */
+  AH_FAILED_MESSAGES_DEAD_LETTER,  /* dead-lettered, counted failed */
+} AhFailedMessages;
+
+/* A type's pool bounds: `pool: {min, max, idle_cap}`. */
+#define AH_MANIFEST_POOL_UNBOUNDED G_MAXUINT
+/* A type's `autoscale:` defaults. */
+#define AH_MANIFEST_SCALE_UP_DEPTH_DEFAULT      64
+#define AH_MANIFEST_SCALE_UP_AFTER_MS_DEFAULT   50
+#define AH_MANIFEST_SCALE_DOWN_IDLE_MS_DEFAULT  2000
+#define AH_MANIFEST_SCALE_STEP_DEFAULT          1
+/* A type's `supervision:` defaults: OTP's intensity and period, in ms. */
+#define AH_MANIFEST_MAX_RESTARTS_DEFAULT        3
+#define AH_MANIFEST_RESTART_PERIOD_MS_DEFAULT   5000
+
 typedef struct {
   char          *name;         /* the type's name: the key under `agents:` */
   char          *plugin;       /* as written: a path (has a '/') or a bare plugin name */
@@ -38,6 +64,26 @@ typedef struct {
   gboolean       prewarm;      /* create them before traffic starts (default TRUE) */
   GPtrArray     *subscriptions;  /* (element-type AhManifestSubscription) */
   GPtrArray     *config;       /* (element-type AhManifestConfigEntry) in file order */
+
+  /* `pool:` - min <= pool_size <= max, idle_cap <= max. */
+  guint          pool_min;     /* autoscaling never goes below; default pool_size */
+  guint          pool_max;     /* spawns beyond are refused; default AH_MANIFEST_POOL_UNBOUNDED */
+  guint          idle_cap;     /* stopped agents kept for reuse; default AH_MANIFEST_POOL_UNBOUNDED */
+
+  /* `autoscale:` - off unless the mapping is present (and not `enabled: false`). */
+  gboolean       autoscale;
+  guint          scale_up_depth;      /* mean queued messages per agent that is "deep" */
+  guint          scale_up_after_ms;   /* deep for this long: grow by scale_step */
+  guint          scale_down_idle_ms;  /* an agent idle this long is stopped, down to pool_min */
+  guint          scale_step;          /* agents added per decision, >= 1 */
+
+  /* `supervision:` */
+  AhRestartPolicy  restart_policy;
+  guint            max_restarts;      /* within restart_period_ms; then the type stops */
+  guint            restart_period_ms;
+  AhFailedMessages failed_messages;
+  guint            handler_deadline_ms; /* watchdog; 0: off */
+  gboolean         required;          /* the type stopping ends the run, non-zero */
   AhManifestPos  pos;          /* of the type's key */
   AhManifestPos  plugin_pos;   /* of the plugin value */
 } AhManifestAgentType;

@@ -941,6 +941,16 @@ load_agent_type (ManifestLoader *self, const Node *key, const Node *body)
   type->pos = key->pos;
   type->pool_size = 1;
   type->prewarm = TRUE;
+  type->pool_max = AH_MANIFEST_POOL_UNBOUNDED;
+  type->idle_cap = AH_MANIFEST_POOL_UNBOUNDED;
+  type->scale_up_depth = AH_MANIFEST_SCALE_UP_DEPTH_DEFAULT;
+  type->scale_up_after_ms = AH_MANIFEST_SCALE_UP_AFTER_MS_DEFAULT;
+  type->scale_down_idle_ms = AH_MANIFEST_SCALE_DOWN_IDLE_MS_DEFAULT;
+  type->scale_step = AH_MANIFEST_SCALE_STEP_DEFAULT;
+  type->restart_policy = AH_RESTART_ONE_FOR_ONE;
+  type->max_restarts = AH_MANIFEST_MAX_RESTARTS_DEFAULT;
+  type->restart_period_ms = AH_MANIFEST_RESTART_PERIOD_MS_DEFAULT;
+  type->failed_messages = AH_FAILED_MESSAGES_RETRY;
   type->subscriptions = g_ptr_array_new_with_free_func ((GDestroyNotify) subscription_free);
   type->config = g_ptr_array_new_with_free_func ((GDestroyNotify) config_entry_free);
 
@@ -1013,6 +1023,7 @@ load_agent_type (ManifestLoader *self, const Node *key, const Node *body)
                     "missing required key 'plugin' in agent type '%s'", type->name);
       return NULL;
     }
+  type->pool_min = type->pool_size;
   return g_steal_pointer (&type);
 }
 

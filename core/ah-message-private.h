@@ -24,6 +24,7 @@ struct _AhMessage {
   atomic_int     ref_count;
   AhMessageKind  kind;
   AhPriority     priority;
+  gboolean       redelivered;       /* a failed batch's message, delivered again */
   /* Interned (owned by the bus, outliving every message) or pointing
    * into @data after the payload. */
   const char    *subject;
@@ -45,6 +46,9 @@ AhMessage *ah__message_new        (AhMessageKind kind, AhPriority priority,
                                    const char *subject, gboolean subject_is_interned,
                                    AhAgentId sender, AhAgentId reply_to,
                                    guint64 correlation, gconstpointer data, gsize size);
+/* A new message with the same kind, subject, sender, payload and
+ * publish time as @message, marked redelivered. */
+AhMessage *ah__message_copy_redelivered (const AhMessage *message);
 AhMessage *ah__message_ref        (AhMessage *message);
 void       ah__message_unref      (AhMessage *message);
 

@@ -38,6 +38,7 @@ ah__message_new (AhMessageKind kind,
   message = g_malloc (sizeof (AhMessage) + size + 1 + subject_size);
   atomic_init (&message->ref_count, 1);
   message->kind = kind;
+  message->redelivered = FALSE;
   message->priority = priority;
   message->sender = sender;
   message->reply_to = reply_to;
@@ -125,4 +126,27 @@ ah_message_get_correlation (const AhMessage *message)
   g_return_val_if_fail (message != NULL, 0);
 
   return message->correlation;
+}
+
+gboolean
+ah_message_is_redelivered (const AhMessage *message)
+{
+  g_return_val_if_fail (message != NULL, FALSE);
+
+  return message->redelivered;
+}
+
+AhMessage *
+ah__message_copy_redelivered (const AhMessage *message)
+{
+  /* A subject copied into the message lives right after the payload;
+   * an interned one lives in the bus, which outlives every message. */
+  gboolean interned = message->subject != message->data + message->size + 1;
+  AhMessage *copy = ah__message_new (message->kind, message->priority, message->subject,
+                                     interned, message->sender, message->reply_to,
+                                     message->correlation, message->data, message->size);
+
+  copy->publish_time_ns = message->publish_time_ns;
+  copy->redelivered = TRUE;
+  return copy;
 }

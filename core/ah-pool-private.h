@@ -20,18 +20,18 @@ typedef struct _AhPool  AhPool;
 typedef struct _AhAgent AhAgent;
 
 typedef enum {
-  AH_AGENT_IDLE = 0,    /* in the pool, no endpoint, state zeroed */
-  AH_AGENT_STARTING,    /* agent_init running */
-  AH_AGENT_READY,       /* live: an endpoint on the bus */
-  AH_AGENT_STOPPING,    /* closing its endpoint, finalize running */
-} AhAgentState;
+  AH_SLOT_IDLE = 0,    /* in the pool, no endpoint, state zeroed */
+  AH_SLOT_STARTING,    /* agent_init running */
+  AH_SLOT_READY,       /* live: an endpoint on the bus */
+  AH_SLOT_STOPPING,    /* closing its endpoint, finalize running */
+} AhSlotState;
 
 struct _AhAgent {
   AhPool       *pool;
   AhEndpoint   *endpoint;     /* NULL unless READY */
   AhAgentId     id;           /* the endpoint's id while READY, else 0 */
   guint         index;        /* slot in the pool, stable for the slot's life */
-  AhAgentState  state;        /* under the pool's lock */
+  AhSlotState  state;        /* under the pool's lock */
   gpointer      state_mem;    /* the plugin's state_size bytes */
   /* The state's own allocation, when it is not a slice of the pool's
    * initial block (slots added by spawns, states rebuilt by a reload):

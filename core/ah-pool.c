@@ -263,7 +263,7 @@ pool_agent_go_live (AhPool  *self,
   g_mutex_lock (&self->lock);
   agent->endpoint = endpoint;
   agent->id = ah_endpoint_get_id (endpoint);
-  agent->state = AH_AGENT_READY;
+  agent->state = AH_SLOT_READY;
   g_hash_table_insert (self->live, &agent->id, agent);
   self->spawned++;
   g_mutex_unlock (&self->lock);
@@ -285,7 +285,7 @@ pool_agent_release (AhPool  *self,
   g_mutex_lock (&self->lock);
   agent->endpoint = NULL;
   agent->id = AH_AGENT_ID_NONE;
-  agent->state = AH_AGENT_IDLE;
+  agent->state = AH_SLOT_IDLE;
   g_array_append_val (self->idle, agent->index);
   g_mutex_unlock (&self->lock);
 }
@@ -330,7 +330,7 @@ pool_take_slot (AhPool *self)
       agent->index = self->slots->len;
       g_ptr_array_add (self->slots, agent);
     }
-  agent->state = AH_AGENT_STARTING;
+  agent->state = AH_SLOT_STARTING;
   g_mutex_unlock (&self->lock);
 
   /* A new slot, or one whose state was sized for an earlier version of
@@ -426,7 +426,7 @@ ah_pool_terminate (AhPool   *self,
   if (agent != NULL)
     {
       g_hash_table_remove (self->live, &id);
-      agent->state = AH_AGENT_STOPPING;
+      agent->state = AH_SLOT_STOPPING;
     }
   g_mutex_unlock (&self->lock);
 
@@ -458,7 +458,7 @@ ah_pool_terminate_all (AhPool *self)
     {
       AhAgent *agent = value;
 
-      agent->state = AH_AGENT_STOPPING;
+      agent->state = AH_SLOT_STOPPING;
       g_ptr_array_add (stopping, agent);
     }
   g_hash_table_remove_all (self->live);
@@ -469,7 +469,7 @@ ah_pool_terminate_all (AhPool *self)
     {
       AhAgent *agent = g_ptr_array_index (self->slots, i);
 
-      if (agent->state == AH_AGENT_STOPPING)
+      if (agent->state == AH_SLOT_STOPPING)
         pool_agent_stop (self, agent);
     }
   ah_pool_unlock_lifecycle (self);
@@ -524,7 +524,7 @@ ah_pool_get_live_agents (AhPool *self)
     {
       AhAgent *agent = g_ptr_array_index (self->slots, i);
 
-      if (agent->state == AH_AGENT_READY)
+      if (agent->state == AH_SLOT_READY)
         g_ptr_array_add (agents, agent);
     }
   g_mutex_unlock (&self->lock);
@@ -556,7 +556,7 @@ ah_pool_get_live_ids (AhPool *self)
     {
       AhAgent *agent = g_ptr_array_index (self->slots, i);
 
-      if (agent->state == AH_AGENT_READY)
+      if (agent->state == AH_SLOT_READY)
         g_array_append_val (ids, agent->id);
     }
   g_mutex_unlock (&self->lock);
@@ -630,10 +630,10 @@ prewarm_chunk_run (gpointer data,
 
       /* The slots of the initial block are handed out by index here, not
        * through the idle list: each chunk owns its range. */
-      agent->state = AH_AGENT_STARTING;
+      agent->state = AH_SLOT_STARTING;
       if (!pool_agent_init (self, agent, &local_error))
         {
-          agent->state = AH_AGENT_IDLE;
+          agent->state = AH_SLOT_IDLE;
           if (agent->state_mem != NULL)
             memset (agent->state_mem, 0, self->desc->state_size);
           g_mutex_lock (&self->lock);

@@ -28,7 +28,44 @@ typedef enum {
   AH_HOST_ERROR_TIMEOUT,       /* a request got no reply in time */
   AH_HOST_ERROR_NO_RESPONDERS, /* a request had nobody to go to */
   AH_HOST_ERROR_RELOAD,        /* a reload was refused or rolled back; the old version runs on */
+  AH_HOST_ERROR_POOL_LIMIT,    /* the type's pool is at its `max` */
+  AH_HOST_ERROR_TYPE_STOPPED,  /* the type exhausted its restart budget and was stopped */
 } AhHostError;
+
+/* Where one agent is in its life. An agent is SPAWNING while its init
+ * runs, READY while alive with nothing to do, BUSY while its handler
+ * runs, STOPPING while its finalize runs. IDLE is a slot back in its
+ * pool: memory kept and reused by the next spawn, no agent alive. */
+typedef enum {
+  AH_AGENT_STATE_SPAWNING,
+  AH_AGENT_STATE_READY,
+  AH_AGENT_STATE_BUSY,
+  AH_AGENT_STATE_IDLE,
+  AH_AGENT_STATE_STOPPING,
+} AhAgentState;
+
+AH_API const char *ah_agent_state_to_string (AhAgentState state);
+
+typedef struct {
+  AhAgentId    id;
+  const char  *type_name;      /* owned by the host */
+  AhAgentState state;
+  guint        index;          /* the agent's slot in its pool */
+  gint64       spawn_time_us;  /* g_get_monotonic_time() when it was spawned */
+  gint64       last_active_us; /* end of its last handler call, or its spawn */
+  guint64      handled;        /* messages handled since its spawn */
+  guint        restarts;       /* times it was restarted since its spawn */
+  /*< private >*/
+  guint64      reserved[4];
+} AhAgentInfo;
+
+/* One agent of a batch or wave spawn: its id, or why it did not start. */
+typedef struct {
+  AhAgentId  id;               /* AH_AGENT_ID_NONE when it failed */
+  GError    *error;            /* (owned) (nullable) its failure */
+} AhSpawnResult;
+
+AH_API void ah_spawn_results_clear (AhSpawnResult *results, guint n_results);
 
 typedef struct _AhHost AhHost;
 
@@ -76,6 +113,25 @@ typedef struct {
   guint64 handled;         /* messages handed to this type's handlers */
   guint64 handler_failures;
   gdouble prewarm_ms;      /* this pool alone, wall clock */
+  /* Pools (issue: pools, spawning, lifecycle and supervision) */
+  guint   n_idle;          /* slots back in the pool, ready for reuse */
+  guint   pool_min;
+  guint   pool_max;        /* G_MAXUINT: unbounded */
+  guint64 scaled_up;       /* agents added by the autoscaler */
+  guint64 scaled_down;     /* agents stopped by the autoscaler */
+  /* Supervision */
+  guint64 restarted;       /* agent restarts, by any policy */
+  guint64 failed;          /* agent failures: init or handler returned FALSE */
+  guint64 retried;         /* messages of failed batches delivered once more */
+  guint64 failed_messages; /* messages of failed batches dead-lettered */
+  guint64 deadline_overruns; /* handler calls the watchdog reported */
+  gboolean stopped;        /* the type exhausted its restart budget */
+  /* Handler call durations, in microseconds (log-bucketed). */
+  gdouble handler_p50_us;
+  gdouble handler_p99_us;
+  /* delivered / (delivered + failed) of this type's messages, from exact
+   * counts; 1.0 when it handled none. */
+  gdouble success_rate;
   /*< private >*/
   guint64 reserved[8];
 } AhTypeStats;
@@ -155,6 +211,24 @@ AH_API AhAgentId ah_host_spawn           (AhHost *self, const char *type_name, G
 /* Stops an agent: messages still in its mailbox are dead-lettered, its
  * finalize hook runs, and it goes back to its pool. */
 AH_API gboolean  ah_host_terminate       (AhHost *self, AhAgentId agent, GError **error);
+/* Starts @n_agents agents of @type_name at once (in parallel for large
+ * batches). Each agent's outcome goes to @results (@n_agents of them,
+ * caller-allocated; clear with ah_spawn_results_clear()): one agent
+ * failing does not undo the others. Returns how many started; FALSE-like
+ * 0 with @error only when the whole call is refused (unknown type,
+ * host not running, the pool's max reached before the first agent). */
+AH_API guint     ah_host_spawn_batch     (AhHost *self, const char *type_name, guint n_agents,
+                                          AhSpawnResult *results, GError **error);
+/* The same in waves of @wave_size agents, waiting @pause_ms between
+ * two waves (controlled ramp-up). Blocks the calling thread for the
+ * pauses: never call it from a handler. */
+AH_API guint     ah_host_spawn_waves     (AhHost *self, const char *type_name, guint n_agents,
+                                          guint wave_size, guint pause_ms,
+                                          AhSpawnResult *results, GError **error);
+/* What the host knows of one live agent (or of an idle slot's last
+ * agent: then state is IDLE). */
+AH_API gboolean  ah_host_get_agent_info  (AhHost *self, AhAgentId agent, AhAgentInfo *ret_info,
+                                          GError **error);
 
 AH_API void      ah_host_get_stats       (AhHost *self, AhHostStats *ret_stats);
 AH_API guint     ah_host_get_n_types     (AhHost *self);

@@ -220,6 +220,10 @@ AH_API AhAgentId     ah_message_get_sender       (const AhMessage *message);
 /* For REQUEST, REPLY, TIMEOUT and NO_RESPONDERS: the correlation id
  * ah_request() returned. 0 for the other kinds. */
 AH_API guint64       ah_message_get_correlation  (const AhMessage *message);
+/* TRUE when this is a second delivery: the message was in the batch of
+ * an agent whose handler failed, and its type's supervision retries
+ * such messages once. A handler that must not act twice checks this. */
+AH_API gboolean      ah_message_is_redelivered   (const AhMessage *message);
 
 /* ---- The context: what an agent can do ------------------------------ */
 
