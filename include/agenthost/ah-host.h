@@ -129,6 +129,8 @@ typedef struct {
   /* Handler call durations, in microseconds (log-bucketed). */
   gdouble handler_p50_us;
   gdouble handler_p99_us;
+  /* From a failure to the agent running again (one_for_one), p50. */
+  gdouble restart_p50_us;
   /* delivered / (delivered + failed) of this type's messages, from exact
    * counts; 1.0 when it handled none. */
   gdouble success_rate;
