@@ -53,6 +53,7 @@ typedef struct {
   GBytes        *payload;
   gconstpointer  data;         /* the payload's address: shared by a broadcast */
   guint          call;         /* which handler call of its agent, from 1 */
+  gboolean       redelivered;
 } Received;
 
 typedef struct {
@@ -202,6 +203,7 @@ agent_handle (AhBusCall               *call,
       received->payload = g_bytes_new (data, size);
       received->data = data;
       received->call = call_index;
+      received->redelivered = ah_message_is_redelivered (message);
 
       pthread_mutex_lock (&fixture->lock);
       g_ptr_array_add (fixture->received, received);
@@ -1733,6 +1735,127 @@ test_handler_failure (Fixture       *fixture,
   g_assert_cmpuint (counters.delivered, ==, 1);
 }
 
+/* Fails every message it gets the first time, asking the bus to
+ * deliver it once more (through the group in agent->data, if any). */
+static gboolean
+step_fail_and_retry (Agent           *agent,
+                     AhBusCall       *call,
+                     const AhMessage *message)
+{
+  if (ah_message_is_redelivered (message))
+    return TRUE;
+  g_assert_true (ah_bus_call_retry (call, message, agent->data));
+  return FALSE;
+}
+
+/* Fails every message, first and second delivery alike. */
+static gboolean
+step_always_fail (Agent           *agent,
+                  AhBusCall       *call,
+                  const AhMessage *message)
+{
+  /* The bus refuses a third delivery: the message is dead-lettered. */
+  g_assert_true (ah_bus_call_retry (call, message, NULL) == !ah_message_is_redelivered (message));
+  return FALSE;
+}
+
+static guint
+count_redelivered (Fixture   *fixture,
+                   AhAgentId  to)
+{
+  guint n = 0;
+
+  pthread_mutex_lock (&fixture->lock);
+  for (guint i = 0; i < fixture->received->len; i++)
+    {
+      Received *received = g_ptr_array_index (fixture->received, i);
+
+      n += received->to == to && received->redelivered;
+    }
+  pthread_mutex_unlock (&fixture->lock);
+  return n;
+}
+
+static void
+test_retry_other_member (Fixture       *fixture,
+                         gconstpointer  user_data)
+{
+  AhBusGroup *group = ah_bus_group_new (fixture->bus, "workers", AH_DELIVERY_QUEUE);
+  Agent *failing = fixture_add_agent (fixture, step_fail_and_retry, group);
+  Agent *healthy = fixture_add_agent (fixture, NULL, NULL);
+  AhBusCounters counters;
+
+  g_test_summary ("A failed batch's messages retried through a group go to another member, "
+                  "flagged redelivered, accepted once and delivered once");
+
+  ah_bus_group_add (group, failing->endpoint);
+  ah_bus_group_add (group, healthy->endpoint);
+  send_to (fixture, failing->id, "work", "one");
+  send_to (fixture, failing->id, "work", "two");
+  ah_bus_start (fixture->bus);
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (count_received (fixture, failing->id, AH_MESSAGE_DIRECT), ==, 2);
+  g_assert_cmpuint (count_received (fixture, healthy->id, AH_MESSAGE_DIRECT), ==, 2);
+  g_assert_cmpuint (count_redelivered (fixture, healthy->id), ==, 2);
+  g_assert_cmpuint (count_redelivered (fixture, failing->id), ==, 0);
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.accepted, ==, 2);
+  g_assert_cmpuint (counters.delivered, ==, 2);
+  g_assert_cmpuint (counters.failed, ==, 0);
+  g_assert_cmpuint (counters.retried, ==, 2);
+}
+
+static void
+test_retry_same_endpoint (Fixture       *fixture,
+                          gconstpointer  user_data)
+{
+  Agent *agent = fixture_add_agent (fixture, step_fail_and_retry, NULL);
+  AhBusCounters counters;
+
+  g_test_summary ("Without a group, a retried message comes back to the same endpoint, "
+                  "in its order");
+
+  send_to (fixture, agent->id, "work", "one");
+  send_to (fixture, agent->id, "work", "two");
+  ah_bus_start (fixture->bus);
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (count_received (fixture, agent->id, AH_MESSAGE_DIRECT), ==, 4);
+  g_assert_cmpuint (count_redelivered (fixture, agent->id), ==, 2);
+  g_assert_cmpmem (g_bytes_get_data (((Received *) fixture->received->pdata[2])->payload, NULL),
+                   3, "one", 3);
+  g_assert_cmpmem (g_bytes_get_data (((Received *) fixture->received->pdata[3])->payload, NULL),
+                   3, "two", 3);
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.accepted, ==, 2);
+  g_assert_cmpuint (counters.delivered, ==, 2);
+  g_assert_cmpuint (counters.retried, ==, 2);
+}
+
+static void
+test_retry_once_only (Fixture       *fixture,
+                      gconstpointer  user_data)
+{
+  Agent *agent = fixture_add_agent (fixture, step_always_fail, NULL);
+  AhBusCounters counters;
+
+  g_test_summary ("A message is retried once: failing again, it is dead-lettered as "
+                  "handler-failed and counted failed, once");
+
+  send_to (fixture, agent->id, "work", "doomed");
+  ah_bus_start (fixture->bus);
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (count_received (fixture, agent->id, AH_MESSAGE_DIRECT), ==, 2);
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_HANDLER_FAILED), ==, 1);
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.accepted, ==, 1);
+  g_assert_cmpuint (counters.failed, ==, 1);
+  g_assert_cmpuint (counters.delivered, ==, 0);
+  g_assert_cmpuint (counters.retried, ==, 1);
+}
+
 static gboolean
 step_close_self (Agent           *agent,
                  AhBusCall       *call,
@@ -3057,6 +3180,9 @@ main (int    argc,
   BUS_TEST ("/bus/overflow/block-on-worker", &config_block_one_worker,
             test_overflow_block_on_worker);
   BUS_TEST ("/bus/handler/failure", &config_one_worker, test_handler_failure);
+  BUS_TEST ("/bus/retry/other-member", &config_two_workers, test_retry_other_member);
+  BUS_TEST ("/bus/retry/same-endpoint", &config_one_worker, test_retry_same_endpoint);
+  BUS_TEST ("/bus/retry/once-only", &config_one_worker, test_retry_once_only);
   BUS_TEST ("/bus/close/dead-letters", &config_batch_of_one, test_close_dead_letters);
   BUS_TEST ("/bus/close/waits-for-handler", &config_one_worker, test_close_waits_for_handler);
   BUS_TEST ("/bus/stop/leftovers", &config_one_worker, test_stop_leftovers);
