@@ -35,6 +35,12 @@
 #define AH_DEFAULT_RESOURCE        "/org/agenthost/default.yaml"
 #define AH_DEFAULT_DISPLAY_NAME    "<built-in>/default.yaml"
 #define AH_READ_CHUNK              16384
+/* The longest duration a manifest may give in milliseconds: a day. */
+#define AH_MANIFEST_MS_MAX         86400000
+#define AH_MAILBOX_CAPACITY_MAX    16777216
+/* `supervision: max_restarts:` beyond a million within one period is a
+ * type that never stops, which the policy exists to prevent. */
+#define AH_MANIFEST_MAX_RESTARTS_MAX 1000000
 
 G_DEFINE_QUARK (ah-manifest-error-quark, ah_manifest_error)
 
@@ -251,6 +257,14 @@ text_has_leading_zero (const char *text)
 
 /* ---- The loader: one parse, its messages ----------------------------- */
 
+/* An autoscaled type's scale_up_depth, and where to point if it can never
+ * be reached: its value, or the `autoscale` key when it is the default. */
+typedef struct {
+  const AhManifestAgentType *type;
+  AhManifestPos              pos;
+  gboolean                   is_default;
+} DepthCheck;
+
 typedef struct {
   char        *file;       /* FILE in messages: the path as given, escaped */
   const char  *data;       /* the whole input, to place reader errors */
@@ -260,6 +274,9 @@ typedef struct {
   /* Scalar texts. One allocation per scalar doubled the cost of a
    * 100 000-event input under ASan, whose malloc unwinds the stack. */
   GStringChunk *texts;
+  /* (element-type DepthCheck) autoscaled types, checked against the
+   * bus's mailbox_capacity once the whole file is read. */
+  GArray      *depth_checks;
   GError     **error;
 } ManifestLoader;
 
@@ -931,10 +948,246 @@ load_config (ManifestLoader *self, AhManifestAgentType *type, const Node *node)
   return load_config_node (self, type, seen, prefix, node->pos, node);
 }
 
+/* Where an agent type's pool and autoscale values were written (NULL when
+ * not given), for the checks that compare keys with each other: they run
+ * once the whole type is read, since `pool_size` may follow `pool:`. */
+typedef struct {
+  const Node *pool_size;
+  const Node *min;
+  const Node *max;
+  const Node *idle_cap;
+  const Node *autoscale_key;
+  const Node *scale_up_depth;
+  const Node *step;
+} TypeNodes;
+
+static gboolean
+load_pool (ManifestLoader *self, AhManifestAgentType *type, TypeNodes *nodes, const Node *node)
+{
+  if (!expect_mapping (self, "'pool'", node))
+    return FALSE;
+
+  for (guint i = 0; i < node_n_pairs (node); i++)
+    {
+      const Node *key = node_child (node, 2 * i);
+      const Node *value = node_child (node, 2 * i + 1);
+      gboolean ok;
+
+      /* min >= 1: a type autoscaled down to no agent has no mailbox
+       * whose depth could ever grow it again. */
+      if (strcmp (key->text, "min") == 0)
+        {
+          ok = get_uint (self, "min", value, 1, AH_MANIFEST_MAX_POOL_SIZE, &type->pool_min);
+          nodes->min = value;
+        }
+      else if (strcmp (key->text, "max") == 0)
+        {
+          ok = get_uint (self, "max", value, 1, AH_MANIFEST_MAX_POOL_SIZE, &type->pool_max);
+          nodes->max = value;
+        }
+      else if (strcmp (key->text, "idle_cap") == 0)
+        {
+          ok = get_uint (self, "idle_cap", value, 0, AH_MANIFEST_MAX_POOL_SIZE, &type->idle_cap);
+          nodes->idle_cap = value;
+        }
+      else
+        {
+          return unknown_key (self, key, loader_printf (self, " in pool of agent type '%s'", type->name),
+                              "min, max, idle_cap");
+        }
+      if (!ok)
+        return FALSE;
+    }
+  return TRUE;
+}
+
+static gboolean
+load_autoscale (ManifestLoader *self, AhManifestAgentType *type, TypeNodes *nodes, const Node *node)
+{
+  if (!expect_mapping (self, "'autoscale'", node))
+    return FALSE;
+
+  /* The mapping's presence opts in; `enabled: false` keeps the settings
+   * written down while turning them off. */
+  type->autoscale = TRUE;
+  for (guint i = 0; i < node_n_pairs (node); i++)
+    {
+      const Node *key = node_child (node, 2 * i);
+      const Node *value = node_child (node, 2 * i + 1);
+      gboolean ok;
+
+      if (strcmp (key->text, "enabled") == 0)
+        {
+          ok = get_bool (self, "enabled", value, &type->autoscale);
+        }
+      else if (strcmp (key->text, "scale_up_depth") == 0)
+        {
+          ok = get_uint (self, "scale_up_depth", value, 1, AH_MAILBOX_CAPACITY_MAX, &type->scale_up_depth);
+          nodes->scale_up_depth = value;
+        }
+      else if (strcmp (key->text, "scale_up_after_ms") == 0)
+        {
+          ok = get_uint (self, "scale_up_after_ms", value, 0, AH_MANIFEST_MS_MAX, &type->scale_up_after_ms);
+        }
+      else if (strcmp (key->text, "scale_down_idle_ms") == 0)
+        {
+          /* Not 0: every agent would be stopped the moment it finished a batch. */
+          ok = get_uint (self, "scale_down_idle_ms", value, 1, AH_MANIFEST_MS_MAX,
+                         &type->scale_down_idle_ms);
+        }
+      else if (strcmp (key->text, "step") == 0)
+        {
+          ok = get_uint (self, "step", value, 1, AH_MANIFEST_MAX_POOL_SIZE, &type->scale_step);
+          nodes->step = value;
+        }
+      else
+        {
+          return unknown_key (self, key, loader_printf (self, " in autoscale of agent type '%s'", type->name),
+                              "enabled, scale_up_depth, scale_up_after_ms, scale_down_idle_ms, step");
+        }
+      if (!ok)
+        return FALSE;
+    }
+  return TRUE;
+}
+
+static gboolean
+load_supervision (ManifestLoader *self, AhManifestAgentType *type, const Node *node)
+{
+  if (!expect_mapping (self, "'supervision'", node))
+    return FALSE;
+
+  for (guint i = 0; i < node_n_pairs (node); i++)
+    {
+      const Node *key = node_child (node, 2 * i);
+      const Node *value = node_child (node, 2 * i + 1);
+      gboolean ok = TRUE;
+
+      if (strcmp (key->text, "policy") == 0)
+        {
+          const char *text = get_string (self, "policy", value);
+
+          if (text == NULL)
+            return FALSE;
+          if (strcmp (text, "one_for_one") == 0)
+            type->restart_policy = AH_RESTART_ONE_FOR_ONE;
+          else if (strcmp (text, "one_for_all") == 0)
+            type->restart_policy = AH_RESTART_ONE_FOR_ALL;
+          else if (strcmp (text, "temporary") == 0)
+            type->restart_policy = AH_RESTART_TEMPORARY;
+          else
+            return loader_error (self, value->pos, AH_MANIFEST_ERROR_INVALID_VALUE,
+                                 "'policy' must be one_for_one, one_for_all or temporary, got '%s'",
+                                 loader_show (self, text));
+        }
+      else if (strcmp (key->text, "max_restarts") == 0)
+        {
+          ok = get_uint (self, "max_restarts", value, 0, AH_MANIFEST_MAX_RESTARTS_MAX, &type->max_restarts);
+        }
+      else if (strcmp (key->text, "period_ms") == 0)
+        {
+          ok = get_uint (self, "period_ms", value, 1, AH_MANIFEST_MS_MAX, &type->restart_period_ms);
+        }
+      else if (strcmp (key->text, "failed_messages") == 0)
+        {
+          const char *text = get_string (self, "failed_messages", value);
+
+          if (text == NULL)
+            return FALSE;
+          if (strcmp (text, "retry") == 0)
+            type->failed_messages = AH_FAILED_MESSAGES_RETRY;
+          else if (strcmp (text, "dead_letter") == 0)
+            type->failed_messages = AH_FAILED_MESSAGES_DEAD_LETTER;
+          else
+            return loader_error (self, value->pos, AH_MANIFEST_ERROR_INVALID_VALUE,
+                                 "'failed_messages' must be retry or dead_letter, got '%s'",
+                                 loader_show (self, text));
+        }
+      else if (strcmp (key->text, "handler_deadline_ms") == 0)
+        {
+          ok = get_uint (self, "handler_deadline_ms", value, 0, AH_MANIFEST_MS_MAX,
+                         &type->handler_deadline_ms);
+        }
+      else if (strcmp (key->text, "required") == 0)
+        {
+          ok = get_bool (self, "required", value, &type->required);
+        }
+      else
+        {
+          return unknown_key (self, key, loader_printf (self, " in supervision of agent type '%s'", type->name),
+                              "policy, max_restarts, period_ms, failed_messages, handler_deadline_ms, "
+                              "required");
+        }
+      if (!ok)
+        return FALSE;
+    }
+  return TRUE;
+}
+
+/* The checks between keys of one type, made once it is read: each is
+ * reported at the value that breaks it, the bound it breaks named. */
+static gboolean
+check_type_bounds (ManifestLoader *self, AhManifestAgentType *type, const TypeNodes *nodes)
+{
+  const char *size_default = nodes->pool_size == NULL ? ", the default" : "";
+
+  if (nodes->min != NULL && type->pool_min > type->pool_size)
+    return loader_error (self, nodes->min->pos, AH_MANIFEST_ERROR_OUT_OF_RANGE,
+                         "'min' must be an integer between 1 and pool_size (%u%s), got %s",
+                         type->pool_size, size_default, loader_show (self, nodes->min->text));
+  if (nodes->max != NULL && type->pool_max < type->pool_size)
+    return loader_error (self, nodes->max->pos, AH_MANIFEST_ERROR_OUT_OF_RANGE,
+                         "'max' must be an integer between pool_size (%u%s) and %d, got %s",
+                         type->pool_size, size_default, AH_MANIFEST_MAX_POOL_SIZE,
+                         loader_show (self, nodes->max->text));
+  if (nodes->idle_cap != NULL && nodes->max != NULL && type->idle_cap > type->pool_max)
+    return loader_error (self, nodes->idle_cap->pos, AH_MANIFEST_ERROR_OUT_OF_RANGE,
+                         "'idle_cap' must be an integer between 0 and max (%u), got %s",
+                         type->pool_max, loader_show (self, nodes->idle_cap->text));
+  if (type->autoscale && type->pool_max == AH_MANIFEST_POOL_UNBOUNDED)
+    return loader_error (self, nodes->autoscale_key->pos, AH_MANIFEST_ERROR_MISSING_KEY,
+                         "autoscale in agent type '%s' needs a ceiling: add 'max' to its 'pool' "
+                         "mapping, or set 'enabled: false'", type->name);
+  if (nodes->step != NULL && type->pool_max != AH_MANIFEST_POOL_UNBOUNDED &&
+      type->scale_step > type->pool_max)
+    return loader_error (self, nodes->step->pos, AH_MANIFEST_ERROR_OUT_OF_RANGE,
+                         "'step' must be an integer between 1 and max (%u), got %s",
+                         type->pool_max, loader_show (self, nodes->step->text));
+  return TRUE;
+}
+
+/* A mailbox holds at most mailbox_capacity normal messages, so a mean
+ * depth above it is never reached and the type would never grow. The bus
+ * may be declared after the agents: this runs once the file is read. */
+static gboolean
+check_scale_up_depths (ManifestLoader *self, const AhManifest *manifest)
+{
+  guint capacity = manifest->bus.mailbox_capacity;
+
+  for (guint i = 0; i < self->depth_checks->len; i++)
+    {
+      const DepthCheck *check = &g_array_index (self->depth_checks, DepthCheck, i);
+
+      if (check->type->scale_up_depth <= capacity)
+        continue;
+      if (check->is_default)
+        return loader_error (self, check->pos, AH_MANIFEST_ERROR_OUT_OF_RANGE,
+                             "autoscale in agent type '%s' would never grow: the default "
+                             "scale_up_depth (%u) is more than the bus's mailbox_capacity (%u); "
+                             "set 'scale_up_depth'", check->type->name, check->type->scale_up_depth,
+                             capacity);
+      return loader_error (self, check->pos, AH_MANIFEST_ERROR_OUT_OF_RANGE,
+                           "'scale_up_depth' must be an integer between 1 and the bus's "
+                           "mailbox_capacity (%u), got %u", capacity, check->type->scale_up_depth);
+    }
+  return TRUE;
+}
+
 static AhManifestAgentType *
 load_agent_type (ManifestLoader *self, const Node *key, const Node *body)
 {
   g_autoptr(AhManifestAgentType) type = g_new0 (AhManifestAgentType, 1);
+  TypeNodes nodes = { NULL };
   const char *what;
 
   type->name = g_strdup (key->text);
@@ -986,10 +1239,27 @@ load_agent_type (ManifestLoader *self, const Node *key, const Node *body)
         {
           if (!get_uint (self, "pool_size", value, 1, AH_MANIFEST_MAX_POOL_SIZE, &type->pool_size))
             return NULL;
+          nodes.pool_size = value;
         }
       else if (strcmp (name->text, "prewarm") == 0)
         {
           if (!get_bool (self, "prewarm", value, &type->prewarm))
+            return NULL;
+        }
+      else if (strcmp (name->text, "pool") == 0)
+        {
+          if (!load_pool (self, type, &nodes, value))
+            return NULL;
+        }
+      else if (strcmp (name->text, "autoscale") == 0)
+        {
+          nodes.autoscale_key = name;
+          if (!load_autoscale (self, type, &nodes, value))
+            return NULL;
+        }
+      else if (strcmp (name->text, "supervision") == 0)
+        {
+          if (!load_supervision (self, type, value))
             return NULL;
         }
       else if (strcmp (name->text, "subscribe") == 0)
@@ -1012,7 +1282,7 @@ load_agent_type (ManifestLoader *self, const Node *key, const Node *body)
       else
         {
           unknown_key (self, name, loader_printf (self, " in agent type '%s'", type->name),
-                       "plugin, pool_size, prewarm, subscribe, config");
+                       "plugin, pool_size, prewarm, pool, autoscale, supervision, subscribe, config");
           return NULL;
         }
     }
@@ -1023,7 +1293,22 @@ load_agent_type (ManifestLoader *self, const Node *key, const Node *body)
                     "missing required key 'plugin' in agent type '%s'", type->name);
       return NULL;
     }
-  type->pool_min = type->pool_size;
+  /* `pool: min` defaults to the initial size: no autoscaling below what
+   * the type starts with unless the manifest says so. */
+  if (nodes.min == NULL)
+    type->pool_min = type->pool_size;
+  if (!check_type_bounds (self, type, &nodes))
+    return NULL;
+  if (type->autoscale)
+    {
+      DepthCheck check = {
+        .type = type,
+        .pos = nodes.scale_up_depth != NULL ? nodes.scale_up_depth->pos : nodes.autoscale_key->pos,
+        .is_default = nodes.scale_up_depth == NULL,
+      };
+
+      g_array_append_val (self->depth_checks, check);
+    }
   return g_steal_pointer (&type);
 }
 
@@ -1076,7 +1361,8 @@ load_bus (ManifestLoader *self, AhManifestBus *bus, const Node *node)
       else if (strcmp (key->text, "handler_batch") == 0)
         ok = get_uint (self, "handler_batch", value, 1, 4096, &bus->handler_batch);
       else if (strcmp (key->text, "mailbox_capacity") == 0)
-        ok = get_uint (self, "mailbox_capacity", value, 1, 16777216, &bus->mailbox_capacity);
+        ok = get_uint (self, "mailbox_capacity", value, 1, AH_MAILBOX_CAPACITY_MAX,
+                       &bus->mailbox_capacity);
       else if (strcmp (key->text, "drain_timeout_ms") == 0)
         ok = get_uint (self, "drain_timeout_ms", value, 0, 3600000, &bus->drain_timeout_ms);
       else if (strcmp (key->text, "overflow") == 0)
@@ -1211,7 +1497,7 @@ load_root (ManifestLoader *self, AhManifest *manifest, const Node *root)
         }
       else if (strcmp (key->text, "run_timeout_ms") == 0)
         {
-          if (!get_uint (self, "run_timeout_ms", value, 0, 86400000, &manifest->run_timeout_ms))
+          if (!get_uint (self, "run_timeout_ms", value, 0, AH_MANIFEST_MS_MAX, &manifest->run_timeout_ms))
             return FALSE;
         }
       else if (strcmp (key->text, "watch") == 0)
@@ -1253,7 +1539,7 @@ load_root (ManifestLoader *self, AhManifest *manifest, const Node *root)
     return loader_error (self, root->pos, AH_MANIFEST_ERROR_MISSING_KEY, "missing required key 'name'");
   if (!have_agents)
     return loader_error (self, root->pos, AH_MANIFEST_ERROR_MISSING_KEY, "missing required key 'agents'");
-  return TRUE;
+  return check_scale_up_depths (self, manifest);
 }
 
 /* ---- Entry points ---------------------------------------------------- */
@@ -1290,6 +1576,7 @@ manifest_parse (const char *data, gsize size, const char *file, char *base_dir, 
   g_autoptr(Node) root = NULL;
   g_autoptr(GPtrArray) scratch = g_ptr_array_new_with_free_func (g_free);
   g_autoptr(GStringChunk) texts = g_string_chunk_new (AH_MANIFEST_MAX_SCALAR);
+  g_autoptr(GArray) depth_checks = g_array_new (FALSE, FALSE, sizeof (DepthCheck));
   g_autofree char *file_shown = text_for_message (file, G_MAXSIZE);
   ManifestLoader loader = {
     .file = file_shown,
@@ -1298,6 +1585,7 @@ manifest_parse (const char *data, gsize size, const char *file, char *base_dir, 
     .base_dir = base_dir,
     .scratch = scratch,
     .texts = texts,
+    .depth_checks = depth_checks,
     .error = error,
   };
 

@@ -562,8 +562,8 @@ static const InvalidManifest invalid_manifests[] = {
     "2:1: error: unknown key 'agent' (expected name, description, plugin_path, stop_when_idle, "
     "run_timeout_ms, watch, watch_debounce_ms, bus, offload, agents)" },
   { "unknown-type-key", AH_MANIFEST_ERROR_UNKNOWN_KEY,
-    "5:5: error: unknown key 'pool' in agent type 'wordcount' (expected plugin, pool_size, prewarm, "
-    "subscribe, config)" },
+    "5:5: error: unknown key 'replicas' in agent type 'wordcount' (expected plugin, pool_size, prewarm, "
+    "pool, autoscale, supervision, subscribe, config)" },
   { "unknown-bus-key", AH_MANIFEST_ERROR_UNKNOWN_KEY,
     "3:3: error: unknown key 'worker' in bus (expected workers, publish_batch, handler_batch, "
     "mailbox_capacity, overflow, drain_timeout_ms)" },
