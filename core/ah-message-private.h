@@ -24,7 +24,8 @@ struct _AhMessage {
   atomic_int     ref_count;
   AhMessageKind  kind;
   AhPriority     priority;
-  gboolean       redelivered;       /* a failed batch's message, delivered again */
+  guint8         redelivered;       /* a failed batch's message, delivered again */
+  guint8         cached;            /* a block of the message cache, not g_malloc'd */
   /* Interned (owned by the bus, outliving every message) or pointing
    * into @data after the payload. */
   const char    *subject;
@@ -41,11 +42,18 @@ gint64     ah__monotonic_ns       (void);
 
 /* @subject must be valid. When @subject_is_interned, the message points at
  * it and the caller guarantees it outlives the message; otherwise the
- * message keeps a copy. The returned message holds one reference. */
+ * message keeps a copy. The returned message holds one reference and
+ * is stamped with the current time. */
 AhMessage *ah__message_new        (AhMessageKind kind, AhPriority priority,
                                    const char *subject, gboolean subject_is_interned,
                                    AhAgentId sender, AhAgentId reply_to,
                                    guint64 correlation, gconstpointer data, gsize size);
+/* The same, unstamped (publish_time_ns 0): a handler's messages are
+ * stamped together when its outbox is flushed, one clock read for all. */
+AhMessage *ah__message_new_unstamped (AhMessageKind kind, AhPriority priority,
+                                      const char *subject, gboolean subject_is_interned,
+                                      AhAgentId sender, AhAgentId reply_to,
+                                      guint64 correlation, gconstpointer data, gsize size);
 /* A new message with the same kind, subject, sender, payload and
  * publish time as @message, marked redelivered. */
 AhMessage *ah__message_copy_redelivered (const AhMessage *message);

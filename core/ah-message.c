@@ -4,6 +4,7 @@
  */
 #include "ah-message-private.h"
 
+#include <pthread.h>
 #include <string.h>
 #include <time.h>
 
@@ -16,18 +17,205 @@ ah__monotonic_ns (void)
   return (gint64) now.tv_sec * G_GINT64_CONSTANT (1000000000) + now.tv_nsec;
 }
 
+/* ---- The message cache -------------------------------------------------
+ *
+ * Most messages are small and short-lived, and on the hot path one
+ * thread allocates them (the publisher's worker) while another frees
+ * them (the recipient's). glibc's malloc makes that cross-thread free
+ * slow, so small messages come from fixed-size blocks kept in per-thread
+ * free lists. A thread that frees more than it allocates hands whole
+ * magazines (chains of AH_MAGAZINE_BLOCKS blocks) to a shared depot, and
+ * a thread that runs dry takes one back: one lock per magazine, not per
+ * message. Blocks are touched once and reused; the depot keeps at most
+ * AH_DEPOT_MAX_MAGAZINES magazines and frees the rest.
+ *
+ * Under AddressSanitizer the cache is off, so that every message is its
+ * own allocation and a use after free is still caught. */
+
+#define AH_MESSAGE_BLOCK_SIZE   256
+#define AH_MAGAZINE_BLOCKS      64
+#define AH_DEPOT_MAX_MAGAZINES  1024
+
+#if defined(__SANITIZE_ADDRESS__)
+#define AH_MESSAGE_CACHE 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define AH_MESSAGE_CACHE 0
+#endif
+#endif
+#ifndef AH_MESSAGE_CACHE
+#define AH_MESSAGE_CACHE 1
+#endif
+
+typedef struct _AhBlock AhBlock;
+struct _AhBlock {
+  AhBlock *next;
+};
+
+typedef struct {
+  AhBlock *head;
+  guint    length;
+} AhBlockList;
+
+typedef struct {
+  AhBlockList free;
+} AhThreadCache;
+
+static pthread_mutex_t ah_depot_lock = PTHREAD_MUTEX_INITIALIZER;
+static AhBlock        *ah_depot[AH_DEPOT_MAX_MAGAZINES];   /* magazine heads, under the lock */
+static guint           ah_depot_length;
+static pthread_key_t   ah_cache_key;
+static pthread_once_t  ah_cache_key_once = PTHREAD_ONCE_INIT;
+static __thread AhThreadCache *ah_thread_cache;
+
+static void
+ah_block_list_free (AhBlock *head)
+{
+  while (head != NULL)
+    {
+      AhBlock *next = head->next;
+
+      g_free (head);
+      head = next;
+    }
+}
+
+/* Takes over a chain of blocks; returns FALSE if the depot is full. */
+static gboolean
+ah_depot_put (AhBlock *magazine)
+{
+  gboolean kept = FALSE;
+
+  pthread_mutex_lock (&ah_depot_lock);
+  if (ah_depot_length < AH_DEPOT_MAX_MAGAZINES)
+    {
+      ah_depot[ah_depot_length++] = magazine;
+      kept = TRUE;
+    }
+  pthread_mutex_unlock (&ah_depot_lock);
+  return kept;
+}
+
+static AhBlock *
+ah_depot_take (void)
+{
+  AhBlock *magazine = NULL;
+
+  pthread_mutex_lock (&ah_depot_lock);
+  if (ah_depot_length > 0)
+    magazine = ah_depot[--ah_depot_length];
+  pthread_mutex_unlock (&ah_depot_lock);
+  return magazine;
+}
+
+/* A thread's cache goes back to the depot when the thread ends. */
+static void
+ah_thread_cache_release (gpointer data)
+{
+  AhThreadCache *cache = data;
+  AhBlock *head = cache->free.head;
+
+  /* A message freed later on this thread (by another key's destructor)
+   * starts a fresh cache, which pthread releases in its next round. */
+  ah_thread_cache = NULL;
+
+  while (head != NULL)
+    {
+      AhBlock *magazine = head;
+      AhBlock *tail = head;
+
+      for (guint i = 1; i < AH_MAGAZINE_BLOCKS && tail->next != NULL; i++)
+        tail = tail->next;
+      head = tail->next;
+      tail->next = NULL;
+      if (!ah_depot_put (magazine))
+        ah_block_list_free (magazine);
+    }
+  g_free (cache);
+}
+
+static void
+ah_cache_key_create (void)
+{
+  pthread_key_create (&ah_cache_key, ah_thread_cache_release);
+}
+
+static AhThreadCache *
+ah_thread_cache_get (void)
+{
+  if (G_UNLIKELY (ah_thread_cache == NULL))
+    {
+      pthread_once (&ah_cache_key_once, ah_cache_key_create);
+      ah_thread_cache = g_new0 (AhThreadCache, 1);
+      pthread_setspecific (ah_cache_key, ah_thread_cache);
+    }
+  return ah_thread_cache;
+}
+
+static gpointer
+ah_block_alloc (void)
+{
+  AhThreadCache *cache = ah_thread_cache_get ();
+  AhBlock *block;
+
+  if (cache->free.head == NULL)
+    {
+      AhBlock *magazine = ah_depot_take ();
+      guint n = 0;
+
+      if (magazine == NULL)
+        return g_malloc (AH_MESSAGE_BLOCK_SIZE);
+      for (AhBlock *b = magazine; b != NULL; b = b->next)
+        n++;
+      cache->free.head = magazine;
+      cache->free.length = n;
+    }
+  block = cache->free.head;
+  cache->free.head = block->next;
+  cache->free.length--;
+  return block;
+}
+
+static void
+ah_block_free (gpointer memory)
+{
+  AhThreadCache *cache = ah_thread_cache_get ();
+  AhBlock *block = memory;
+
+  block->next = cache->free.head;
+  cache->free.head = block;
+  cache->free.length++;
+  if (cache->free.length >= 2 * AH_MAGAZINE_BLOCKS)
+    {
+      /* Keep one magazine, hand one over. */
+      AhBlock *magazine = cache->free.head;
+      AhBlock *tail = magazine;
+
+      for (guint i = 1; i < AH_MAGAZINE_BLOCKS; i++)
+        tail = tail->next;
+      cache->free.head = tail->next;
+      cache->free.length -= AH_MAGAZINE_BLOCKS;
+      tail->next = NULL;
+      if (!ah_depot_put (magazine))
+        ah_block_list_free (magazine);
+    }
+}
+
+/* ---- Messages --------------------------------------------------------------- */
+
 AhMessage *
-ah__message_new (AhMessageKind kind,
-                 AhPriority    priority,
-                 const char   *subject,
-                 gboolean      subject_is_interned,
-                 AhAgentId     sender,
-                 AhAgentId     reply_to,
-                 guint64       correlation,
-                 gconstpointer data,
-                 gsize         size)
+ah__message_new_unstamped (AhMessageKind kind,
+                           AhPriority    priority,
+                           const char   *subject,
+                           gboolean      subject_is_interned,
+                           AhAgentId     sender,
+                           AhAgentId     reply_to,
+                           guint64       correlation,
+                           gconstpointer data,
+                           gsize         size)
 {
   gsize subject_size = subject_is_interned ? 0 : strlen (subject) + 1;
+  gsize total;
   AhMessage *message;
 
   g_return_val_if_fail (data != NULL || size == 0, NULL);
@@ -35,7 +223,17 @@ ah__message_new (AhMessageKind kind,
    * sum below from wrapping whatever the caller does. */
   g_return_val_if_fail (size <= G_MAXSIZE / 2, NULL);
 
-  message = g_malloc (sizeof (AhMessage) + size + 1 + subject_size);
+  total = sizeof (AhMessage) + size + 1 + subject_size;
+  if (AH_MESSAGE_CACHE && total <= AH_MESSAGE_BLOCK_SIZE)
+    {
+      message = ah_block_alloc ();
+      message->cached = TRUE;
+    }
+  else
+    {
+      message = g_malloc (total);
+      message->cached = FALSE;
+    }
   atomic_init (&message->ref_count, 1);
   message->kind = kind;
   message->redelivered = FALSE;
@@ -43,6 +241,7 @@ ah__message_new (AhMessageKind kind,
   message->sender = sender;
   message->reply_to = reply_to;
   message->correlation = correlation;
+  message->publish_time_ns = 0;
   message->size = size;
   if (size > 0)
     memcpy (message->data, data, size);
@@ -56,9 +255,26 @@ ah__message_new (AhMessageKind kind,
       memcpy (message->data + size + 1, subject, subject_size);
       message->subject = message->data + size + 1;
     }
-  /* Last, so the latency measured covers only the time on the bus. */
-  message->publish_time_ns = ah__monotonic_ns ();
+  return message;
+}
 
+AhMessage *
+ah__message_new (AhMessageKind kind,
+                 AhPriority    priority,
+                 const char   *subject,
+                 gboolean      subject_is_interned,
+                 AhAgentId     sender,
+                 AhAgentId     reply_to,
+                 guint64       correlation,
+                 gconstpointer data,
+                 gsize         size)
+{
+  AhMessage *message = ah__message_new_unstamped (kind, priority, subject, subject_is_interned,
+                                                  sender, reply_to, correlation, data, size);
+
+  /* Last, so the latency measured covers only the time on the bus. */
+  if (message != NULL)
+    message->publish_time_ns = ah__monotonic_ns ();
   return message;
 }
 
@@ -73,7 +289,11 @@ void
 ah__message_unref (AhMessage *message)
 {
   /* acq_rel: every reader's last access happens before the free. */
-  if (atomic_fetch_sub_explicit (&message->ref_count, 1, memory_order_acq_rel) == 1)
+  if (atomic_fetch_sub_explicit (&message->ref_count, 1, memory_order_acq_rel) != 1)
+    return;
+  if (message->cached)
+    ah_block_free (message);
+  else
     g_free (message);
 }
 
