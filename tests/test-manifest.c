@@ -60,6 +60,52 @@ assert_pos (AhManifestPos pos, guint line, guint column)
   g_assert_cmpuint (pos.column, ==, column);
 }
 
+/* An agent type's pool, autoscale and supervision fields, compared all at
+ * once so that every test states each value, defaults included. */
+typedef struct {
+  guint            pool_size;
+  guint            pool_min;
+  guint            pool_max;
+  guint            idle_cap;
+  gboolean         autoscale;
+  guint            scale_up_depth;
+  guint            scale_up_after_ms;
+  guint            scale_down_idle_ms;
+  guint            scale_step;
+  AhRestartPolicy  restart_policy;
+  guint            max_restarts;
+  guint            restart_period_ms;
+  AhFailedMessages failed_messages;
+  guint            handler_deadline_ms;
+  gboolean         required;
+} TypeFields;
+
+#define UNBOUNDED AH_MANIFEST_POOL_UNBOUNDED
+/* The documented defaults, written out rather than taken from the
+ * header's macros, so that a changed default fails here. */
+#define AUTOSCALE_DEFAULTS    64, 50, 2000, 1
+#define SUPERVISION_DEFAULTS  AH_RESTART_ONE_FOR_ONE, 3, 5000, AH_FAILED_MESSAGES_RETRY, 0, FALSE
+
+static void
+assert_type_fields (const AhManifestAgentType *type, const TypeFields *expected)
+{
+  g_assert_cmpuint (type->pool_size, ==, expected->pool_size);
+  g_assert_cmpuint (type->pool_min, ==, expected->pool_min);
+  g_assert_cmpuint (type->pool_max, ==, expected->pool_max);
+  g_assert_cmpuint (type->idle_cap, ==, expected->idle_cap);
+  g_assert_cmpint (type->autoscale, ==, expected->autoscale);
+  g_assert_cmpuint (type->scale_up_depth, ==, expected->scale_up_depth);
+  g_assert_cmpuint (type->scale_up_after_ms, ==, expected->scale_up_after_ms);
+  g_assert_cmpuint (type->scale_down_idle_ms, ==, expected->scale_down_idle_ms);
+  g_assert_cmpuint (type->scale_step, ==, expected->scale_step);
+  g_assert_cmpint (type->restart_policy, ==, expected->restart_policy);
+  g_assert_cmpuint (type->max_restarts, ==, expected->max_restarts);
+  g_assert_cmpuint (type->restart_period_ms, ==, expected->restart_period_ms);
+  g_assert_cmpint (type->failed_messages, ==, expected->failed_messages);
+  g_assert_cmpuint (type->handler_deadline_ms, ==, expected->handler_deadline_ms);
+  g_assert_cmpint (type->required, ==, expected->required);
+}
+
 /* ---- Valid manifests ------------------------------------------------- */
 
 static void
@@ -70,6 +116,9 @@ test_manifest_load_minimal (void)
   g_autoptr(GError) error = NULL;
   g_autoptr(AhManifest) manifest = NULL;
   const AhManifestAgentType *type;
+  static const TypeFields defaults = {
+    1, 1, UNBOUNDED, UNBOUNDED, FALSE, AUTOSCALE_DEFAULTS, SUPERVISION_DEFAULTS
+  };
 
   g_test_summary ("A manifest with only the required keys gets every default");
 
@@ -108,6 +157,7 @@ test_manifest_load_minimal (void)
   g_assert_cmpuint (type->config->len, ==, 0);
   assert_pos (type->pos, 4, 3);
   assert_pos (type->plugin_pos, 5, 13);
+  assert_type_fields (type, &defaults);
 }
 
 static void
@@ -118,6 +168,14 @@ test_manifest_load_complete (void)
   g_autoptr(AhManifest) manifest = NULL;
   const AhManifestAgentType *type;
   const AhManifestSubscription *subscription;
+  static const TypeFields wordcount_fields = {
+    5, 2, 50, 20, TRUE, 32, 75, 1500, 3,
+    AH_RESTART_ONE_FOR_ALL, 7, 10000, AH_FAILED_MESSAGES_DEAD_LETTER, 250, TRUE
+  };
+  static const TypeFields reporter_fields = {
+    1, 1, UNBOUNDED, UNBOUNDED, FALSE, 64, 50, 2000, 2,
+    AH_RESTART_TEMPORARY, 3, 5000, AH_FAILED_MESSAGES_RETRY, 0, FALSE
+  };
 
   g_test_summary ("Every field of a complete manifest lands in the structs");
 
@@ -164,6 +222,7 @@ test_manifest_load_complete (void)
   subscription = g_ptr_array_index (type->subscriptions, 2);
   g_assert_cmpstr (subscription->pattern, ==, "$SYS.host.*");
   g_assert_cmpint (subscription->delivery, ==, AH_DELIVERY_QUEUE);
+  assert_type_fields (type, &wordcount_fields);
 
   type = ah_manifest_get_type (manifest, 1);
   g_assert_cmpstr (type->name, ==, "reporter");
@@ -172,6 +231,7 @@ test_manifest_load_complete (void)
   g_assert_true (type->prewarm);
   g_assert_cmpuint (type->subscriptions->len, ==, 0);
   g_assert_cmpuint (type->config->len, ==, 0);
+  assert_type_fields (type, &reporter_fields);
 }
 
 static void
@@ -298,6 +358,107 @@ test_manifest_load_plugin_path_string (void)
   g_assert_no_error (error);
   g_assert_cmpstr (relative->base_dir, ==, cwd);
   g_assert_cmpstr (g_ptr_array_index (relative->plugin_dirs, 0), ==, expected_cwd);
+}
+
+typedef struct {
+  const char *name;
+  const char *yaml;
+  TypeFields  expected;
+} TypeFieldsCase;
+
+static const TypeFieldsCase type_fields_cases[] = {
+  { "pool-equal-bounds", AGENT_ECHO "    pool_size: 3\n    pool: {min: 3, max: 3, idle_cap: 0}\n",
+    { 3, 3, 3, 0, FALSE, AUTOSCALE_DEFAULTS, SUPERVISION_DEFAULTS } },
+  { "pool-idle-cap-unbounded-max", AGENT_ECHO "    pool: {idle_cap: 7}\n",
+    { 1, 1, UNBOUNDED, 7, FALSE, AUTOSCALE_DEFAULTS, SUPERVISION_DEFAULTS } },
+  { "pool-size-after-pool", AGENT_ECHO "    pool: {min: 4, max: 6, idle_cap: 6}\n    pool_size: 5\n",
+    { 5, 4, 6, 6, FALSE, AUTOSCALE_DEFAULTS, SUPERVISION_DEFAULTS } },
+  { "pool-empty", AGENT_ECHO "    pool_size: 9\n    pool: {}\n",
+    { 9, 9, UNBOUNDED, UNBOUNDED, FALSE, AUTOSCALE_DEFAULTS, SUPERVISION_DEFAULTS } },
+  { "pool-largest", AGENT_ECHO "    pool_size: 10000000\n    pool: {min: 1, max: 10000000, idle_cap: 10000000}\n",
+    { 10000000, 1, 10000000, 10000000, FALSE, AUTOSCALE_DEFAULTS, SUPERVISION_DEFAULTS } },
+  { "autoscale-empty", AGENT_ECHO "    pool: {max: 4}\n    autoscale: {}\n",
+    { 1, 1, 4, UNBOUNDED, TRUE, AUTOSCALE_DEFAULTS, SUPERVISION_DEFAULTS } },
+  { "autoscale-enabled", AGENT_ECHO "    autoscale: {enabled: true}\n    pool: {max: 4}\n",
+    { 1, 1, 4, UNBOUNDED, TRUE, AUTOSCALE_DEFAULTS, SUPERVISION_DEFAULTS } },
+  { "autoscale-disabled-unbounded", AGENT_ECHO "    autoscale: {enabled: false, step: 20}\n",
+    { 1, 1, UNBOUNDED, UNBOUNDED, FALSE, 64, 50, 2000, 20, SUPERVISION_DEFAULTS } },
+  { "autoscale-disabled-deep", "bus: {mailbox_capacity: 16}\n" AGENT_ECHO
+    "    autoscale: {enabled: false, scale_up_depth: 100}\n",
+    { 1, 1, UNBOUNDED, UNBOUNDED, FALSE, 100, 50, 2000, 1, SUPERVISION_DEFAULTS } },
+  { "autoscale-lowest", AGENT_ECHO "    pool: {max: 5}\n"
+    "    autoscale: {scale_up_depth: 1, scale_up_after_ms: 0, scale_down_idle_ms: 1, step: 1}\n",
+    { 1, 1, 5, UNBOUNDED, TRUE, 1, 0, 1, 1, SUPERVISION_DEFAULTS } },
+  { "autoscale-highest", AGENT_ECHO "    pool: {max: 10000000}\n"
+    "    autoscale: {scale_up_depth: 16777216, scale_up_after_ms: 86400000, "
+    "scale_down_idle_ms: 86400000, step: 10000000}\nbus: {mailbox_capacity: 16777216}\n",
+    { 1, 1, 10000000, UNBOUNDED, TRUE, 16777216, 86400000, 86400000, 10000000, SUPERVISION_DEFAULTS } },
+  { "autoscale-depth-at-capacity", AGENT_ECHO "    pool: {max: 2}\n    autoscale: {}\n"
+    "bus: {mailbox_capacity: 64}\n",
+    { 1, 1, 2, UNBOUNDED, TRUE, AUTOSCALE_DEFAULTS, SUPERVISION_DEFAULTS } },
+  { "autoscale-step-at-max", AGENT_ECHO "    pool: {max: 6}\n    autoscale: {step: 6}\n",
+    { 1, 1, 6, UNBOUNDED, TRUE, 64, 50, 2000, 6, SUPERVISION_DEFAULTS } },
+  { "supervision-empty", AGENT_ECHO "    supervision: {}\n",
+    { 1, 1, UNBOUNDED, UNBOUNDED, FALSE, AUTOSCALE_DEFAULTS, SUPERVISION_DEFAULTS } },
+  { "supervision-one-for-one", AGENT_ECHO "    supervision: {policy: one_for_one, failed_messages: retry}\n",
+    { 1, 1, UNBOUNDED, UNBOUNDED, FALSE, AUTOSCALE_DEFAULTS, SUPERVISION_DEFAULTS } },
+  { "supervision-one-for-all-lowest", AGENT_ECHO "    supervision: {policy: one_for_all, max_restarts: 0, "
+    "period_ms: 1, handler_deadline_ms: 0, required: false}\n",
+    { 1, 1, UNBOUNDED, UNBOUNDED, FALSE, AUTOSCALE_DEFAULTS,
+      AH_RESTART_ONE_FOR_ALL, 0, 1, AH_FAILED_MESSAGES_RETRY, 0, FALSE } },
+  { "supervision-temporary-highest", AGENT_ECHO "    supervision: {policy: \"temporary\", max_restarts: 1000000, "
+    "period_ms: 86400000, failed_messages: 'dead_letter', handler_deadline_ms: 86400000, required: true}\n",
+    { 1, 1, UNBOUNDED, UNBOUNDED, FALSE, AUTOSCALE_DEFAULTS,
+      AH_RESTART_TEMPORARY, 1000000, 86400000, AH_FAILED_MESSAGES_DEAD_LETTER, 86400000, TRUE } },
+};
+
+static void
+test_manifest_load_type_fields (gconstpointer data)
+{
+  const TypeFieldsCase *tc = data;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhManifest) manifest = NULL;
+
+  g_test_summary ("pool, autoscale and supervision set exactly the fields they name, at their "
+                  "bounds and in any key order; the rest keep their defaults");
+
+  manifest = ah_manifest_load_data (tc->yaml, strlen (tc->yaml), "inline.yaml", NULL, &error);
+  g_assert_no_error (error);
+  g_assert_nonnull (manifest);
+  assert_type_fields (ah_manifest_get_type (manifest, 0), &tc->expected);
+}
+
+static void
+test_manifest_load_type_fields_per_type (void)
+{
+  static const char yaml[] =
+    "name: two\n"
+    "agents:\n"
+    "  web:\n"
+    "    plugin: echo\n"
+    "    pool_size: 2\n"
+    "    pool: {max: 8}\n"
+    "    autoscale: {step: 2}\n"
+    "    supervision: {policy: temporary, required: true}\n"
+    "  db:\n"
+    "    plugin: echo\n"
+    "    pool_size: 3\n";
+  static const TypeFields web = {
+    2, 2, 8, UNBOUNDED, TRUE, 64, 50, 2000, 2,
+    AH_RESTART_TEMPORARY, 3, 5000, AH_FAILED_MESSAGES_RETRY, 0, TRUE
+  };
+  static const TypeFields db = {
+    3, 3, UNBOUNDED, UNBOUNDED, FALSE, AUTOSCALE_DEFAULTS, SUPERVISION_DEFAULTS
+  };
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhManifest) manifest = NULL;
+
+  g_test_summary ("One type's pool, autoscale and supervision leave the next type's defaults alone");
+
+  manifest = ah_manifest_load_data (yaml, strlen (yaml), "inline.yaml", NULL, &error);
+  g_assert_no_error (error);
+  assert_type_fields (ah_manifest_find_type (manifest, "web"), &web);
+  assert_type_fields (ah_manifest_find_type (manifest, "db"), &db);
 }
 
 static void
@@ -462,6 +623,11 @@ test_manifest_load_docs_example (void)
   g_assert_nonnull (manifest);
   g_assert_cmpuint (ah_manifest_get_n_types (manifest), >=, 2);
   g_assert_cmpuint (ah_manifest_get_type (manifest, 0)->subscriptions->len, >=, 1);
+  /* It shows the pool, autoscale and supervision mappings. */
+  g_assert_nonnull (ah_manifest_find_type (manifest, "wordcount"));
+  g_assert_true (ah_manifest_find_type (manifest, "wordcount")->autoscale);
+  g_assert_cmpuint (ah_manifest_find_type (manifest, "wordcount")->pool_max, !=, AH_MANIFEST_POOL_UNBOUNDED);
+  g_assert_true (ah_manifest_find_type (manifest, "coordinator")->required);
 }
 
 static void
@@ -633,6 +799,40 @@ static const InvalidManifest invalid_manifests[] = {
     "2:9: error: 'agents' must declare at least one agent type" },
   { "config-duplicate", AH_MANIFEST_ERROR_DUPLICATE_KEY,
     "8:9: error: duplicate config key 'limits.max' (first at 6:7)" },
+  { "pool-scalar", AH_MANIFEST_ERROR_WRONG_TYPE,
+    "6:11: error: 'pool' must be a mapping, got the integer 3" },
+  { "pool-unknown-key", AH_MANIFEST_ERROR_UNKNOWN_KEY,
+    "7:7: error: unknown key 'maximum' in pool of agent type 'web' (expected min, max, idle_cap)" },
+  { "pool-max-huge", AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "7:12: error: 'max' must be an integer between 1 and 10000000, got 10000001" },
+  { "pool-min-over-size", AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "8:12: error: 'min' must be an integer between 1 and pool_size (5), got 6" },
+  { "pool-max-under-size", AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "7:12: error: 'max' must be an integer between pool_size (10) and 10000000, got 4" },
+  { "pool-idle-cap-over-max", AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "8:17: error: 'idle_cap' must be an integer between 0 and max (8), got 9" },
+  { "autoscale-unbounded", AH_MANIFEST_ERROR_MISSING_KEY,
+    "7:5: error: autoscale in agent type 'web' needs a ceiling: add 'max' to its 'pool' mapping, "
+    "or set 'enabled: false'" },
+  { "autoscale-step-over-max", AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "9:13: error: 'step' must be an integer between 1 and max (4), got 5" },
+  { "autoscale-depth-over-mailbox", AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "9:23: error: 'scale_up_depth' must be an integer between 1 and the bus's mailbox_capacity (64), "
+    "got 100" },
+  { "autoscale-unknown-key", AH_MANIFEST_ERROR_UNKNOWN_KEY,
+    "9:7: error: unknown key 'scale_down_after_ms' in autoscale of agent type 'web' (expected enabled, "
+    "scale_up_depth, scale_up_after_ms, scale_down_idle_ms, step)" },
+  { "supervision-bad-policy", AH_MANIFEST_ERROR_INVALID_VALUE,
+    "7:15: error: 'policy' must be one_for_one, one_for_all or temporary, got 'rest_for_one'" },
+  { "supervision-bad-failed-messages", AH_MANIFEST_ERROR_INVALID_VALUE,
+    "7:24: error: 'failed_messages' must be retry or dead_letter, got 'drop'" },
+  { "supervision-unknown-key", AH_MANIFEST_ERROR_UNKNOWN_KEY,
+    "7:7: error: unknown key 'restarts' in supervision of agent type 'web' (expected policy, "
+    "max_restarts, period_ms, failed_messages, handler_deadline_ms, required)" },
+  { "supervision-period-zero", AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "7:18: error: 'period_ms' must be an integer between 1 and 86400000, got 0" },
+  { "supervision-max-restarts-huge", AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "7:21: error: 'max_restarts' must be an integer between 0 and 1000000, got 1000001" },
 };
 
 static void
@@ -800,6 +1000,80 @@ static const InlineCase inline_cases[] = {
     "1:16: error: control characters are not allowed (0x01)" },
   { "flow-unclosed", "name: demo\nagents: [echo\n", AH_MANIFEST_ERROR_SYNTAX,
     "3:1: error: did not find expected ',' or ']' (while parsing a flow sequence started at 2:9)" },
+  { "pool-null", AGENT_ECHO "    pool:\n", AH_MANIFEST_ERROR_WRONG_TYPE,
+    "5:10: error: 'pool' must be a mapping, got null" },
+  { "pool-min-zero", AGENT_ECHO "    pool: {min: 0}\n", AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "5:17: error: 'min' must be an integer between 1 and 10000000, got 0" },
+  { "pool-min-over-default-size", AGENT_ECHO "    pool: {min: 2}\n", AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "5:17: error: 'min' must be an integer between 1 and pool_size (1, the default), got 2" },
+  { "pool-min-and-max-conflict", AGENT_ECHO "    pool_size: 5\n    pool: {max: 4, min: 6}\n",
+    AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "6:25: error: 'min' must be an integer between 1 and pool_size (5), got 6" },
+  { "pool-max-zero", AGENT_ECHO "    pool: {max: 0}\n", AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "5:17: error: 'max' must be an integer between 1 and 10000000, got 0" },
+  { "pool-max-word", AGENT_ECHO "    pool: {max: unbounded}\n", AH_MANIFEST_ERROR_WRONG_TYPE,
+    "5:17: error: 'max' must be a plain decimal integer, got 'unbounded'" },
+  { "pool-idle-cap-negative", AGENT_ECHO "    pool: {idle_cap: -1}\n", AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "5:22: error: 'idle_cap' must be an integer between 0 and 10000000, got -1" },
+  { "pool-duplicate", AGENT_ECHO "    pool: {max: 4, max: 5}\n", AH_MANIFEST_ERROR_DUPLICATE_KEY,
+    "5:20: error: duplicate key 'max' (first at 5:12)" },
+  { "autoscale-bool", AGENT_ECHO "    autoscale: true\n", AH_MANIFEST_ERROR_WRONG_TYPE,
+    "5:16: error: 'autoscale' must be a mapping, got the boolean true" },
+  { "autoscale-empty-unbounded", AGENT_ECHO "    autoscale: {}\n", AH_MANIFEST_ERROR_MISSING_KEY,
+    "5:5: error: autoscale in agent type 'echo' needs a ceiling: add 'max' to its 'pool' mapping, "
+    "or set 'enabled: false'" },
+  { "autoscale-enabled-yes", AGENT_ECHO "    pool: {max: 4}\n    autoscale: {enabled: yes}\n",
+    AH_MANIFEST_ERROR_WRONG_TYPE,
+    "6:26: error: 'enabled' must be true or false, got 'yes' (YAML 1.1 booleans are not accepted: "
+    "use true or false)" },
+  { "autoscale-depth-zero", AGENT_ECHO "    pool: {max: 4}\n    autoscale: {scale_up_depth: 0}\n",
+    AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "6:33: error: 'scale_up_depth' must be an integer between 1 and 16777216, got 0" },
+  { "autoscale-default-depth-over-mailbox",
+    "bus: {mailbox_capacity: 16}\n" AGENT_ECHO "    pool: {max: 4}\n    autoscale: {step: 2}\n",
+    AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "7:5: error: autoscale in agent type 'echo' would never grow: the default scale_up_depth (64) "
+    "is more than the bus's mailbox_capacity (16); set 'scale_up_depth'" },
+  { "autoscale-after-huge", AGENT_ECHO "    pool: {max: 4}\n    autoscale: {scale_up_after_ms: 86400001}\n",
+    AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "6:36: error: 'scale_up_after_ms' must be an integer between 0 and 86400000, got 86400001" },
+  { "autoscale-idle-zero", AGENT_ECHO "    pool: {max: 4}\n    autoscale: {scale_down_idle_ms: 0}\n",
+    AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "6:37: error: 'scale_down_idle_ms' must be an integer between 1 and 86400000, got 0" },
+  { "autoscale-step-zero", AGENT_ECHO "    pool: {max: 4}\n    autoscale: {step: 0}\n",
+    AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "6:23: error: 'step' must be an integer between 1 and 10000000, got 0" },
+  { "autoscale-step-over-max-disabled", AGENT_ECHO "    pool: {max: 4}\n    autoscale: {enabled: false, step: 5}\n",
+    AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "6:39: error: 'step' must be an integer between 1 and max (4), got 5" },
+  { "supervision-sequence", AGENT_ECHO "    supervision: [one_for_one]\n", AH_MANIFEST_ERROR_WRONG_TYPE,
+    "5:18: error: 'supervision' must be a mapping, got a sequence" },
+  { "supervision-policy-int", AGENT_ECHO "    supervision: {policy: 1}\n", AH_MANIFEST_ERROR_WRONG_TYPE,
+    "5:27: error: 'policy' must be a string, got the integer 1 (quote it to make it a string)" },
+  { "supervision-policy-case", AGENT_ECHO "    supervision: {policy: One_For_One}\n",
+    AH_MANIFEST_ERROR_INVALID_VALUE,
+    "5:27: error: 'policy' must be one_for_one, one_for_all or temporary, got 'One_For_One'" },
+  { "supervision-max-restarts-negative", AGENT_ECHO "    supervision: {max_restarts: -1}\n",
+    AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "5:33: error: 'max_restarts' must be an integer between 0 and 1000000, got -1" },
+  { "supervision-period-huge", AGENT_ECHO "    supervision: {period_ms: 86400001}\n",
+    AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "5:30: error: 'period_ms' must be an integer between 1 and 86400000, got 86400001" },
+  { "supervision-deadline-huge", AGENT_ECHO "    supervision: {handler_deadline_ms: 86400001}\n",
+    AH_MANIFEST_ERROR_OUT_OF_RANGE,
+    "5:40: error: 'handler_deadline_ms' must be an integer between 0 and 86400000, got 86400001" },
+  { "supervision-deadline-float", AGENT_ECHO "    supervision: {handler_deadline_ms: 0.5}\n",
+    AH_MANIFEST_ERROR_WRONG_TYPE,
+    "5:40: error: 'handler_deadline_ms' must be a plain decimal integer, got '0.5'" },
+  { "supervision-failed-messages-null", AGENT_ECHO "    supervision: {failed_messages: ~}\n",
+    AH_MANIFEST_ERROR_WRONG_TYPE,
+    "5:36: error: 'failed_messages' must be a string, got null" },
+  { "supervision-required-quoted", AGENT_ECHO "    supervision: {required: \"true\"}\n",
+    AH_MANIFEST_ERROR_WRONG_TYPE,
+    "5:29: error: 'required' must be true or false, got a quoted string \"true\" (remove the quotes)" },
+  { "supervision-duplicate", AGENT_ECHO "    supervision: {policy: temporary, policy: one_for_all}\n",
+    AH_MANIFEST_ERROR_DUPLICATE_KEY,
+    "5:38: error: duplicate key 'policy' (first at 5:19)" },
   { "escaped-key", "\"a\\nb\\\\\": 1\n", AH_MANIFEST_ERROR_UNKNOWN_KEY,
     "1:1: error: unknown key 'a\\nb\\\\' (expected name, description, plugin_path, stop_when_idle, "
     "run_timeout_ms, watch, watch_debounce_ms, bus, offload, agents)" },
@@ -1185,6 +1459,13 @@ main (int argc, char **argv)
   g_test_add_func ("/manifest/load/plugin-path", test_manifest_load_plugin_path);
   g_test_add_func ("/manifest/load/plugin-path-string", test_manifest_load_plugin_path_string);
   g_test_add_func ("/manifest/load/booleans", test_manifest_load_booleans);
+  g_test_add_func ("/manifest/load/type-fields/per-type", test_manifest_load_type_fields_per_type);
+  for (guint i = 0; i < G_N_ELEMENTS (type_fields_cases); i++)
+    {
+      g_autofree char *test_path = g_strconcat ("/manifest/load/type-fields/", type_fields_cases[i].name, NULL);
+
+      g_test_add_data_func (test_path, &type_fields_cases[i], test_manifest_load_type_fields);
+    }
   g_test_add_func ("/manifest/load/watch", test_manifest_load_watch);
   g_test_add_func ("/manifest/load/limits-exact", test_manifest_load_limits_exact);
   g_test_add_func ("/manifest/load/max-types", test_manifest_load_max_types);
