@@ -380,8 +380,8 @@ static const InvalidManifestCase invalid_manifest_cases[] = {
   { "pool-size-zero.yaml",
     ":6:16: error: 'pool_size' must be an integer between 1 and 10000000, got 0" },
   { "unknown-key.yaml",
-    ":6:5: error: unknown key 'pool' in agent type 'echo' "
-    "(expected plugin, pool_size, prewarm, subscribe, config)" },
+    ":6:5: error: unknown key 'replicas' in agent type 'echo' "
+    "(expected plugin, pool_size, prewarm, pool, autoscale, supervision, subscribe, config)" },
 };
 
 static void
@@ -455,7 +455,7 @@ test_cli_validate_several (void)
   g_assert_cmpstr (result.out, ==, expected_out);
   g_assert_cmpuint (count_lines (result.err), ==, 2);
   g_assert_nonnull (strstr (result.err, "no-such-plugin"));
-  g_assert_nonnull (strstr (result.err, "unknown key 'pool'"));
+  g_assert_nonnull (strstr (result.err, "unknown key 'replicas'"));
 }
 
 /* ---- inspect ----------------------------------------------------------- */
