@@ -217,6 +217,7 @@ struct _AhWorker {
   gboolean        drained;      /* under @lock: the bus stopped, nothing more is queued */
   /* Only the worker thread touches these: */
   GArray         *outbox;       /* (element-type AhEnvelope) of the running call */
+  GArray         *routed;       /* (element-type AhEnvelope) the outbox, routed */
   AhMessage     **batch;        /* handler_batch slots */
   AhEndpoint    **retry_to;     /* handler_batch slots: ah_bus_call_retry's choices */
   /* Written by the worker thread only, read by anyone. */
@@ -232,6 +233,7 @@ struct _AhBusCall {
   AhWorker   *worker;
   AhEndpoint *endpoint;
   guint       n_outbox_calls;   /* publish/send/request/reply calls in the outbox */
+  guint       n_unrouted;       /* publishes in the outbox not routed yet */
   AhMessage **batch;            /* the messages of this call */
   guint       n_batch;
   guint       n_retries;        /* slots of worker->retry_to set */
@@ -581,6 +583,15 @@ ah_endpoint_ref (AhEndpoint *endpoint)
   return endpoint;
 }
 
+/* @n references at once: a chunk of messages for one endpoint costs one
+ * atomic operation on its (often remote) cache line, not one each. */
+static void
+ah_endpoint_ref_n (AhEndpoint *endpoint,
+                   guint       n)
+{
+  atomic_fetch_add_explicit (&endpoint->ref_count, (int) n, memory_order_relaxed);
+}
+
 /* The endpoints one message goes to, each with a reference. Most
  * messages have a handful, kept inline so routing does not allocate. */
 #define AH_RECIPIENTS_INLINE 8
@@ -648,9 +659,10 @@ ah_envelope_clear (AhEnvelope *envelope)
 }
 
 static void
-ah_endpoint_unref (AhEndpoint *endpoint)
+ah_endpoint_unref_n (AhEndpoint *endpoint,
+                     guint       n)
 {
-  if (atomic_fetch_sub_explicit (&endpoint->ref_count, 1, memory_order_acq_rel) != 1)
+  if (atomic_fetch_sub_explicit (&endpoint->ref_count, (int) n, memory_order_acq_rel) != (int) n)
     return;
 
   /* Stop or close emptied the lanes and queues before the last
@@ -663,6 +675,12 @@ ah_endpoint_unref (AhEndpoint *endpoint)
     g_ptr_array_unref (endpoint->blocked_senders);
   g_ptr_array_unref (endpoint->groups);
   g_free (endpoint);
+}
+
+static void
+ah_endpoint_unref (AhEndpoint *endpoint)
+{
+  ah_endpoint_unref_n (endpoint, 1);
 }
 
 AhAgentId
@@ -912,6 +930,8 @@ ah_bus_deliver (AhBus           *self,
   gboolean wake = FALSE;
   gboolean deferring = FALSE;
   AhDeliverResult result = { 0 };
+  AhEndpoint *unref_to = NULL;
+  guint n_unref = 0;
 
   if (n_deliveries == 0)
     {
@@ -963,8 +983,16 @@ ah_bus_deliver (AhBus           *self,
       switch (ah_endpoint_enqueue_locked (to, envelope->message, mode, sender, &wake, &reason))
         {
         case AH_ENQUEUE_QUEUED:
-          /* The lane holds the message reference now. */
-          ah_endpoint_unref (to);
+          /* The lane holds the message reference now; the endpoint
+           * references of a run to one endpoint go in one step. */
+          if (to != unref_to)
+            {
+              if (unref_to != NULL)
+                ah_endpoint_unref_n (unref_to, n_unref);
+              unref_to = to;
+              n_unref = 0;
+            }
+          n_unref++;
           break;
 
         case AH_ENQUEUE_FULL:
@@ -994,6 +1022,8 @@ ah_bus_deliver (AhBus           *self,
         }
     }
 
+  if (unref_to != NULL)
+    ah_endpoint_unref_n (unref_to, n_unref);
   if (locked != NULL)
     {
       if (wake)
@@ -1606,6 +1636,8 @@ ah_targets_pick_unlocked (const AhTargets *targets,
     }
 }
 
+static AhSubjectEntry *ah_bus_cache_subject_unlocked (AhBus *self, const char *subject);
+
 /* Adds a reference to each recipient of @subject (valid) to @recipients.
  * Returns the interned copy of @subject, or NULL when the subject cache
  * is full and the subject was routed uncached. */
@@ -1641,21 +1673,9 @@ ah_bus_route_subject (AhBus        *self,
   /* A new subject, or subscriptions changed since it was resolved. Rare,
    * so the write lock is fine; it is re-checked after the gap. */
   pthread_rwlock_wrlock (&self->route_lock);
-  entry = g_hash_table_lookup (self->subjects, subject);
-  if (entry == NULL && g_hash_table_size (self->subjects) < AH_BUS_SUBJECT_CACHE_MAX)
-    {
-      entry = g_new0 (AhSubjectEntry, 1);
-      entry->subject = g_strdup (subject);
-      g_hash_table_insert (self->subjects, entry->subject, entry);
-    }
+  entry = ah_bus_cache_subject_unlocked (self, subject);
   if (entry != NULL)
     {
-      if (entry->targets == NULL || entry->generation != self->generation)
-        {
-          g_free (entry->targets);
-          entry->targets = ah_bus_resolve_targets_unlocked (self, subject);
-          entry->generation = self->generation;
-        }
       ah_targets_pick_unlocked (entry->targets, recipients);
       interned = entry->subject;
     }
@@ -1668,6 +1688,30 @@ ah_bus_route_subject (AhBus        *self,
 
   g_free (uncached);
   return interned;
+}
+
+/* Resolves @subject into the subject cache, unless the cache is full.
+ * Returns its up-to-date entry, or NULL. Must be called with route_lock
+ * held for writing. */
+static AhSubjectEntry *
+ah_bus_cache_subject_unlocked (AhBus      *self,
+                               const char *subject)
+{
+  AhSubjectEntry *entry = g_hash_table_lookup (self->subjects, subject);
+
+  if (entry == NULL && g_hash_table_size (self->subjects) < AH_BUS_SUBJECT_CACHE_MAX)
+    {
+      entry = g_new0 (AhSubjectEntry, 1);
+      entry->subject = g_strdup (subject);
+      g_hash_table_insert (self->subjects, entry->subject, entry);
+    }
+  if (entry != NULL && (entry->targets == NULL || entry->generation != self->generation))
+    {
+      g_free (entry->targets);
+      entry->targets = ah_bus_resolve_targets_unlocked (self, subject);
+      entry->generation = self->generation;
+    }
+  return entry;
 }
 
 /* Returns a reference to the open endpoint @id, or NULL. */
@@ -2175,14 +2219,234 @@ ah_bus_timer_main (gpointer data)
 
 /* ---- Publishing from a handler ------------------------------------------------------------ */
 
+/* The queue-group picks for one run of messages on one subject. */
+typedef struct {
+  guint base;     /* the group's turn for the run's first chunk */
+  guint chunk;    /* consecutive messages given to one member */
+} AhQueuePick;
+
+#define AH_ROUTE_INLINE_GROUPS 16
+
+/* Routes the run @items[0..n_run) of messages on one subject to the
+ * recipients of @targets, appending one envelope per recipient to
+ * @routed, message after message. Returns how many envelopes; 0 means
+ * nobody subscribes. Must be called with route_lock held.
+ *
+ * A queue group gives a run of messages to its members in chunks: up to
+ * handler_batch consecutive messages to one member, and no more than an
+ * even share per worker, so a burst fills whole handler batches (one
+ * call for 32 messages instead of 32 calls) and a short run still
+ * spreads over the workers. Members take turns chunk by chunk, with one
+ * atomic step of the group's turn per run. */
+static guint
+ah_bus_route_run_locked (AhBus            *self,
+                         const AhTargets  *targets,
+                         const AhEnvelope *items,
+                         guint             n_run,
+                         GArray           *routed)
+{
+  AhQueuePick inline_picks[AH_ROUTE_INLINE_GROUPS];
+  g_autofree AhQueuePick *heap_picks = NULL;
+  AhQueuePick *picks = inline_picks;
+  guint per_worker = (n_run + self->config.n_workers - 1) / self->config.n_workers;
+  guint chunk = CLAMP (per_worker, 1, self->config.handler_batch);
+  guint n_per_message = 0;
+
+  if (targets->n_groups > AH_ROUTE_INLINE_GROUPS)
+    picks = heap_picks = g_new (AhQueuePick, targets->n_groups);
+  for (guint g = 0; g < targets->n_groups; g++)
+    {
+      AhBusGroup *group = targets->groups[g];
+
+      if (group->delivery != AH_DELIVERY_QUEUE || group->members->len == 0)
+        continue;
+      picks[g].chunk = chunk;
+      picks[g].base = atomic_fetch_add_explicit (&group->next_member,
+                                                 (n_run + chunk - 1) / chunk,
+                                                 memory_order_relaxed);
+    }
+
+  for (guint g = 0; g < targets->n_groups; g++)
+    {
+      AhBusGroup *group = targets->groups[g];
+
+      if (group->delivery == AH_DELIVERY_QUEUE)
+        n_per_message += group->members->len > 0 ? 1 : 0;
+      else
+        n_per_message += group->members->len;
+    }
+  if (n_per_message == 0)
+    return 0;
+
+  for (guint k = 0; k < n_run; k++)
+    {
+      AhMessage *message = items[k].message;
+
+      ah__message_ref_n (message, n_per_message);
+      for (guint g = 0; g < targets->n_groups; g++)
+        {
+          AhBusGroup *group = targets->groups[g];
+          guint n_members = group->members->len;
+          AhEnvelope envelope;
+
+          if (n_members == 0)
+            continue;
+          envelope.message = message;
+          if (group->delivery == AH_DELIVERY_QUEUE)
+            {
+              guint turn = picks[g].base + k / picks[g].chunk;
+
+              envelope.to = g_ptr_array_index (group->members, turn % n_members);
+              /* The whole chunk's references on its first message. */
+              if (k % picks[g].chunk == 0)
+                ah_endpoint_ref_n (envelope.to, MIN (picks[g].chunk, n_run - k));
+              g_array_append_val (routed, envelope);
+              continue;
+            }
+          for (guint j = 0; j < n_members; j++)
+            {
+              envelope.to = ah_endpoint_ref (g_ptr_array_index (group->members, j));
+              g_array_append_val (routed, envelope);
+            }
+        }
+    }
+  return n_per_message * n_run;
+}
+
+/* Routes the publishes a handler left in its outbox, all under one read
+ * lock of the routing tables, and stamps every message of the outbox
+ * with one clock read. Publishes are accepted here, once per recipient;
+ * one nobody subscribes to is accepted once and dead-lettered. */
+static void
+ah_bus_call_route (AhBusCall *call)
+{
+  AhBus *self = call->bus;
+  AhWorker *worker = call->worker;
+  GArray *outbox = worker->outbox;
+  GArray *routed = worker->routed;
+  const AhEnvelope *items = (const AhEnvelope *) (gconstpointer) outbox->data;
+  guint n_items = outbox->len;
+  g_autoptr(GPtrArray) no_route = NULL;
+  gint64 now = ah__monotonic_ns ();
+  guint64 n_accepted = 0;
+  guint i = 0;
+
+  g_array_set_size (routed, 0);
+  pthread_rwlock_rdlock (&self->route_lock);
+  while (i < n_items)
+    {
+      AhMessage *message = items[i].message;
+      AhSubjectEntry *entry;
+      AhTargets *uncached = NULL;
+      const AhTargets *targets;
+      guint n_run = 1;
+      guint n_routed;
+
+      if (message->publish_time_ns == 0)
+        message->publish_time_ns = now;
+      if (items[i].to != NULL)
+        {
+          /* Sends, replies, requests: routed and accepted when made. */
+          g_array_append_val (routed, items[i]);
+          i++;
+          continue;
+        }
+
+      entry = g_hash_table_lookup (self->subjects, message->subject);
+      if (entry != NULL && entry->targets != NULL && entry->generation == self->generation)
+        {
+          targets = entry->targets;
+        }
+      else if (entry == NULL && g_hash_table_size (self->subjects) >= AH_BUS_SUBJECT_CACHE_MAX)
+        {
+          targets = uncached = ah_bus_resolve_targets_unlocked (self, message->subject);
+        }
+      else
+        {
+          /* New or stale: resolve it under the write lock, then look
+           * again (subscriptions may change in the gap). */
+          pthread_rwlock_unlock (&self->route_lock);
+          pthread_rwlock_wrlock (&self->route_lock);
+          ah_bus_cache_subject_unlocked (self, message->subject);
+          pthread_rwlock_unlock (&self->route_lock);
+          pthread_rwlock_rdlock (&self->route_lock);
+          continue;
+        }
+
+      while (i + n_run < n_items && items[i + n_run].to == NULL
+             && strcmp (items[i + n_run].message->subject, message->subject) == 0)
+        {
+          if (items[i + n_run].message->publish_time_ns == 0)
+            items[i + n_run].message->publish_time_ns = now;
+          n_run++;
+        }
+
+      n_routed = ah_bus_route_run_locked (self, targets, items + i, n_run, routed);
+      g_free (uncached);
+      if (n_routed > 0)
+        {
+          n_accepted += n_routed;
+          for (guint k = 0; k < n_run; k++)
+            ah__message_unref (items[i + k].message);
+        }
+      else
+        {
+          /* The outbox's references go to the dead letters. */
+          if (no_route == NULL)
+            no_route = g_ptr_array_new ();
+          for (guint k = 0; k < n_run; k++)
+            g_ptr_array_add (no_route, items[i + k].message);
+          n_accepted += n_run;
+        }
+      i += n_run;
+    }
+  pthread_rwlock_unlock (&self->route_lock);
+
+  /* The routed envelopes become the outbox. */
+  worker->outbox = routed;
+  worker->routed = outbox;
+  g_array_set_size (outbox, 0);
+  call->n_unrouted = 0;
+
+  if (n_accepted > 0)
+    ah_bus_accept (self, (guint) n_accepted);
+  for (guint k = 0; no_route != NULL && k < no_route->len; k++)
+    {
+      AhMessage *message = g_ptr_array_index (no_route, k);
+
+      ah_bus_dead_letter (self, message, AH_AGENT_ID_NONE, AH_DEAD_LETTER_NO_ROUTE);
+      ah__message_unref (message);
+    }
+}
+
 static void
 ah_bus_call_flush (AhBusCall *call)
 {
   AhBus *self = call->bus;
   AhEndpoint *endpoint = call->endpoint;
-  GArray *outbox = call->worker->outbox;
+  GArray *outbox;
 
   call->n_outbox_calls = 0;
+  if (call->worker->outbox->len == 0)
+    return;
+
+  if (call->n_unrouted > 0)
+    {
+      ah_bus_call_route (call);
+    }
+  else
+    {
+      gint64 now = ah__monotonic_ns ();
+
+      for (guint i = 0; i < call->worker->outbox->len; i++)
+        {
+          AhMessage *message = g_array_index (call->worker->outbox, AhEnvelope, i).message;
+
+          if (message->publish_time_ns == 0)
+            message->publish_time_ns = now;
+        }
+    }
+  outbox = call->worker->outbox;
   if (outbox->len == 0)
     return;
 
@@ -2275,10 +2539,29 @@ ah_bus_call_publish (AhBusCall    *call,
       return FALSE;
     }
 
+  if (self->config.overflow != AH_OVERFLOW_FAIL)
+    {
+      /* Nothing can refuse it now, so it is routed with the rest of the
+       * outbox when it is flushed (see ah_bus_call_route). */
+      AhEnvelope envelope;
+
+      message = ah__message_new_unstamped (AH_MESSAGE_PUBLISH, AH_PRIORITY_NORMAL, subject, FALSE,
+                                           call->endpoint->id, AH_AGENT_ID_NONE, 0, data, size);
+      ah_bus_tap (self, message, AH_AGENT_ID_NONE);
+      envelope.message = message;
+      envelope.to = NULL;
+      g_array_append_val (call->worker->outbox, envelope);
+      call->n_unrouted++;
+      ah_bus_call_count (call);
+      return TRUE;
+    }
+
+  /* Under AH_OVERFLOW_FAIL the answer depends on the recipients' room,
+   * so it is routed now and its slots reserved. */
   interned = ah_bus_route_subject (self, subject, &recipients);
-  message = ah__message_new (AH_MESSAGE_PUBLISH, AH_PRIORITY_NORMAL,
-                             interned != NULL ? interned : subject, interned != NULL,
-                             call->endpoint->id, AH_AGENT_ID_NONE, 0, data, size);
+  message = ah__message_new_unstamped (AH_MESSAGE_PUBLISH, AH_PRIORITY_NORMAL,
+                                       interned != NULL ? interned : subject, interned != NULL,
+                                       call->endpoint->id, AH_AGENT_ID_NONE, 0, data, size);
   ah_bus_tap (self, message, AH_AGENT_ID_NONE);
   if (recipients.len == 0)
     {
@@ -2317,7 +2600,7 @@ ah_bus_call_send (AhBusCall    *call,
       return FALSE;
     }
 
-  message = ah__message_new (AH_MESSAGE_DIRECT, AH_PRIORITY_NORMAL, subject, FALSE,
+  message = ah__message_new_unstamped (AH_MESSAGE_DIRECT, AH_PRIORITY_NORMAL, subject, FALSE,
                              call->endpoint->id, AH_AGENT_ID_NONE, 0, data, size);
   ah_bus_tap (self, message, to);
   endpoint = ah_bus_lookup_endpoint (self, to);
@@ -2358,7 +2641,7 @@ ah_bus_call_reply (AhBusCall       *call,
       return FALSE;
     }
 
-  reply = ah__message_new (AH_MESSAGE_REPLY, AH_PRIORITY_NORMAL, request->subject, FALSE,
+  reply = ah__message_new_unstamped (AH_MESSAGE_REPLY, AH_PRIORITY_NORMAL, request->subject, FALSE,
                            call->endpoint->id, AH_AGENT_ID_NONE, request->correlation,
                            data, size);
   ah_bus_tap (self, reply, request->reply_to);
@@ -2643,7 +2926,7 @@ ah_worker_call (AhWorker    *worker,
                 guint        n)
 {
   AhBus *self = worker->bus;
-  AhBusCall call = { self, worker, endpoint, 0, batch, n, 0 };
+  AhBusCall call = { self, worker, endpoint, 0, 0, batch, n, 0 };
   g_autoptr(GError) error = NULL;
   gint64 start = ah__monotonic_ns ();
   gboolean handled;
@@ -2942,6 +3225,7 @@ ah_bus_new (const AhBusConfig *config)
       ah_cond_init_monotonic (&worker->room_cond);
       ah_cond_init_monotonic (&worker->state_cond);
       worker->outbox = g_array_new (FALSE, FALSE, sizeof (AhEnvelope));
+      worker->routed = g_array_new (FALSE, FALSE, sizeof (AhEnvelope));
       worker->batch = g_new (AhMessage *, self->config.handler_batch);
       worker->retry_to = g_new0 (AhEndpoint *, self->config.handler_batch);
       self->workers[i] = worker;
@@ -3128,6 +3412,7 @@ ah_bus_free (AhBus *self)
       pthread_cond_destroy (&worker->room_cond);
       pthread_cond_destroy (&worker->state_cond);
       g_array_unref (worker->outbox);
+      g_array_unref (worker->routed);
       g_free (worker->batch);
       g_free (worker->retry_to);
       g_free (worker);

@@ -58,6 +58,8 @@ AhMessage *ah__message_new_unstamped (AhMessageKind kind, AhPriority priority,
  * publish time as @message, marked redelivered. */
 AhMessage *ah__message_copy_redelivered (const AhMessage *message);
 AhMessage *ah__message_ref        (AhMessage *message);
+/* @n references at once: one atomic operation for a broadcast. */
+void       ah__message_ref_n      (AhMessage *message, guint n);
 void       ah__message_unref      (AhMessage *message);
 
 /* The subscription trie: patterns split into tokens, '*' and '>' as

@@ -278,6 +278,13 @@ ah__message_new (AhMessageKind kind,
   return message;
 }
 
+void
+ah__message_ref_n (AhMessage *message,
+                   guint      n)
+{
+  atomic_fetch_add_explicit (&message->ref_count, (int) n, memory_order_relaxed);
+}
+
 AhMessage *
 ah__message_ref (AhMessage *message)
 {
