@@ -2716,6 +2716,262 @@ send_sequenced (Fixture   *fixture,
   g_assert_no_error (error);
 }
 
+/* ---- Batching inside the bus -------------------------------------------- */
+
+typedef struct {
+  const char *subjects[4];     /* published in turn, NULL-terminated */
+  guint       n_messages;
+} PublishRun;
+
+/* On "go": publishes run->n_messages sequenced messages from the
+ * handler, cycling through run->subjects. */
+static gboolean
+step_publish_run (Agent           *agent,
+                  AhBusCall       *call,
+                  const AhMessage *message)
+{
+  const PublishRun *run = agent->data;
+  guint n_subjects = 0;
+
+  if (strcmp (ah_message_get_subject (message), "go") != 0)
+    return TRUE;
+  while (n_subjects < G_N_ELEMENTS (run->subjects) && run->subjects[n_subjects] != NULL)
+    n_subjects++;
+  for (guint i = 1; i <= run->n_messages; i++)
+    {
+      Sequenced sequenced = { 0, i };
+
+      g_assert_true (ah_bus_call_publish (call, run->subjects[(i - 1) % n_subjects],
+                                          &sequenced, sizeof sequenced));
+    }
+  return TRUE;
+}
+
+/* The sequence numbers @to received, in the order it got them. */
+static GArray *
+received_sequences (Fixture   *fixture,
+                    AhAgentId  to)
+{
+  GArray *sequences = g_array_new (FALSE, FALSE, sizeof (guint64));
+
+  pthread_mutex_lock (&fixture->lock);
+  for (guint i = 0; i < fixture->received->len; i++)
+    {
+      Received *received = g_ptr_array_index (fixture->received, i);
+
+      if (received->to == to && received->kind == AH_MESSAGE_PUBLISH)
+        {
+          const Sequenced *sequenced = g_bytes_get_data (received->payload, NULL);
+
+          g_array_append_val (sequences, sequenced->sequence);
+        }
+    }
+  pthread_mutex_unlock (&fixture->lock);
+  return sequences;
+}
+
+/* Publishes from handlers are routed at the outbox's flush under the
+ * block policy (under fail, each is routed when made, to know its fate). */
+static const AhBusConfig config_block_two_workers = { .n_workers = 2,
+                                                      .overflow = AH_OVERFLOW_BLOCK };
+
+static void
+test_route_queue_chunks (Fixture       *fixture,
+                         gconstpointer  user_data)
+{
+  AhBusGroup *group = ah_bus_group_new (fixture->bus, "workers", AH_DELIVERY_QUEUE);
+  PublishRun run = { { "jobs.x", NULL }, 64 };
+  Agent *producer = fixture_add_agent (fixture, step_publish_run, &run);
+  g_autoptr(GError) error = NULL;
+  Agent *members[4];
+  guint expected[4] = { 32, 32, 2, 1 };
+
+  g_test_summary ("A handler's run of messages to a queue group goes out in chunks: a "
+                  "burst fills whole handler batches, spread over the workers; a short "
+                  "run is spread too; each member gets a contiguous, ordered share");
+
+  for (guint i = 0; i < G_N_ELEMENTS (members); i++)
+    {
+      members[i] = fixture_add_agent (fixture, NULL, NULL);
+      ah_bus_group_add (group, members[i]->endpoint);
+    }
+  g_assert_cmpuint (ah_bus_subscribe (fixture->bus, "jobs.*", group, &error), >, 0);
+  ah_bus_start (fixture->bus);
+
+  /* 64 messages, 2 workers, handler batches of 32: two chunks of 32. */
+  send_to (fixture, producer->id, "go", "");
+  fixture_wait_idle (fixture);
+  /* 3 messages: an even share per worker is 2, so chunks of 2 and 1. */
+  run.n_messages = 3;
+  send_to (fixture, producer->id, "go", "");
+  fixture_wait_idle (fixture);
+
+  for (guint i = 0; i < G_N_ELEMENTS (members); i++)
+    {
+      g_autoptr(GArray) sequences = received_sequences (fixture, members[i]->id);
+
+      g_assert_cmpuint (sequences->len, ==, expected[i]);
+      for (guint k = 1; k < sequences->len; k++)
+        g_assert_cmpuint (g_array_index (sequences, guint64, k), ==,
+                          g_array_index (sequences, guint64, k - 1) + 1);
+    }
+  /* Each chunk arrived as one batch: one handler call for 32 messages. */
+  g_assert_cmpuint (members[0]->n_calls, ==, 1);
+  g_assert_cmpuint (members[0]->max_batch, ==, 32);
+  g_assert_cmpuint (members[1]->n_calls, ==, 1);
+  /* Members alternate workers, so the burst used both. */
+  g_assert_cmpuint (members[0]->id % 2, !=, members[1]->id % 2);
+}
+
+static void
+test_route_outbox_no_route (Fixture       *fixture,
+                            gconstpointer  user_data)
+{
+  PublishRun run = { { "jobs.x", "nowhere", NULL }, 6 };
+  Agent *producer = fixture_add_agent (fixture, step_publish_run, &run);
+  Agent *subscriber = fixture_add_subscriber (fixture, "jobs.x", NULL, NULL);
+  g_autoptr(GArray) sequences = NULL;
+  AhBusCounters counters;
+
+  g_test_summary ("Publishes routed at the outbox's flush keep their order around the ones "
+                  "nobody hears, which are accepted once and dead-lettered");
+
+  ah_bus_start (fixture->bus);
+  send_to (fixture, producer->id, "go", "");
+  fixture_wait_idle (fixture);
+
+  sequences = received_sequences (fixture, subscriber->id);
+  g_assert_cmpuint (sequences->len, ==, 3);
+  g_assert_cmpuint (g_array_index (sequences, guint64, 0), ==, 1);
+  g_assert_cmpuint (g_array_index (sequences, guint64, 1), ==, 3);
+  g_assert_cmpuint (g_array_index (sequences, guint64, 2), ==, 5);
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_NO_ROUTE), ==, 3);
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.accepted, ==, 1 + 6);
+  g_assert_cmpuint (counters.dead_lettered, ==, 3);
+}
+
+/* Records and checks the order; the call holding message 1 waits at the
+ * fixture's gate. */
+static gboolean
+step_sequence_hold_first (Agent           *agent,
+                          AhBusCall       *call,
+                          const AhMessage *message)
+{
+  Fixture *fixture = agent->fixture;
+  const Sequenced *sequenced = ah_message_get_data (message, NULL);
+  gint64 deadline = deadline_in_us (WAIT_US);
+
+  agent_check_sequence (agent, message);
+  if (sequenced->sequence != 1)
+    return TRUE;
+  pthread_mutex_lock (&fixture->lock);
+  while (!fixture->gate_open)
+    if (!fixture_wait_until (fixture, deadline))
+      break;
+  pthread_mutex_unlock (&fixture->lock);
+  return TRUE;
+}
+
+static const AhBusConfig config_batch_of_four = { .n_workers = 1, .handler_batch = 4 };
+
+static void
+test_lane_wraparound (Fixture       *fixture,
+                      gconstpointer  user_data)
+{
+  Agent *agent = fixture_add_agent (fixture, step_sequence_hold_first, NULL);
+
+  g_test_summary ("A mailbox ring that wraps around, and grows while wrapped, keeps every "
+                  "message in order");
+
+  /* 6 queued (a ring of 8); the first batch takes 4 and holds: the ring
+   * keeps 2 from position 4 on. */
+  for (guint i = 1; i <= 6; i++)
+    send_sequenced (fixture, agent->id, 0, i);
+  ah_bus_start (fixture->bus);
+  wait_received (fixture, agent, 1);
+  /* 6 more wrap around to the ring's start; the 7th makes it grow while
+   * wrapped. */
+  for (guint i = 7; i <= 14; i++)
+    send_sequenced (fixture, agent->id, 0, i);
+  fixture_open_gate (fixture);
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (agent->n_received, ==, 14);
+  g_assert_false (agent->out_of_order);
+  g_assert_cmpuint (agent->max_batch, ==, 4);
+}
+
+/* Messages made on one thread and freed on another, many times over:
+ * the message cache hands blocks between threads through its depot. The
+ * hand-off uses pthread primitives, which ThreadSanitizer sees. */
+typedef struct {
+  pthread_mutex_t lock;
+  pthread_cond_t  cond;
+  GQueue          queue;       /* (element-type AhMessage) under @lock */
+  guint           n_messages;
+  guint           n_bad;
+} CacheHandoff;
+
+static gpointer
+cache_consumer_main (gpointer data)
+{
+  CacheHandoff *handoff = data;
+
+  for (guint i = 0; i < handoff->n_messages; i++)
+    {
+      AhMessage *message;
+      gsize size;
+      const guint32 *value;
+
+      pthread_mutex_lock (&handoff->lock);
+      while (g_queue_is_empty (&handoff->queue))
+        pthread_cond_wait (&handoff->cond, &handoff->lock);
+      message = g_queue_pop_head (&handoff->queue);
+      pthread_mutex_unlock (&handoff->lock);
+
+      value = ah_message_get_data (message, &size);
+      if (size != sizeof (guint32) * 8 || value[0] != i || value[7] != i
+          || strcmp (ah_message_get_subject (message), "cache.test") != 0)
+        handoff->n_bad++;
+      ah__message_unref (message);
+    }
+  return NULL;
+}
+
+static void
+test_message_cache_threads (void)
+{
+  CacheHandoff handoff = { .n_messages = 100000 };
+  GThread *consumer;
+
+  g_test_summary ("Small messages made on one thread and freed on another keep their "
+                  "content: blocks travel back through the cache's depot intact");
+
+  pthread_mutex_init (&handoff.lock, NULL);
+  pthread_cond_init (&handoff.cond, NULL);
+  g_queue_init (&handoff.queue);
+  consumer = g_thread_new ("cache-consumer", cache_consumer_main, &handoff);
+  for (guint i = 0; i < handoff.n_messages; i++)
+    {
+      guint32 value[8];
+      AhMessage *message;
+
+      for (guint k = 0; k < G_N_ELEMENTS (value); k++)
+        value[k] = i;
+      message = ah__message_new (AH_MESSAGE_PUBLISH, AH_PRIORITY_NORMAL, "cache.test", FALSE,
+                                 AH_AGENT_ID_NONE, AH_AGENT_ID_NONE, 0, value, sizeof value);
+      pthread_mutex_lock (&handoff.lock);
+      g_queue_push_tail (&handoff.queue, message);
+      pthread_cond_signal (&handoff.cond);
+      pthread_mutex_unlock (&handoff.lock);
+    }
+  g_thread_join (consumer);
+  g_assert_cmpuint (handoff.n_bad, ==, 0);
+  pthread_cond_destroy (&handoff.cond);
+  pthread_mutex_destroy (&handoff.lock);
+}
+
 static void
 test_pause_holds_mail (Fixture       *fixture,
                        gconstpointer  user_data)
@@ -3148,6 +3404,7 @@ main (int    argc,
   g_test_add_func ("/bus/subject/syntax", test_subject_syntax);
   g_test_add_func ("/bus/pattern/match", test_pattern_matching);
   g_test_add_func ("/bus/pattern/trie", test_subject_trie);
+  g_test_add_func ("/bus/message/cache-threads", test_message_cache_threads);
 
 #define BUS_TEST(path, config, func) \
   g_test_add (path, Fixture, config, fixture_set_up, func, fixture_tear_down)
@@ -3155,6 +3412,9 @@ main (int    argc,
   BUS_TEST ("/bus/config/defaults", NULL, test_config_defaults);
   BUS_TEST ("/bus/route/wildcards", &config_two_workers, test_route_wildcards);
   BUS_TEST ("/bus/route/queue-spread", &config_two_workers, test_route_queue_spread);
+  BUS_TEST ("/bus/route/queue-chunks", &config_block_two_workers, test_route_queue_chunks);
+  BUS_TEST ("/bus/route/outbox-no-route", &config_block_one_worker, test_route_outbox_no_route);
+  BUS_TEST ("/bus/lane/wraparound", &config_batch_of_four, test_lane_wraparound);
   BUS_TEST ("/bus/route/broadcast-shared", &config_two_workers, test_route_broadcast_shared);
   BUS_TEST ("/bus/route/no-route", &config_one_worker, test_route_no_route);
   BUS_TEST ("/bus/route/invalid", &config_one_worker, test_route_invalid);
