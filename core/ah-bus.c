@@ -102,6 +102,19 @@ typedef struct {
 
 typedef struct _AhWorker AhWorker;
 
+/* Releases of one message by one worker, not yet applied. A broadcast
+ * message is released by each of its recipients, on every worker: done
+ * one by one, its reference count would bounce between the cores for
+ * each recipient. A worker sums its own releases of a message and
+ * applies them in one step, when the slot is needed for another message
+ * or before the worker runs out of work. */
+#define AH_WORKER_UNREF_SLOTS 64
+
+typedef struct {
+  AhMessage *message;
+  guint      count;
+} AhPendingUnref;
+
 typedef enum {
   AH_ENDPOINT_IDLE,        /* nothing queued, or closed */
   AH_ENDPOINT_SCHEDULED,   /* on its worker's run queue */
@@ -220,6 +233,7 @@ struct _AhWorker {
   GArray         *routed;       /* (element-type AhEnvelope) the outbox, routed */
   AhMessage     **batch;        /* handler_batch slots */
   AhEndpoint    **retry_to;     /* handler_batch slots: ah_bus_call_retry's choices */
+  AhPendingUnref  unrefs[AH_WORKER_UNREF_SLOTS];
   /* Written by the worker thread only, read by anyone. */
   AhTally         tally;
   AhLatency       latency;
@@ -892,6 +906,66 @@ ah_endpoint_enqueue_locked (AhEndpoint         *endpoint,
   return AH_ENQUEUE_QUEUED;
 }
 
+/* How many envelopes from order[k] on go to the same endpoint with a
+ * normal-priority message. */
+static guint
+ah_bus_count_run (const AhEnvelope *envelopes,
+                  const guint      *order,
+                  guint             k,
+                  guint             n_deliveries)
+{
+  AhEndpoint *to = envelopes[order[k]].to;
+  guint n = 0;
+
+  while (k + n < n_deliveries && envelopes[order[k + n]].to == to
+         && envelopes[order[k + n]].message->priority != AH_PRIORITY_SYSTEM)
+    n++;
+  return n;
+}
+
+/* Queues as many of the @n_run normal messages of @envelopes (by
+ * @order) for @endpoint as it has room for, in order, and returns how
+ * many; 0 when it is closing, the bus drained, or not even the first
+ * fits. Only for AH_DELIVER_DEFER (room checked here; an endpoint's
+ * messages to itself always fit, see ah_endpoint_enqueue_locked) and
+ * AH_DELIVER_RESERVED (room reserved when routed). Worker lock held. */
+static guint
+ah_endpoint_enqueue_run_locked (AhEndpoint       *endpoint,
+                                const AhEnvelope *envelopes,
+                                const guint      *order,
+                                guint             n_run,
+                                AhDeliverMode     mode,
+                                AhEndpoint       *sender,
+                                gboolean         *ret_wake)
+{
+  AhWorker *worker = endpoint->worker;
+  guint capacity = endpoint->bus->config.mailbox_capacity;
+  guint n = n_run;
+
+  if (worker->drained || endpoint->closing)
+    return 0;
+  if (mode == AH_DELIVER_DEFER && endpoint != sender)
+    {
+      guint used = atomic_load (&endpoint->normal_used);
+
+      n = used >= capacity ? 0 : MIN (n_run, capacity - used);
+      if (n == 0)
+        return 0;
+    }
+  if (mode == AH_DELIVER_DEFER)
+    atomic_fetch_add (&endpoint->normal_used, n);
+  for (guint i = 0; i < n; i++)
+    ah_lane_push (&endpoint->normal_lane, envelopes[order[i]].message);
+
+  if (endpoint->state == AH_ENDPOINT_IDLE && !endpoint->paused)
+    {
+      endpoint->state = AH_ENDPOINT_SCHEDULED;
+      ah_worker_push_locked (worker, ah_endpoint_ref (endpoint));
+      *ret_wake = TRUE;
+    }
+  return n;
+}
+
 typedef struct {
   AhMessage          *message;
   AhEndpoint         *to;
@@ -978,6 +1052,35 @@ ah_bus_deliver (AhBus           *self,
           locked = to->worker;
           wake = FALSE;
           pthread_mutex_lock (&locked->lock);
+        }
+
+      /* A handler's run of normal messages to one endpoint (a chunk of a
+       * queue group, a broadcast member's share): room checked and
+       * counted once, pushed in one go. What does not fit takes the
+       * one-by-one path below, which defers it. */
+      if (mode == AH_DELIVER_DEFER || mode == AH_DELIVER_RESERVED)
+        {
+          guint n_run = ah_bus_count_run (envelopes, order, k, n_deliveries);
+
+          if (n_run > 1)
+            {
+              guint n_queued = ah_endpoint_enqueue_run_locked (to, envelopes, order + k, n_run,
+                                                               mode, sender, &wake);
+
+              if (n_queued > 0)
+                {
+                  if (to != unref_to)
+                    {
+                      if (unref_to != NULL)
+                        ah_endpoint_unref_n (unref_to, n_unref);
+                      unref_to = to;
+                      n_unref = 0;
+                    }
+                  n_unref += n_queued;
+                  k += n_queued - 1;
+                  continue;
+                }
+            }
         }
 
       switch (ah_endpoint_enqueue_locked (to, envelope->message, mode, sender, &wake, &reason))
@@ -2278,11 +2381,45 @@ ah_bus_route_run_locked (AhBus            *self,
   if (n_per_message == 0)
     return 0;
 
+  /* Each message already holds the outbox's reference, which becomes its
+   * first envelope's: a message with one recipient costs no atomic
+   * operation at all. */
+  if (n_per_message > 1)
+    for (guint k = 0; k < n_run; k++)
+      ah__message_ref_n (items[k].message, n_per_message - 1);
+
+  /* One broadcast group: the envelopes go member by member, so each
+   * member's messages are one run (one reference step, one stretch of
+   * its ring); the per-member order is the same either way. With
+   * several groups an agent may be in two of them, so the messages stay
+   * in publish order. */
+  if (targets->n_groups == 1 && targets->groups[0]->delivery == AH_DELIVERY_BROADCAST)
+    {
+      GPtrArray *members = targets->groups[0]->members;
+
+      guint start = routed->len;
+      AhEnvelope *out;
+
+      g_array_set_size (routed, start + members->len * n_run);
+      out = &g_array_index (routed, AhEnvelope, start);
+      for (guint j = 0; j < members->len; j++)
+        {
+          AhEndpoint *member = g_ptr_array_index (members, j);
+
+          ah_endpoint_ref_n (member, n_run);
+          for (guint k = 0; k < n_run; k++, out++)
+            {
+              out->message = items[k].message;
+              out->to = member;
+            }
+        }
+      return n_per_message * n_run;
+    }
+
   for (guint k = 0; k < n_run; k++)
     {
       AhMessage *message = items[k].message;
 
-      ah__message_ref_n (message, n_per_message);
       for (guint g = 0; g < targets->n_groups; g++)
         {
           AhBusGroup *group = targets->groups[g];
@@ -2385,9 +2522,8 @@ ah_bus_call_route (AhBusCall *call)
       g_free (uncached);
       if (n_routed > 0)
         {
+          /* The outbox's references went to the envelopes. */
           n_accepted += n_routed;
-          for (guint k = 0; k < n_run; k++)
-            ah__message_unref (items[i + k].message);
         }
       else
         {
@@ -2920,6 +3056,35 @@ ah_endpoint_retry_deferred (AhWorker   *worker,
 }
 
 static void
+ah_worker_release_message (AhWorker  *worker,
+                           AhMessage *message)
+{
+  guintptr key = (guintptr) message;
+  AhPendingUnref *slot = &worker->unrefs[((key >> 4) ^ (key >> 10)) & (AH_WORKER_UNREF_SLOTS - 1)];
+
+  if (slot->message == message)
+    {
+      slot->count++;
+      return;
+    }
+  if (slot->message != NULL)
+    ah__message_unref_n (slot->message, slot->count);
+  slot->message = message;
+  slot->count = 1;
+}
+
+static void
+ah_worker_flush_releases (AhWorker *worker)
+{
+  for (guint i = 0; i < AH_WORKER_UNREF_SLOTS; i++)
+    if (worker->unrefs[i].message != NULL)
+      {
+        ah__message_unref_n (worker->unrefs[i].message, worker->unrefs[i].count);
+        worker->unrefs[i].message = NULL;
+      }
+}
+
+static void
 ah_worker_call (AhWorker    *worker,
                 AhEndpoint  *endpoint,
                 AhMessage  **batch,
@@ -2957,7 +3122,7 @@ ah_worker_call (AhWorker    *worker,
       g_clear_pointer (&worker->retry_to[i], ah_endpoint_unref);
 
   for (guint i = 0; i < n; i++)
-    ah__message_unref (batch[i]);
+    ah_worker_release_message (worker, batch[i]);
 }
 
 /* One turn of @endpoint (state RUNNING, its run-queue reference handed
@@ -3097,6 +3262,8 @@ ah_worker_main (gpointer data)
       if (worker->run_head == NULL && !worker->stopping)
         {
           pthread_mutex_unlock (&worker->lock);
+          /* Out of work: nothing stays held while it waits. */
+          ah_worker_flush_releases (worker);
           ah_worker_spin (worker);
           ah_worker_lock_self (worker);
         }
@@ -3122,6 +3289,7 @@ ah_worker_main (gpointer data)
       ah_worker_lock_self (worker);
     }
   pthread_mutex_unlock (&worker->lock);
+  ah_worker_flush_releases (worker);
   ah_bus_current_worker = NULL;
   return NULL;
 }

@@ -61,6 +61,8 @@ AhMessage *ah__message_ref        (AhMessage *message);
 /* @n references at once: one atomic operation for a broadcast. */
 void       ah__message_ref_n      (AhMessage *message, guint n);
 void       ah__message_unref      (AhMessage *message);
+/* Drops @n references at once. */
+void       ah__message_unref_n    (AhMessage *message, guint n);
 
 /* The subscription trie: patterns split into tokens, '*' and '>' as
  * special children, so matching a subject costs its number of tokens

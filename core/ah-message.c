@@ -293,6 +293,18 @@ ah__message_ref (AhMessage *message)
 }
 
 void
+ah__message_unref_n (AhMessage *message,
+                     guint      n)
+{
+  if (atomic_fetch_sub_explicit (&message->ref_count, (int) n, memory_order_acq_rel) != (int) n)
+    return;
+  if (message->cached)
+    ah_block_free (message);
+  else
+    g_free (message);
+}
+
+void
 ah__message_unref (AhMessage *message)
 {
   /* acq_rel: every reader's last access happens before the free. */
