@@ -13,6 +13,7 @@
 #include "ah-loader-private.h"
 #include "ah-config-private.h"
 #include "ah-reload-private.h"
+#include "ah-supervisor-private.h"
 #include "ah-watch-private.h"
 
 #include <string.h>
@@ -34,6 +35,7 @@ typedef enum {
   STOP_AGENT,       /* an agent called ah_context_request_stop() */
   STOP_HOST,        /* ah_host_request_stop(): the embedding program, a signal */
   STOP_TIMEOUT,     /* the manifest's run_timeout_ms */
+  STOP_SUPERVISION, /* a required agent type exhausted its restart budget */
 } StopReason;
 
 static const char * const stop_reason_names[] = {
@@ -42,6 +44,7 @@ static const char * const stop_reason_names[] = {
   [STOP_AGENT] = "agent request",
   [STOP_HOST] = "host request",
   [STOP_TIMEOUT] = "run timeout",
+  [STOP_SUPERVISION] = "supervision",
 };
 
 typedef struct {
@@ -56,6 +59,7 @@ struct _AhHost {
   AhOffloadPool *offload;         /* the agents' ah_offload() threads */
   AhPool     **pools;
   guint        n_pools;
+  AhSupervisor *supervisor;       /* restarts, autoscale, the watchdog */
   GPtrArray   *observers;         /* (element-type HostObserver) (owned) */
 
   GMutex       reload_lock;       /* one reload at a time; stop waits for it */
@@ -67,6 +71,7 @@ struct _AhHost {
   GCond        cond;              /* stop requested, idle, or the run ended */
   HostState    state;
   StopReason   stop_reason;
+  char        *stop_detail;       /* why, beyond the reason; may be NULL */
   int          exit_code;
   gdouble      prewarm_ms;
   gint64       run_start_us;      /* the bus started */
@@ -158,20 +163,47 @@ host_on_idle (gpointer user_data)
   g_mutex_unlock (&self->lock);
 }
 
-/* Records the first stop request; later ones change nothing. */
+/* Records the first stop request (@detail, taken over, says more than
+ * the reason); later ones change nothing. */
 static void
-host_request_stop (AhHost     *self,
-                   StopReason  reason,
-                   int         exit_code)
+host_request_stop_full (AhHost     *self,
+                        StopReason  reason,
+                        int         exit_code,
+                        char       *detail)
 {
   g_mutex_lock (&self->lock);
   if (self->stop_reason == STOP_NONE)
     {
       self->stop_reason = reason;
       self->exit_code = exit_code;
+      self->stop_detail = g_steal_pointer (&detail);
     }
   g_cond_broadcast (&self->cond);
   g_mutex_unlock (&self->lock);
+  g_free (detail);
+}
+
+static void
+host_request_stop (AhHost     *self,
+                   StopReason  reason,
+                   int         exit_code)
+{
+  host_request_stop_full (self, reason, exit_code, NULL);
+}
+
+/* A type exhausted its restart budget (the supervisor logged and
+ * announced it): a required one ends the run, non-zero. */
+static void
+host_on_type_stopped (AhPool     *pool,
+                      const char *reason,
+                      gpointer    user_data)
+{
+  const AhManifestAgentType *type = ah_pool_get_type (pool);
+
+  if (type->required)
+    host_request_stop_full (user_data, STOP_SUPERVISION, 1,
+                            g_strdup_printf ("required agent type '%s' stopped: %s",
+                                             type->name, reason));
 }
 
 static void
@@ -251,6 +283,9 @@ ah_host_new (AhManifest *manifest,
       ah_pool_set_offload_pool (self->pools[i], self->offload);
       self->n_pools++;
     }
+  self->supervisor = ah_supervisor_new (self->pools, self->n_pools, host_on_type_stopped, self);
+  for (guint i = 0; i < self->n_pools; i++)
+    ah_pool_set_supervisor (self->pools[i], self->supervisor);
 
   return g_steal_pointer (&self);
 }
@@ -277,6 +312,7 @@ ah_host_start (AhHost  *self,
   self->run_start_us = g_get_monotonic_time ();
   g_mutex_unlock (&self->lock);
   ah_bus_start (self->bus);
+  ah_supervisor_start (self->supervisor);
 
   /* An event, at system priority: it overtakes any data already queued,
    * and a system where nobody listens for it does not count it. */
@@ -308,7 +344,12 @@ host_stop (AhHost *self)
    * cancelled and their outcomes still reach their agents, which the
    * drain below then handles. */
   ah_offload_pool_stop (self->offload);
+  /* The type sizes hold still while the bus drains; failures during the
+   * drain are still supervised, and the supervisor's threads end before
+   * the agents are stopped for good. */
+  ah_supervisor_stop_scaling (self->supervisor);
   ah_bus_stop (self->bus, (gint64) self->manifest->bus.drain_timeout_ms * 1000);
+  ah_supervisor_stop (self->supervisor);
   for (guint i = 0; i < self->n_pools; i++)
     ah_pool_terminate_all (self->pools[i]);
 
@@ -378,8 +419,11 @@ ah_host_free (AhHost *self)
           ah_bus_stop (self->bus, 0);
         }
     }
+  if (self->supervisor != NULL)
+    ah_supervisor_stop (self->supervisor);
   for (guint i = 0; i < self->n_pools; i++)
     ah_pool_terminate_all (self->pools[i]);
+  ah_supervisor_free (self->supervisor);
   /* Stopped above: no thread of it runs, nothing of it holds the bus. */
   ah_offload_pool_free (self->offload);
   if (self->bus != NULL)
@@ -389,6 +433,7 @@ ah_host_free (AhHost *self)
   g_free (self->pools);
   g_ptr_array_unref (self->observers);
   g_hash_table_unref (self->plugins);
+  g_free (self->stop_detail);
   ah_manifest_free (self->manifest);
   g_mutex_clear (&self->lock);
   g_mutex_clear (&self->reload_lock);
@@ -513,23 +558,168 @@ ah_host_subscribe (AhHost           *self,
 
 /* ---- agents ------------------------------------------------------------------ */
 
+const char *
+ah_agent_state_to_string (AhAgentState state)
+{
+  switch (state)
+    {
+    case AH_AGENT_STATE_SPAWNING:
+      return "spawning";
+    case AH_AGENT_STATE_READY:
+      return "ready";
+    case AH_AGENT_STATE_BUSY:
+      return "busy";
+    case AH_AGENT_STATE_IDLE:
+      return "idle";
+    case AH_AGENT_STATE_STOPPING:
+      return "stopping";
+    default:
+      return "unknown";
+    }
+}
+
+void
+ah_spawn_results_clear (AhSpawnResult *results,
+                        guint          n_results)
+{
+  g_return_if_fail (results != NULL || n_results == 0);
+
+  for (guint i = 0; i < n_results; i++)
+    {
+      results[i].id = AH_AGENT_ID_NONE;
+      g_clear_error (&results[i].error);
+    }
+}
+
+/* The pool of @type_name in a running host, or NULL with @error. */
+static AhPool *
+host_pool_for_spawn (AhHost     *self,
+                     const char *type_name,
+                     GError    **error)
+{
+  AhPool *pool;
+
+  if (!host_check_running (self, error))
+    return NULL;
+  pool = ah_host_find_pool (self, type_name);
+  if (pool == NULL)
+    g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_UNKNOWN_TYPE,
+                 "no agent type '%s' in manifest '%s'", type_name, self->manifest->name);
+  return pool;
+}
+
 AhAgentId
 ah_host_spawn (AhHost     *self,
                const char *type_name,
                GError    **error)
 {
+  AhPool *pool;
+
   g_return_val_if_fail (self != NULL, AH_AGENT_ID_NONE);
   g_return_val_if_fail (type_name != NULL, AH_AGENT_ID_NONE);
 
-  if (!host_check_running (self, error))
+  pool = host_pool_for_spawn (self, type_name, error);
+  if (pool == NULL)
     return AH_AGENT_ID_NONE;
+  return ah_pool_spawn (pool, error);
+}
 
-  if (ah_host_find_pool (self, type_name) != NULL)
-    return ah_pool_spawn (ah_host_find_pool (self, type_name), error);
+guint
+ah_host_spawn_batch (AhHost        *self,
+                     const char    *type_name,
+                     guint          n_agents,
+                     AhSpawnResult *results,
+                     GError       **error)
+{
+  AhPool *pool;
 
-  g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_UNKNOWN_TYPE,
-               "no agent type '%s' in manifest '%s'", type_name, self->manifest->name);
-  return AH_AGENT_ID_NONE;
+  g_return_val_if_fail (self != NULL, 0);
+  g_return_val_if_fail (type_name != NULL, 0);
+  g_return_val_if_fail (results != NULL || n_agents == 0, 0);
+  g_return_val_if_fail (error == NULL || *error == NULL, 0);
+
+  for (guint i = 0; i < n_agents; i++)
+    results[i] = (AhSpawnResult) { AH_AGENT_ID_NONE, NULL };
+  pool = host_pool_for_spawn (self, type_name, error);
+  if (pool == NULL)
+    return 0;
+  return ah_pool_spawn_batch (pool, n_agents, results, error);
+}
+
+/* Waits @pause_ms, or less if the host is asked to stop meanwhile (the
+ * stop request wakes the condition). Returns FALSE when it was. */
+static gboolean
+host_pause (AhHost *self,
+            guint   pause_ms)
+{
+  gint64 deadline = g_get_monotonic_time () + (gint64) pause_ms * 1000;
+  gboolean running;
+
+  g_mutex_lock (&self->lock);
+  while (self->stop_reason == STOP_NONE && self->state == HOST_STARTED)
+    if (!g_cond_wait_until (&self->cond, &self->lock, deadline))
+      break;
+  running = self->stop_reason == STOP_NONE && self->state == HOST_STARTED;
+  g_mutex_unlock (&self->lock);
+
+  return running;
+}
+
+guint
+ah_host_spawn_waves (AhHost        *self,
+                     const char    *type_name,
+                     guint          n_agents,
+                     guint          wave_size,
+                     guint          pause_ms,
+                     AhSpawnResult *results,
+                     GError       **error)
+{
+  g_autoptr(GError) refused = NULL;
+  AhPool *pool;
+  guint done = 0, n_started = 0, n_waves = 0;
+
+  g_return_val_if_fail (self != NULL, 0);
+  g_return_val_if_fail (type_name != NULL, 0);
+  g_return_val_if_fail (wave_size > 0, 0);
+  g_return_val_if_fail (results != NULL || n_agents == 0, 0);
+  g_return_val_if_fail (error == NULL || *error == NULL, 0);
+
+  for (guint i = 0; i < n_agents; i++)
+    results[i] = (AhSpawnResult) { AH_AGENT_ID_NONE, NULL };
+  pool = host_pool_for_spawn (self, type_name, error);
+  if (pool == NULL)
+    return 0;
+
+  while (done < n_agents)
+    {
+      guint n = MIN (wave_size, n_agents - done);
+
+      if (done > 0 && !host_pause (self, pause_ms))
+        {
+          g_set_error (&refused, AH_HOST_ERROR, AH_HOST_ERROR_STATE,
+                       "the host was asked to stop before this agent's wave");
+          break;
+        }
+      n_started += ah_pool_spawn_batch (pool, n, results + done, &refused);
+      n_waves++;
+      if (refused != NULL)
+        {
+          /* The whole wave was refused: so would the next ones be. */
+          if (n_started == 0)
+            {
+              g_propagate_error (error, g_steal_pointer (&refused));
+              return 0;
+            }
+          break;
+        }
+      done += n;
+    }
+  for (guint i = done; refused != NULL && i < n_agents; i++)
+    results[i].error = g_error_copy (refused);
+
+  g_debug ("spawned %u of %u agents of type '%s' in %u wave%s of up to %u", n_started, n_agents,
+           type_name, n_waves, n_waves == 1 ? "" : "s", wave_size);
+  return n_started;
 }
 
 gboolean
@@ -548,6 +738,26 @@ ah_host_terminate (AhHost   *self,
 
   g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_UNKNOWN_AGENT,
                "no live agent %" G_GUINT64_FORMAT, agent);
+  return FALSE;
+}
+
+gboolean
+ah_host_get_agent_info (AhHost      *self,
+                        AhAgentId    agent,
+                        AhAgentInfo *ret_info,
+                        GError     **error)
+{
+  g_return_val_if_fail (self != NULL, FALSE);
+  g_return_val_if_fail (ret_info != NULL, FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  for (guint i = 0; i < self->n_pools; i++)
+    if (ah_pool_get_agent_info (self->pools[i], agent, ret_info))
+      return TRUE;
+
+  g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_UNKNOWN_AGENT,
+               "no agent %" G_GUINT64_FORMAT " (never spawned, or its slot was reused or freed)",
+               agent);
   return FALSE;
 }
 
@@ -574,6 +784,25 @@ ah_host_find_pool (AhHost     *self,
 }
 
 /* ---- accounting ---------------------------------------------------------- */
+
+/* What the pool counts and what the supervisor counts, together. */
+static void
+host_get_type_stats (AhHost      *self,
+                     guint        index,
+                     AhTypeStats *ret_stats)
+{
+  ah_pool_get_stats (self->pools[index], ret_stats);
+  ah_supervisor_add_type_stats (self->supervisor, self->pools[index], ret_stats);
+}
+
+/* delivered / (delivered + failed): dead letters are routing, not
+ * failures of the agents. 1 when nothing was settled either way. */
+static gdouble
+host_success_rate (const AhHostStats *stats)
+{
+  return stats->delivered + stats->failed == 0
+         ? 1.0 : (gdouble) stats->delivered / (stats->delivered + stats->failed);
+}
 
 void
 ah_host_get_stats (AhHost      *self,
@@ -614,12 +843,7 @@ ah_host_get_stats (AhHost      *self,
   g_mutex_unlock (&self->lock);
 
   for (guint i = 0; i < self->n_pools; i++)
-    {
-      AhTypeStats type_stats;
-
-      ah_pool_get_stats (self->pools[i], &type_stats);
-      ret_stats->n_agents += type_stats.n_agents;
-    }
+    ret_stats->n_agents += ah_pool_get_n_live (self->pools[i]);
 }
 
 guint
@@ -640,7 +864,7 @@ ah_host_get_type_stats (AhHost      *self,
 
   if (index >= self->n_pools)
     return FALSE;
-  ah_pool_get_stats (self->pools[index], ret_stats);
+  host_get_type_stats (self, index, ret_stats);
   return TRUE;
 }
 
@@ -664,13 +888,15 @@ ah_host_format_summary (AhHost *self)
     {
       AhTypeStats type_stats;
 
-      ah_pool_get_stats (self->pools[i], &type_stats);
+      host_get_type_stats (self, i, &type_stats);
       agents_started += type_stats.spawned;
     }
 
   g_string_append_printf (out, "agenthost: '%s' ran %.3f s, stopped by %s, exit code %d\n",
                           self->manifest->name, stats.elapsed_s,
                           stop_reason_names[self->stop_reason], self->exit_code);
+  if (self->stop_detail != NULL)
+    g_string_append_printf (out, "  why         %s\n", self->stop_detail);
   g_string_append_printf (out, "  agents      %" G_GUINT64_FORMAT " started (%u type%s, %u alive), %u workers, pre-warmed in %.3f ms\n",
                           agents_started, stats.n_types, stats.n_types == 1 ? "" : "s",
                           stats.n_agents, stats.n_workers, stats.prewarm_ms);
@@ -679,6 +905,8 @@ ah_host_format_summary (AhHost *self)
                           G_GUINT64_FORMAT " failed + %" G_GUINT64_FORMAT " in flight\n",
                           stats.published, stats.accepted, stats.delivered, stats.dead_lettered,
                           stats.failed, stats.in_flight);
+  g_string_append_printf (out, "  success     %.2f%% (delivered / (delivered + failed), exact counts)\n",
+                          100.0 * host_success_rate (&stats));
   g_string_append_printf (out, "  throughput  %.0f msgs/s delivered in %" G_GUINT64_FORMAT " handler batches\n",
                           host_throughput (&stats), stats.batches);
   g_string_append_printf (out, "  latency     p50 %.1f us, p95 %.1f us, p99 %.1f us, max %.1f us (publish to handler)\n",
@@ -686,17 +914,23 @@ ah_host_format_summary (AhHost *self)
                           stats.latency_max_us);
   g_string_append_printf (out, "  requests    %" G_GUINT64_FORMAT " (%" G_GUINT64_FORMAT " timed out)\n",
                           stats.requests, stats.request_timeouts);
-  g_string_append (out, "  type                 agents  spawned  handled  failed  pre-warm\n");
+  g_string_append (out, "  type                 agents  spawned  handled  failed      pre-warm"
+                        "  restarted  retried  handler p50/p99 us  success\n");
   for (guint i = 0; i < self->n_pools; i++)
     {
       AhTypeStats type_stats;
+      g_autofree char *handler_us = NULL;
 
-      ah_pool_get_stats (self->pools[i], &type_stats);
+      host_get_type_stats (self, i, &type_stats);
+      handler_us = g_strdup_printf ("%.1f/%.1f", type_stats.handler_p50_us, type_stats.handler_p99_us);
       g_string_append_printf (out, "  %-20s %6u  %7" G_GUINT64_FORMAT "  %7" G_GUINT64_FORMAT
-                              "  %6" G_GUINT64_FORMAT "  %.3f ms\n",
+                              "  %6" G_GUINT64_FORMAT "  %9.3f ms  %9" G_GUINT64_FORMAT
+                              "  %7" G_GUINT64_FORMAT "  %18s  %6.2f%%%s\n",
                               type_stats.name, type_stats.n_agents, type_stats.spawned,
-                              type_stats.handled, type_stats.handler_failures + type_stats.init_failures,
-                              type_stats.prewarm_ms);
+                              type_stats.handled, type_stats.failed, type_stats.prewarm_ms,
+                              type_stats.restarted, type_stats.retried, handler_us,
+                              100.0 * type_stats.success_rate,
+                              type_stats.stopped ? "  STOPPED" : "");
     }
 
   return g_string_free (out, FALSE);
@@ -751,6 +985,11 @@ ah_host_format_summary_json (AhHost *self)
   json_append_string (out, self->manifest->name);
   g_string_append (out, ",\n  \"stopped_by\": ");
   json_append_string (out, stop_reason_names[self->stop_reason]);
+  g_string_append (out, ",\n  \"stop_detail\": ");
+  if (self->stop_detail != NULL)
+    json_append_string (out, self->stop_detail);
+  else
+    g_string_append (out, "null");
   g_string_append_printf (out, ",\n  \"exit_code\": %d,\n  \"elapsed_s\": ", self->exit_code);
   json_append_double (out, stats.elapsed_s);
   g_string_append_printf (out, ",\n  \"agents\": %u,\n  \"types\": %u,\n  \"workers\": %u,\n  \"prewarm_ms\": ",
@@ -762,6 +1001,8 @@ ah_host_format_summary_json (AhHost *self)
                           ", \"in_flight\": %" G_GUINT64_FORMAT ", \"batches\": %" G_GUINT64_FORMAT "}",
                           stats.published, stats.accepted, stats.delivered, stats.dead_lettered,
                           stats.failed, stats.in_flight, stats.batches);
+  g_string_append (out, ",\n  \"success_rate\": ");
+  json_append_double (out, host_success_rate (&stats));
   g_string_append (out, ",\n  \"throughput_msgs_per_s\": ");
   json_append_double (out, host_throughput (&stats));
   g_string_append (out, ",\n  \"latency_us\": {\"p50\": ");
@@ -783,7 +1024,7 @@ ah_host_format_summary_json (AhHost *self)
     {
       AhTypeStats type_stats;
 
-      ah_pool_get_stats (self->pools[i], &type_stats);
+      host_get_type_stats (self, i, &type_stats);
       g_string_append (out, i == 0 ? "\n    {\"name\": " : ",\n    {\"name\": ");
       json_append_string (out, type_stats.name);
       g_string_append_printf (out, ", \"agents\": %u, \"pool_size\": %u, \"spawned\": %" G_GUINT64_FORMAT
@@ -794,6 +1035,28 @@ ah_host_format_summary_json (AhHost *self)
                               type_stats.terminated, type_stats.init_failures, type_stats.handled,
                               type_stats.handler_failures);
       json_append_double (out, type_stats.prewarm_ms);
+      g_string_append_printf (out, ", \"idle\": %u, \"pool_min\": %u, \"pool_max\": ",
+                              type_stats.n_idle, type_stats.pool_min);
+      if (type_stats.pool_max == AH_MANIFEST_POOL_UNBOUNDED)
+        g_string_append (out, "null");
+      else
+        g_string_append_printf (out, "%u", type_stats.pool_max);
+      g_string_append_printf (out, ", \"scaled_up\": %" G_GUINT64_FORMAT ", \"scaled_down\": %"
+                              G_GUINT64_FORMAT ", \"restarted\": %" G_GUINT64_FORMAT
+                              ", \"failed\": %" G_GUINT64_FORMAT ", \"retried\": %" G_GUINT64_FORMAT
+                              ", \"failed_messages\": %" G_GUINT64_FORMAT
+                              ", \"deadline_overruns\": %" G_GUINT64_FORMAT ", \"stopped\": %s"
+                              ", \"handler_us\": {\"p50\": ",
+                              type_stats.scaled_up, type_stats.scaled_down, type_stats.restarted,
+                              type_stats.failed, type_stats.retried, type_stats.failed_messages,
+                              type_stats.deadline_overruns, type_stats.stopped ? "true" : "false");
+      json_append_double (out, type_stats.handler_p50_us);
+      g_string_append (out, ", \"p99\": ");
+      json_append_double (out, type_stats.handler_p99_us);
+      g_string_append (out, "}, \"restart_p50_us\": ");
+      json_append_double (out, type_stats.restart_p50_us);
+      g_string_append (out, ", \"success_rate\": ");
+      json_append_double (out, type_stats.success_rate);
       g_string_append_c (out, '}');
     }
   g_string_append (out, "\n  ]\n}\n");

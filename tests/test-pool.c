@@ -381,13 +381,19 @@ test_lifecycle_events (void)
   g_assert_true (ah_host_publish (host, "flaky.in", "fail", 4, &error));
   assert_account_exact (host);
 
-  g_assert_cmpuint (observed.payloads->len, ==, 3);
+  /* The failed message is retried once on the only agent, which fails
+   * it again: each failure is followed by the agent's restart. */
+  g_assert_cmpuint (observed.payloads->len, ==, 6);
   spawned_text = g_strdup_printf ("type=flaky id=%" G_GUINT64_FORMAT " index=1", id);
   stopped_text = g_strdup_printf ("type=flaky id=%" G_GUINT64_FORMAT " index=1", id);
   g_assert_cmpstr (g_ptr_array_index (observed.payloads, 0), ==, spawned_text);
   g_assert_cmpstr (g_ptr_array_index (observed.payloads, 1), ==, stopped_text);
-  g_assert_true (g_str_has_prefix (g_ptr_array_index (observed.payloads, 2), "type=flaky id="));
-  g_assert_true (g_str_has_suffix (g_ptr_array_index (observed.payloads, 2), " index=0 reason=flaky failure"));
+  for (guint i = 2; i < 6; i += 2)
+    {
+      g_assert_true (g_str_has_prefix (g_ptr_array_index (observed.payloads, i), "type=flaky id="));
+      g_assert_true (g_str_has_suffix (g_ptr_array_index (observed.payloads, i), " index=0 reason=flaky failure"));
+      g_assert_true (g_str_has_suffix (g_ptr_array_index (observed.payloads, i + 1), " index=0"));
+    }
 
   g_clear_pointer (&host, ah_host_free);
   observed_clear (&observed);
@@ -444,7 +450,8 @@ test_request_timeout (void)
   AhHostStats stats;
   AhTypeStats flaky;
 
-  g_test_summary ("A request whose handler fails gets no reply and times out; the failure is counted");
+  g_test_summary ("A request whose handler fails gets no reply and times out; the failure is "
+                  "counted, the message retried once on the restarted agent, then dead-lettered");
 
   host = host_start_from_yaml (
     "name: flaky\n"
@@ -462,7 +469,12 @@ test_request_timeout (void)
   g_assert_cmpuint (stats.failed, ==, 1);
   g_assert_cmpuint (stats.request_timeouts, ==, 1);
   g_assert_true (type_stats_by_name (host, "flaky", &flaky));
-  g_assert_cmpuint (flaky.handler_failures, ==, 1);
+  g_assert_cmpuint (flaky.handler_failures, ==, 2);
+  g_assert_cmpuint (flaky.failed, ==, 2);
+  g_assert_cmpuint (flaky.restarted, ==, 2);
+  g_assert_cmpuint (flaky.retried, ==, 1);
+  g_assert_cmpuint (flaky.failed_messages, ==, 1);
+  g_assert_cmpuint (stats.n_agents, ==, 1);
 }
 
 static void
