@@ -129,6 +129,13 @@ gboolean    ah_bus_publish_event      (AhBus *self, const char *subject,
  * publish_batch messages). Return FALSE when refused (counted failed). */
 gboolean    ah_bus_call_publish       (AhBusCall *call, const char *subject,
                                        gconstpointer data, gsize size);
+/* Interned subjects: the handles plugins hold (ah_subject_intern). The
+ * subject is checked once, here; the handle lives as long as the bus.
+ * Publishing through it skips the check and the copy of the subject, and
+ * its recipients can compare subjects by pointer. */
+const AhSubject *ah_bus_intern_subject (AhBus *self, const char *subject, GError **error);
+gboolean    ah_bus_call_publish_interned (AhBusCall *call, const AhSubject *subject,
+                                          gconstpointer data, gsize size);
 gboolean    ah_bus_call_send          (AhBusCall *call, AhAgentId to, const char *subject,
                                        gconstpointer data, gsize size);
 gboolean    ah_bus_call_reply         (AhBusCall *call, const AhMessage *request,

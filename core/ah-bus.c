@@ -194,11 +194,16 @@ typedef struct {
   AhBusGroup *groups[];
 } AhTargets;
 
+/* A cached subject. It is also the AhSubject handle plugins hold (see
+ * ah-message-private.h), so @subject stays first: entries live as long
+ * as the bus. */
 typedef struct {
   char      *subject;          /* the interned subject; the table's key */
   guint      generation;       /* of the bus when @targets was resolved */
   AhTargets *targets;
 } AhSubjectEntry;
+
+G_STATIC_ASSERT (G_STRUCT_OFFSET (AhSubjectEntry, subject) == G_STRUCT_OFFSET (AhSubject, subject));
 
 typedef struct {
   guint64    correlation;
@@ -1740,6 +1745,7 @@ ah_targets_pick_unlocked (const AhTargets *targets,
 }
 
 static AhSubjectEntry *ah_bus_cache_subject_unlocked (AhBus *self, const char *subject);
+static AhSubjectEntry *ah_bus_cache_subject_capped (AhBus *self, const char *subject, guint max);
 
 /* Adds a reference to each recipient of @subject (valid) to @recipients.
  * Returns the interned copy of @subject, or NULL when the subject cache
@@ -1800,9 +1806,18 @@ static AhSubjectEntry *
 ah_bus_cache_subject_unlocked (AhBus      *self,
                                const char *subject)
 {
+  return ah_bus_cache_subject_capped (self, subject, AH_BUS_SUBJECT_CACHE_MAX);
+}
+
+/* The same, with the cache allowed up to @max entries. */
+static AhSubjectEntry *
+ah_bus_cache_subject_capped (AhBus      *self,
+                             const char *subject,
+                             guint       max)
+{
   AhSubjectEntry *entry = g_hash_table_lookup (self->subjects, subject);
 
-  if (entry == NULL && g_hash_table_size (self->subjects) < AH_BUS_SUBJECT_CACHE_MAX)
+  if (entry == NULL && g_hash_table_size (self->subjects) < max)
     {
       entry = g_new0 (AhSubjectEntry, 1);
       entry->subject = g_strdup (subject);
@@ -2320,6 +2335,37 @@ ah_bus_timer_main (gpointer data)
   return NULL;
 }
 
+/* ---- Interned subjects -------------------------------------------------------------------- */
+
+/* Plugins may intern more subjects than the routing cache keeps for
+ * subjects met in passing, but not without bound. */
+#define AH_BUS_INTERNED_MAX (2 * AH_BUS_SUBJECT_CACHE_MAX)
+
+const AhSubject *
+ah_bus_intern_subject (AhBus       *self,
+                       const char  *subject,
+                       GError     **error)
+{
+  AhSubjectEntry *entry;
+
+  g_return_val_if_fail (self != NULL, NULL);
+  g_return_val_if_fail (subject != NULL, NULL);
+
+  if (!ah_bus_check_message (subject, 0, error))
+    return NULL;
+  pthread_rwlock_wrlock (&self->route_lock);
+  entry = ah_bus_cache_subject_capped (self, subject, AH_BUS_INTERNED_MAX);
+  pthread_rwlock_unlock (&self->route_lock);
+  if (entry == NULL)
+    {
+      g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_SUBJECT,
+                   "cannot intern '%s': %u subjects are interned already", subject,
+                   AH_BUS_INTERNED_MAX);
+      return NULL;
+    }
+  return (const AhSubject *) entry;
+}
+
 /* ---- Publishing from a handler ------------------------------------------------------------ */
 
 /* The queue-group picks for one run of messages on one subject. */
@@ -2510,9 +2556,16 @@ ah_bus_call_route (AhBusCall *call)
           continue;
         }
 
+      /* From here on the message names its subject by the interned
+       * string: a handler comparing it with a handle (ah_message_has_subject)
+       * compares two pointers. Nobody but the tap has seen it yet. */
+      message->subject = entry != NULL ? entry->subject : message->subject;
       while (i + n_run < n_items && items[i + n_run].to == NULL
-             && strcmp (items[i + n_run].message->subject, message->subject) == 0)
+             && (items[i + n_run].message->subject == message->subject
+                 || strcmp (items[i + n_run].message->subject, message->subject) == 0))
         {
+          if (entry != NULL)
+            items[i + n_run].message->subject = entry->subject;
           if (items[i + n_run].message->publish_time_ns == 0)
             items[i + n_run].message->publish_time_ns = now;
           n_run++;
@@ -2709,6 +2762,36 @@ ah_bus_call_publish (AhBusCall    *call,
   n_queued = ah_bus_call_queue (call, message, &recipients);
   ah_bus_call_count (call);
   return n_queued == n_recipients;
+}
+
+gboolean
+ah_bus_call_publish_interned (AhBusCall       *call,
+                              const AhSubject *subject,
+                              gconstpointer    data,
+                              gsize            size)
+{
+  AhBus *self;
+  AhEnvelope envelope;
+
+  g_return_val_if_fail (call != NULL, FALSE);
+  g_return_val_if_fail (subject != NULL, FALSE);
+  g_return_val_if_fail (data != NULL || size == 0, FALSE);
+
+  self = call->bus;
+  if (self->config.overflow == AH_OVERFLOW_FAIL || size > AH_BUS_MESSAGE_MAX_SIZE)
+    return ah_bus_call_publish (call, subject->subject, data, size);
+
+  /* Checked when interned: no validation, no copy of the subject. */
+  ah_bus_tally_add (self, AH_TALLY_PUBLISHED, 1);
+  envelope.message = ah__message_new_unstamped (AH_MESSAGE_PUBLISH, AH_PRIORITY_NORMAL,
+                                                subject->subject, TRUE, call->endpoint->id,
+                                                AH_AGENT_ID_NONE, 0, data, size);
+  envelope.to = NULL;
+  ah_bus_tap (self, envelope.message, AH_AGENT_ID_NONE);
+  g_array_append_val (call->worker->outbox, envelope);
+  call->n_unrouted++;
+  ah_bus_call_count (call);
+  return TRUE;
 }
 
 gboolean

@@ -85,6 +85,36 @@ ah_request (AhContext    *ctx,
   return ah_bus_call_request (ctx->call, subject, data, size, timeout_ms);
 }
 
+const AhSubject *
+ah_subject_intern (AhContext  *ctx,
+                   const char *subject)
+{
+  g_autoptr(GError) error = NULL;
+  const AhSubject *handle;
+
+  g_return_val_if_fail (ctx != NULL, NULL);
+  g_return_val_if_fail (subject != NULL, NULL);
+
+  handle = ah_bus_intern_subject (ah_pool_get_bus (ctx->agent->pool), subject, &error);
+  if (handle == NULL)
+    g_message ("%s: %s", ah_pool_get_name (ctx->agent->pool), error->message);
+  return handle;
+}
+
+gboolean
+ah_publish_interned (AhContext       *ctx,
+                     const AhSubject *subject,
+                     gconstpointer    data,
+                     gsize            size)
+{
+  g_return_val_if_fail (ctx != NULL, FALSE);
+  g_return_val_if_fail (ctx->call != NULL, FALSE);   /* not from agent_init/finalize */
+  g_return_val_if_fail (subject != NULL, FALSE);
+  g_return_val_if_fail (data != NULL || size == 0, FALSE);
+
+  return ah_bus_call_publish_interned (ctx->call, subject, data, size);
+}
+
 AhAgentId
 ah_context_get_self (AhContext *ctx)
 {

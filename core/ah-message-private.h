@@ -37,6 +37,13 @@ struct _AhMessage {
   char           data[];
 };
 
+/* An interned subject, as plugins see it: the bus's routing cache entry
+ * for the subject, whose first member is the interned string (the rest
+ * is the bus's). It lives as long as the bus. */
+struct _AhSubject {
+  char *subject;
+};
+
 /* CLOCK_MONOTONIC in nanoseconds. */
 gint64     ah__monotonic_ns       (void);
 

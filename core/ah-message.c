@@ -389,3 +389,28 @@ ah__message_copy_redelivered (const AhMessage *message)
   copy->redelivered = TRUE;
   return copy;
 }
+
+gboolean
+ah_message_has_subject (const AhMessage *message,
+                        const AhSubject *subject)
+{
+  g_return_val_if_fail (message != NULL, FALSE);
+  g_return_val_if_fail (subject != NULL, FALSE);
+
+  /* Routed messages name their subject by the interned string; a direct
+   * message keeps its own copy. */
+  if (message->subject == subject->subject)
+    return TRUE;
+  /* Interned strings are unique per bus: two different ones differ. */
+  if (message->subject != message->data + message->size + 1)
+    return FALSE;
+  return strcmp (message->subject, subject->subject) == 0;
+}
+
+const char *
+ah_subject_get_string (const AhSubject *subject)
+{
+  g_return_val_if_fail (subject != NULL, NULL);
+
+  return subject->subject;
+}

@@ -2972,6 +2972,93 @@ test_message_cache_threads (void)
   pthread_mutex_destroy (&handoff.lock);
 }
 
+/* ---- Interned subjects ------------------------------------------------ */
+
+typedef struct {
+  const AhSubject *subject;
+  guint            n_messages;
+} InternedRun;
+
+static gboolean
+step_publish_interned (Agent           *agent,
+                       AhBusCall       *call,
+                       const AhMessage *message)
+{
+  const InternedRun *run = agent->data;
+
+  if (strcmp (ah_message_get_subject (message), "go") != 0)
+    return TRUE;
+  for (guint i = 1; i <= run->n_messages; i++)
+    {
+      Sequenced sequenced = { 0, i };
+
+      g_assert_true (ah_bus_call_publish_interned (call, run->subject, &sequenced,
+                                                   sizeof sequenced));
+    }
+  return TRUE;
+}
+
+/* Checks every message against the handle in agent->data. */
+static gboolean
+step_expect_subject (Agent           *agent,
+                     AhBusCall       *call,
+                     const AhMessage *message)
+{
+  const AhSubject *subject = agent->data;
+
+  g_assert_true (ah_message_has_subject (message, subject));
+  /* Routed by subject, it names it by the interned string itself. */
+  g_assert_true (ah_message_get_subject (message) == ah_subject_get_string (subject));
+  agent_check_sequence (agent, message);
+  return TRUE;
+}
+
+static void
+test_subject_interned (Fixture       *fixture,
+                       gconstpointer  user_data)
+{
+  g_autoptr(GError) error = NULL;
+  const AhSubject *jobs = ah_bus_intern_subject (fixture->bus, "jobs.new", &error);
+  const AhSubject *other = ah_bus_intern_subject (fixture->bus, "jobs.old", NULL);
+  InternedRun run = { jobs, 50 };
+  Agent *producer;
+  Agent *consumer;
+  AhBusGroup *group;
+
+  g_test_summary ("An interned subject is one handle per subject and bus; publishing "
+                  "through it reaches the subscribers in order, and they recognise it by "
+                  "pointer; an invalid subject is refused");
+
+  g_assert_no_error (error);
+  g_assert_nonnull (jobs);
+  g_assert_true (ah_bus_intern_subject (fixture->bus, "jobs.new", NULL) == jobs);
+  g_assert_cmpstr (ah_subject_get_string (jobs), ==, "jobs.new");
+  g_assert_null (ah_bus_intern_subject (fixture->bus, "jobs.*", &error));
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_SUBJECT);
+
+  producer = fixture_add_agent (fixture, step_publish_interned, &run);
+  consumer = fixture_add_agent (fixture, step_expect_subject, (gpointer) jobs);
+  group = ah_bus_group_new (fixture->bus, "consumers", AH_DELIVERY_QUEUE);
+  ah_bus_group_add (group, consumer->endpoint);
+  g_assert_cmpuint (ah_bus_subscribe (fixture->bus, "jobs.*", group, NULL), >, 0);
+  ah_bus_start (fixture->bus);
+  send_to (fixture, producer->id, "go", "");
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (consumer->n_received, ==, 50);
+  g_assert_false (consumer->out_of_order);
+  /* A direct message keeps its own copy of its subject: compared by
+   * content, equal subjects still match and others do not. */
+  {
+    AhMessage *direct = ah__message_new (AH_MESSAGE_DIRECT, AH_PRIORITY_NORMAL, "jobs.new", FALSE,
+                                         AH_AGENT_ID_NONE, AH_AGENT_ID_NONE, 0, NULL, 0);
+
+    g_assert_true (ah_message_has_subject (direct, jobs));
+    g_assert_false (ah_message_has_subject (direct, other));
+    ah__message_unref (direct);
+  }
+}
+
 static void
 test_pause_holds_mail (Fixture       *fixture,
                        gconstpointer  user_data)
@@ -3415,6 +3502,7 @@ main (int    argc,
   BUS_TEST ("/bus/route/queue-chunks", &config_block_two_workers, test_route_queue_chunks);
   BUS_TEST ("/bus/route/outbox-no-route", &config_block_one_worker, test_route_outbox_no_route);
   BUS_TEST ("/bus/lane/wraparound", &config_batch_of_four, test_lane_wraparound);
+  BUS_TEST ("/bus/subject/interned", &config_block_two_workers, test_subject_interned);
   BUS_TEST ("/bus/route/broadcast-shared", &config_two_workers, test_route_broadcast_shared);
   BUS_TEST ("/bus/route/no-route", &config_one_worker, test_route_no_route);
   BUS_TEST ("/bus/route/invalid", &config_one_worker, test_route_invalid);

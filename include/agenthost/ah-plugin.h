@@ -224,6 +224,25 @@ AH_API guint64       ah_message_get_correlation  (const AhMessage *message);
  * an agent whose handler failed, and its type's supervision retries
  * such messages once. A handler that must not act twice checks this. */
 AH_API gboolean      ah_message_is_redelivered   (const AhMessage *message);
+/* Whether @message's subject is @subject, an interned subject: usually
+ * one pointer comparison, where comparing ah_message_get_subject() with
+ * a string costs a strcmp() per message. */
+AH_API gboolean      ah_message_has_subject      (const AhMessage *message,
+                                                  const AhSubject *subject);
+
+/* ---- Interned subjects ---------------------------------------------- */
+
+/* Interns @subject (a valid subject, no wildcards) in the host and
+ * returns its handle, or NULL (logged) if it is not valid. From
+ * agent_init or a handler; intern once, in agent_init, and keep the
+ * handle in the state: it stays valid for the life of the host, across
+ * reloads, and is the same for every agent. */
+AH_API const AhSubject *ah_subject_intern        (AhContext *ctx, const char *subject);
+AH_API const char   *ah_subject_get_string       (const AhSubject *subject);
+/* ah_publish() through a handle: no check, no copy and no lookup of the
+ * subject on the way. */
+AH_API gboolean      ah_publish_interned         (AhContext *ctx, const AhSubject *subject,
+                                                  gconstpointer data, gsize size);
 
 /* ---- The context: what an agent can do ------------------------------ */
 

@@ -32,6 +32,9 @@ G_BEGIN_DECLS
  * so a message sent to an agent that has stopped is dead-lettered rather
  * than delivered to a stranger. 0 is never a valid id. */
 typedef guint64 AhAgentId;
+/* A subject interned by the host (ah_subject_intern): a handle that
+ * routes without a lookup and compares by pointer. */
+typedef struct _AhSubject AhSubject;
 #define AH_AGENT_ID_NONE ((AhAgentId) 0)
 
 /* Priority lanes of a mailbox. System traffic (lifecycle, control, reload,

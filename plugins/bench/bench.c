@@ -45,6 +45,10 @@ typedef struct {
   gboolean     chain;
   gboolean     stopped;
   char        *subject;
+  /* Interned once: the bus routes them without a lookup and the handler
+   * tells them apart by pointer. */
+  const AhSubject *data_subject;
+  const AhSubject *on_collect, *on_stop, *on_start, *on_go, *on_s3_go, *on_s3_msg;
   guint64      messages;      /* publisher: 0 means until "bench.stop" */
   guint64      rounds;
   guint        batch;
@@ -149,12 +153,25 @@ bench_agent_init (AhContext *ctx,
                    "config 'expect': '%s' is neither 'every' nor 'share'", expect);
       return FALSE;
     }
+  self->on_collect = ah_subject_intern (ctx, "bench.collect");
+  self->on_stop = ah_subject_intern (ctx, "bench.stop");
+  self->on_start = ah_subject_intern (ctx, "bench.start");
+  self->on_go = ah_subject_intern (ctx, "bench.go");
+  self->on_s3_go = ah_subject_intern (ctx, "bench.s3.go");
+  self->on_s3_msg = ah_subject_intern (ctx, "bench.s3.msg");
   if (self->role == BENCH_ROLE_IDLE)
     return TRUE;
 
   self->expect_every = g_str_equal (expect, "every");
   self->chain = ah_config_get_bool (ctx, "chain", TRUE);
   self->subject = g_strdup (ah_config_get_string (ctx, "subject", "bench.data"));
+  self->data_subject = ah_subject_intern (ctx, self->subject);
+  if (self->data_subject == NULL)
+    {
+      g_set_error (error, AH_AGENT_ERROR, AH_AGENT_ERROR_CONFIG,
+                   "config 'subject': '%s' is not a valid subject", self->subject);
+      return FALSE;
+    }
   self->messages = (guint64) ah_config_get_int (ctx, "messages", 0);
   self->rounds = (guint64) ah_config_get_int (ctx, "rounds", 0);
   self->batch = (guint) ah_config_get_int (ctx, "batch", 256);
@@ -277,7 +294,7 @@ bench_publish_batch (AhContext  *ctx,
   for (guint i = 0; i < n; i++)
     {
       bench_stamp_at (self, stream, self->next_seq, sent_ns);
-      if (!ah_publish (ctx, self->subject, self->buffer, self->payload))
+      if (!ah_publish_interned (ctx, self->data_subject, self->buffer, self->payload))
         return FALSE;
       self->next_seq++;
       self->sent++;
@@ -506,12 +523,11 @@ bench_handle_one (AhContext       *ctx,
                   const AhMessage *message,
                   guint64          now_ns)
 {
-  const char *subject = ah_message_get_subject (message);
   AhMessageKind kind = ah_message_get_kind (message);
 
-  if (g_str_equal (subject, "bench.collect"))
+  if (ah_message_has_subject (message, self->on_collect))
     return bench_report (ctx, self);
-  if (g_str_equal (subject, "bench.stop"))
+  if (ah_message_has_subject (message, self->on_stop))
     {
       self->stopped = TRUE;
       return TRUE;
@@ -520,7 +536,8 @@ bench_handle_one (AhContext       *ctx,
   switch (self->role)
     {
     case BENCH_ROLE_PUBLISHER:
-      if (g_str_equal (subject, "bench.start") || g_str_equal (subject, "bench.go"))
+      if (ah_message_has_subject (message, self->on_start)
+          || ah_message_has_subject (message, self->on_go))
         return bench_publish_batch (ctx, self);
       return TRUE;
     case BENCH_ROLE_SINK:
@@ -530,7 +547,8 @@ bench_handle_one (AhContext       *ctx,
       if (kind == AH_MESSAGE_REPLY || kind == AH_MESSAGE_TIMEOUT
           || kind == AH_MESSAGE_NO_RESPONDERS)
         bench_requester_handle (ctx, self, message, now_ns);
-      else if (g_str_equal (subject, "bench.start") || g_str_equal (subject, "bench.go"))
+      else if (ah_message_has_subject (message, self->on_start)
+          || ah_message_has_subject (message, self->on_go))
         return bench_request_next (ctx, self);
       return TRUE;
     case BENCH_ROLE_RESPONDER:
@@ -549,9 +567,9 @@ bench_handle_one (AhContext       *ctx,
       if (kind == AH_MESSAGE_REPLY || kind == AH_MESSAGE_TIMEOUT
           || kind == AH_MESSAGE_NO_RESPONDERS)
         bench_peer_reply (self, message, now_ns);
-      else if (g_str_equal (subject, "bench.s3.go"))
+      else if (ah_message_has_subject (message, self->on_s3_go))
         return bench_peer_go (ctx, self, message);
-      else if (g_str_equal (subject, "bench.s3.msg"))
+      else if (ah_message_has_subject (message, self->on_s3_msg))
         bench_peer_message (self, message, now_ns);
       return TRUE;
     case BENCH_ROLE_IDLE:
