@@ -23,6 +23,11 @@ typedef struct {
   guint      handler_batch;      /* messages per handler call; 0: 32 */
   guint      mailbox_capacity;   /* normal-priority messages per mailbox; 0: 1024 */
   AhOverflow overflow;
+  /* Each worker on a CPU of its own (the process's allowed CPUs, in
+   * order); refused, with a message, when there are more workers than
+   * CPUs. Unpinned, spinning workers yield now and then, as the
+   * scheduler may put two of them on one CPU. */
+  gboolean   pin_workers;
 } AhBusConfig;
 
 typedef struct {
@@ -34,6 +39,7 @@ typedef struct {
    * a pause...): how long the bus held a worker up. */
   gdouble worker_stall_max_us;
   guint   n_workers;
+  guint   n_pinned;               /* workers running on a CPU of their own */
 } AhBusCounters;
 
 typedef enum {

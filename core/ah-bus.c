@@ -46,6 +46,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <string.h>
 #include <time.h>
 
@@ -232,6 +233,9 @@ struct _AhWorker {
   atomic_uint     n_scheduled;
   atomic_bool     spin_stop;    /* set with @stopping: cut a spin short */
   gboolean        stopping;     /* under @lock */
+  gboolean        pinned;       /* its thread runs on one CPU of its own */
+  int             cpu;          /* which, when pinned */
+  atomic_bool     pinned_now;   /* @pinned, once its thread knows: for readers */
   gboolean        drained;      /* under @lock: the bus stopped, nothing more is queued */
   /* Only the worker thread touches these: */
   GArray         *outbox;       /* (element-type AhEnvelope) of the running call */
@@ -911,6 +915,13 @@ ah_endpoint_enqueue_locked (AhEndpoint         *endpoint,
   return AH_ENQUEUE_QUEUED;
 }
 
+/* Tells @worker its run queue has work. Worker lock held. */
+static void
+ah_worker_signal_locked (AhWorker *worker)
+{
+  pthread_cond_signal (&worker->work_cond);
+}
+
 /* How many envelopes from order[k] on go to the same endpoint with a
  * normal-priority message. */
 static guint
@@ -1051,7 +1062,7 @@ ah_bus_deliver (AhBus           *self,
           if (locked != NULL)
             {
               if (wake)
-                pthread_cond_signal (&locked->work_cond);
+                ah_worker_signal_locked (locked);
               pthread_mutex_unlock (&locked->lock);
             }
           locked = to->worker;
@@ -1135,7 +1146,7 @@ ah_bus_deliver (AhBus           *self,
   if (locked != NULL)
     {
       if (wake)
-        pthread_cond_signal (&locked->work_cond);
+        ah_worker_signal_locked (locked);
       pthread_mutex_unlock (&locked->lock);
     }
   if (order != &single)
@@ -3302,7 +3313,14 @@ ah_worker_run (AhWorker   *worker,
  * short while: under steady load the next message comes within
  * microseconds, and seeing it here costs a cache miss where a sleep
  * would cost two context switches (about 10 us each way on this kind of
- * machine). The watch is bounded, so an idle bus is a sleeping bus. */
+ * machine). The watch is bounded, so an idle bus is a sleeping bus.
+ *
+ * Unpinned, the scheduler tends to queue a worker it wakes on the
+ * waker's CPU, where the waker then spins: from idle, a round trip can
+ * pay for the spin on top of the wake-ups. Yielding in the spin avoids
+ * that but hands the CPU to any other process under load, which costs
+ * far more where latency matters most; pinned workers (pin_workers)
+ * avoid it for good. */
 #define AH_WORKER_SPIN_NS 20000
 
 static inline void
@@ -3337,6 +3355,22 @@ ah_worker_main (gpointer data)
   AhWorker *worker = data;
 
   ah_bus_current_worker = worker;
+  if (worker->pinned)
+    {
+      cpu_set_t set;
+      int error;
+
+      CPU_ZERO (&set);
+      CPU_SET (worker->cpu, &set);
+      error = pthread_setaffinity_np (pthread_self (), sizeof set, &set);
+      if (error != 0)
+        {
+          worker->pinned = FALSE;
+          g_message ("bus: cannot pin worker %u to CPU %d: %s", worker->index, worker->cpu,
+                     g_strerror (error));
+        }
+    }
+  atomic_store (&worker->pinned_now, worker->pinned);
   ah_worker_lock_self (worker);
   for (;;)
     {
@@ -3500,6 +3534,37 @@ ah_bus_thread_create (pthread_t   *thread,
   pthread_setname_np (*thread, name);
 }
 
+/* Gives worker i the i-th CPU this process may run on. With more
+ * workers than CPUs, pinning would make two workers share one CPU for
+ * good, so nothing is pinned and the bus says why. */
+static void
+ah_bus_plan_pinning (AhBus *self)
+{
+  cpu_set_t allowed;
+  guint n_allowed = 0;
+  guint n = 0;
+
+  if (sched_getaffinity (0, sizeof allowed, &allowed) != 0)
+    {
+      g_message ("bus: cannot pin the workers: %s", g_strerror (errno));
+      return;
+    }
+  n_allowed = (guint) CPU_COUNT (&allowed);
+  if (self->config.n_workers > n_allowed)
+    {
+      g_message ("bus: not pinning %u workers to %u CPUs: they would share CPUs",
+                 self->config.n_workers, n_allowed);
+      return;
+    }
+  for (guint cpu = 0; cpu < CPU_SETSIZE && n < self->config.n_workers; cpu++)
+    if (CPU_ISSET (cpu, &allowed))
+      {
+        self->workers[n]->cpu = (int) cpu;
+        self->workers[n]->pinned = TRUE;
+        n++;
+      }
+}
+
 void
 ah_bus_start (AhBus *self)
 {
@@ -3511,6 +3576,8 @@ ah_bus_start (AhBus *self)
       g_return_if_reached ();
     }
 
+  if (self->config.pin_workers)
+    ah_bus_plan_pinning (self);
   for (guint i = 0; i < self->config.n_workers; i++)
     {
       AhWorker *worker = self->workers[i];
@@ -3824,6 +3891,9 @@ ah_bus_get_counters (AhBus         *self,
   ret_counters->requests = sums[AH_TALLY_REQUESTS];
   ret_counters->request_timeouts = sums[AH_TALLY_REQUEST_TIMEOUTS];
   ret_counters->retried = sums[AH_TALLY_RETRIED];
+  ret_counters->n_pinned = 0;
+  for (guint w = 0; w < self->config.n_workers; w++)
+    ret_counters->n_pinned += atomic_load (&self->workers[w]->pinned_now) ? 1 : 0;
   ret_counters->worker_stall_max_us = stall_max_ns / 1000.0;
   ret_counters->latency_p50_us = ah_latency_percentile_us (counts, total, max_ns, 0.50);
   ret_counters->latency_p95_us = ah_latency_percentile_us (counts, total, max_ns, 0.95);

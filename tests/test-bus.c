@@ -2972,6 +2972,40 @@ test_message_cache_threads (void)
   pthread_mutex_destroy (&handoff.lock);
 }
 
+/* ---- Pinning -------------------------------------------------------------- */
+
+static void
+test_pin_workers (void)
+{
+  AhBusConfig one = { .n_workers = 1, .pin_workers = TRUE };
+  AhBusConfig too_many = { .n_workers = g_get_num_processors () + 1, .pin_workers = TRUE };
+  AhBusConfig *configs[] = { &one, &too_many };
+
+  g_test_summary ("pin_workers puts each worker on a CPU of its own, and pins nothing "
+                  "when the workers would have to share CPUs");
+
+  for (guint i = 0; i < G_N_ELEMENTS (configs); i++)
+    {
+      Fixture fixture;
+      AhBusCounters counters;
+      Agent *agent;
+
+      fixture_set_up (&fixture, configs[i]);
+      if (i == 1)
+        g_test_expect_message ("agenthost", G_LOG_LEVEL_MESSAGE, "*would share CPUs*");
+      agent = fixture_add_agent (&fixture, NULL, NULL);
+      send_to (&fixture, agent->id, "work", "x");
+      ah_bus_start (fixture.bus);
+      /* Once its message is handled, the worker has set itself up. */
+      fixture_wait_idle (&fixture);
+      if (i == 1)
+        g_test_assert_expected_messages ();
+      ah_bus_get_counters (fixture.bus, &counters);
+      g_assert_cmpuint (counters.n_pinned, ==, i == 0 ? 1 : 0);
+      fixture_tear_down (&fixture, configs[i]);
+    }
+}
+
 /* ---- Interned subjects ------------------------------------------------ */
 
 typedef struct {
@@ -3492,6 +3526,7 @@ main (int    argc,
   g_test_add_func ("/bus/pattern/match", test_pattern_matching);
   g_test_add_func ("/bus/pattern/trie", test_subject_trie);
   g_test_add_func ("/bus/message/cache-threads", test_message_cache_threads);
+  g_test_add_func ("/bus/worker/pin", test_pin_workers);
 
 #define BUS_TEST(path, config, func) \
   g_test_add (path, Fixture, config, fixture_set_up, func, fixture_tear_down)
