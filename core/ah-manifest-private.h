@@ -95,6 +95,7 @@ typedef struct {
   guint          mailbox_capacity;   /* default 1024 */
   AhOverflow     overflow;           /* default AH_OVERFLOW_BLOCK */
   guint          drain_timeout_ms;   /* default 5000 */
+  gboolean       pin_workers;        /* each worker on a CPU of its own; default FALSE */
 } AhManifestBus;
 
 /* The manifest's `offload:` mapping: the I/O threads of ah_offload(). */

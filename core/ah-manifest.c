@@ -1365,6 +1365,8 @@ load_bus (ManifestLoader *self, AhManifestBus *bus, const Node *node)
                        &bus->mailbox_capacity);
       else if (strcmp (key->text, "drain_timeout_ms") == 0)
         ok = get_uint (self, "drain_timeout_ms", value, 0, 3600000, &bus->drain_timeout_ms);
+      else if (strcmp (key->text, "pin_workers") == 0)
+        ok = get_bool (self, "pin_workers", value, &bus->pin_workers);
       else if (strcmp (key->text, "overflow") == 0)
         {
           const char *text = get_string (self, "overflow", value);
@@ -1383,7 +1385,7 @@ load_bus (ManifestLoader *self, AhManifestBus *bus, const Node *node)
       else
         return unknown_key (self, key, " in bus",
                             "workers, publish_batch, handler_batch, mailbox_capacity, overflow, "
-                            "drain_timeout_ms");
+                            "drain_timeout_ms, pin_workers");
       if (!ok)
         return FALSE;
     }

@@ -144,6 +144,7 @@ test_manifest_load_minimal (void)
   g_assert_cmpuint (manifest->bus.mailbox_capacity, ==, 1024);
   g_assert_cmpint (manifest->bus.overflow, ==, AH_OVERFLOW_BLOCK);
   g_assert_cmpuint (manifest->bus.drain_timeout_ms, ==, 5000);
+  g_assert_false (manifest->bus.pin_workers);
 
   g_assert_cmpuint (ah_manifest_get_n_types (manifest), ==, 1);
   type = ah_manifest_get_type (manifest, 0);
@@ -196,6 +197,7 @@ test_manifest_load_complete (void)
   g_assert_cmpuint (manifest->bus.mailbox_capacity, ==, 2048);
   g_assert_cmpint (manifest->bus.overflow, ==, AH_OVERFLOW_FAIL);
   g_assert_cmpuint (manifest->bus.drain_timeout_ms, ==, 250);
+  g_assert_true (manifest->bus.pin_workers);
 
   g_assert_cmpuint (manifest->offload.n_threads, ==, 8);
   g_assert_cmpuint (manifest->offload.queue_capacity, ==, 64);
@@ -207,18 +209,18 @@ test_manifest_load_complete (void)
   g_assert_cmpstr (type->plugin, ==, "wordcount");
   g_assert_cmpuint (type->pool_size, ==, 5);
   g_assert_false (type->prewarm);
-  assert_pos (type->pos, 15, 3);
-  assert_pos (type->plugin_pos, 16, 13);
+  assert_pos (type->pos, 16, 3);
+  assert_pos (type->plugin_pos, 17, 13);
 
   g_assert_cmpuint (type->subscriptions->len, ==, 3);
   subscription = g_ptr_array_index (type->subscriptions, 0);
   g_assert_cmpstr (subscription->pattern, ==, "tasks.count");
   g_assert_cmpint (subscription->delivery, ==, AH_DELIVERY_QUEUE);
-  assert_pos (subscription->pos, 20, 9);
+  assert_pos (subscription->pos, 21, 9);
   subscription = g_ptr_array_index (type->subscriptions, 1);
   g_assert_cmpstr (subscription->pattern, ==, "control.>");
   g_assert_cmpint (subscription->delivery, ==, AH_DELIVERY_BROADCAST);
-  assert_pos (subscription->pos, 21, 18);
+  assert_pos (subscription->pos, 22, 18);
   subscription = g_ptr_array_index (type->subscriptions, 2);
   g_assert_cmpstr (subscription->pattern, ==, "$SYS.host.*");
   g_assert_cmpint (subscription->delivery, ==, AH_DELIVERY_QUEUE);
@@ -242,13 +244,13 @@ test_manifest_load_config (void)
     const char *value;
     guint line, column;
   } expected[] = {
-    { "top", "10", 26, 12 },
-    { "limits.max", "3", 27, 21 },
-    { "limits.min", "-1", 27, 29 },
-    { "words.0", "a", 28, 15 },
-    { "words.1", "b", 28, 18 },
-    { "label", "quoted: yes", 29, 14 },
-    { "empty", "", 30, 13 },
+    { "top", "10", 27, 12 },
+    { "limits.max", "3", 28, 21 },
+    { "limits.min", "-1", 28, 29 },
+    { "words.0", "a", 29, 15 },
+    { "words.1", "b", 29, 18 },
+    { "label", "quoted: yes", 30, 14 },
+    { "empty", "", 31, 13 },
   };
   g_autofree char *path = fixture_path ("complete");
   g_autoptr(GError) error = NULL;
@@ -732,7 +734,7 @@ static const InvalidManifest invalid_manifests[] = {
     "pool, autoscale, supervision, subscribe, config)" },
   { "unknown-bus-key", AH_MANIFEST_ERROR_UNKNOWN_KEY,
     "3:3: error: unknown key 'worker' in bus (expected workers, publish_batch, handler_batch, "
-    "mailbox_capacity, overflow, drain_timeout_ms)" },
+    "mailbox_capacity, overflow, drain_timeout_ms, pin_workers)" },
   { "unknown-offload-key", AH_MANIFEST_ERROR_UNKNOWN_KEY,
     "3:3: error: unknown key 'thread' in offload (expected threads, queue)" },
   { "offload-threads-huge", AH_MANIFEST_ERROR_OUT_OF_RANGE,
