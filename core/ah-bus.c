@@ -282,6 +282,7 @@ struct _AhBus {
   GHashTable       *requests;        /* &correlation -> AhPendingRequest */
   GArray           *deadlines;       /* (element-type AhDeadline) min-heap */
   gboolean          timer_stopping;
+  gint64            timer_armed_ns;  /* the timer sleeps until then; G_MAXINT64: no deadline */
   pthread_t         timer_thread;
   atomic_uint       n_pending;
   atomic_uint       n_held;          /* ah_bus_hold() calls not yet released */
@@ -2233,9 +2234,10 @@ ah_bus_request_register (AhBus      *self,
   g_hash_table_insert (self->requests, &request->correlation, request);
   atomic_fetch_add (&self->n_pending, 1);
   ah_deadline_heap_push (self->deadlines, deadline);
-  /* The timer sleeps until the earliest deadline: re-arm it if this one
-   * comes first. */
-  if (g_array_index (self->deadlines, AhDeadline, 0).correlation == correlation)
+  /* The timer sleeps until the time it is armed for: wake it only if
+   * this deadline comes first. Request after request with the same
+   * timeout, that is once, not once per request. */
+  if (deadline.deadline_ns < self->timer_armed_ns)
     pthread_cond_signal (&self->requests_cond);
   pthread_mutex_unlock (&self->requests_lock);
 }
@@ -2313,7 +2315,23 @@ ah_bus_timer_main (gpointer data)
 
       if (self->deadlines->len == 0)
         {
-          pthread_cond_wait (&self->requests_cond, &self->requests_lock);
+          /* Armed for a deadline whose request has completed: it keeps
+           * the time it was armed for (one wake-up for nothing, later),
+           * so the next request with a later deadline need not wake it. */
+          if (self->timer_armed_ns == G_MAXINT64)
+            {
+              pthread_cond_wait (&self->requests_cond, &self->requests_lock);
+            }
+          else if (self->timer_armed_ns > ah__monotonic_ns ())
+            {
+              struct timespec until = ah_timespec_from_ns (self->timer_armed_ns);
+
+              pthread_cond_timedwait (&self->requests_cond, &self->requests_lock, &until);
+            }
+          else
+            {
+              self->timer_armed_ns = G_MAXINT64;
+            }
           continue;
         }
       earliest = g_array_index (self->deadlines, AhDeadline, 0);
@@ -2321,6 +2339,7 @@ ah_bus_timer_main (gpointer data)
         {
           struct timespec until = ah_timespec_from_ns (earliest.deadline_ns);
 
+          self->timer_armed_ns = earliest.deadline_ns;
           pthread_cond_timedwait (&self->requests_cond, &self->requests_lock, &until);
           continue;
         }
@@ -3484,6 +3503,7 @@ ah_bus_new (const AhBusConfig *config)
 
   pthread_mutex_init (&self->requests_lock, NULL);
   ah_cond_init_monotonic (&self->requests_cond);
+  self->timer_armed_ns = G_MAXINT64;
   self->requests = g_hash_table_new_full (g_int64_hash, g_int64_equal, NULL,
                                           ah_pending_request_free);
   self->deadlines = g_array_new (FALSE, FALSE, sizeof (AhDeadline));
