@@ -207,9 +207,10 @@ typedef struct {
 G_STATIC_ASSERT (G_STRUCT_OFFSET (AhSubjectEntry, subject) == G_STRUCT_OFFSET (AhSubject, subject));
 
 typedef struct {
-  guint64    correlation;
-  AhAgentId  requester;
-  char      *subject;
+  guint64     correlation;
+  AhAgentId   requester;
+  const char *subject;         /* interned (the bus's), or @subject_copy */
+  char       *subject_copy;
 } AhPendingRequest;
 
 typedef struct {
@@ -2163,7 +2164,7 @@ ah_pending_request_free (gpointer data)
 {
   AhPendingRequest *request = data;
 
-  g_free (request->subject);
+  g_free (request->subject_copy);
   g_free (request);
 }
 
@@ -2219,6 +2220,7 @@ ah_bus_request_register (AhBus      *self,
                          guint64     correlation,
                          AhAgentId   requester,
                          const char *subject,
+                         gboolean    subject_is_interned,
                          guint       timeout_ms)
 {
   AhPendingRequest *request = g_new0 (AhPendingRequest, 1);
@@ -2226,9 +2228,13 @@ ah_bus_request_register (AhBus      *self,
 
   request->correlation = correlation;
   request->requester = requester;
-  request->subject = g_strdup (subject);
+  request->subject = subject_is_interned ? subject : (request->subject_copy = g_strdup (subject));
   deadline.correlation = correlation;
-  deadline.deadline_ns = ah__monotonic_ns () + (gint64) timeout_ms * G_GINT64_CONSTANT (1000000);
+  /* Timeouts are milliseconds: the coarse clock (a few ms of resolution,
+   * a fraction of the fine clock's cost) places them, rounded up by its
+   * resolution so that none fires early; late by at most that. */
+  deadline.deadline_ns = ah__monotonic_coarse_ns ()
+                         + (gint64) timeout_ms * G_GINT64_CONSTANT (1000000);
 
   pthread_mutex_lock (&self->requests_lock);
   g_hash_table_insert (self->requests, &request->correlation, request);
@@ -2970,9 +2976,9 @@ ah_bus_call_request (AhBusCall    *call,
   correlation = ah_bus_new_correlation (self);
   requester = call->endpoint->id;
   interned = ah_bus_route_subject (self, subject, &recipients);
-  message = ah__message_new (AH_MESSAGE_REQUEST, AH_PRIORITY_NORMAL,
-                             interned != NULL ? interned : subject, interned != NULL,
-                             requester, requester, correlation, data, size);
+  message = ah__message_new_unstamped (AH_MESSAGE_REQUEST, AH_PRIORITY_NORMAL,
+                                       interned != NULL ? interned : subject, interned != NULL,
+                                       requester, requester, correlation, data, size);
   ah_bus_tap (self, message, AH_AGENT_ID_NONE);
 
   if (recipients.len == 0)
@@ -2996,7 +3002,8 @@ ah_bus_call_request (AhBusCall    *call,
     return 0;
 
   /* Registered before the outbox can flush, so no reply can beat it. */
-  ah_bus_request_register (self, correlation, requester, subject, timeout_ms);
+  ah_bus_request_register (self, correlation, requester, interned != NULL ? interned : subject,
+                           interned != NULL, timeout_ms);
   ah_bus_tally_add (self, AH_TALLY_REQUESTS, 1);
   ah_bus_call_count (call);
   return correlation;

@@ -46,6 +46,10 @@ struct _AhSubject {
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 gint64     ah__monotonic_ns       (void);
+/* CLOCK_MONOTONIC_COARSE plus its resolution: never behind
+ * ah__monotonic_ns(), ahead by at most the resolution (a few ms), and
+ * several times cheaper. For deadlines counted in milliseconds. */
+gint64     ah__monotonic_coarse_ns (void);
 
 /* @subject must be valid. When @subject_is_interned, the message points at
  * it and the caller guarantees it outlives the message; otherwise the

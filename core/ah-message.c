@@ -17,6 +17,28 @@ ah__monotonic_ns (void)
   return (gint64) now.tv_sec * G_GINT64_CONSTANT (1000000000) + now.tv_nsec;
 }
 
+gint64
+ah__monotonic_coarse_ns (void)
+{
+  static _Atomic gint64 cached_resolution_ns = -1;
+  gint64 resolution_ns = atomic_load_explicit (&cached_resolution_ns, memory_order_relaxed);
+  struct timespec now;
+
+  if (G_UNLIKELY (resolution_ns < 0))
+    {
+      struct timespec resolution;
+
+      if (clock_getres (CLOCK_MONOTONIC_COARSE, &resolution) != 0)
+        return ah__monotonic_ns ();
+      /* Racing threads all store the same value. */
+      resolution_ns = (gint64) resolution.tv_sec * G_GINT64_CONSTANT (1000000000)
+                      + resolution.tv_nsec;
+      atomic_store_explicit (&cached_resolution_ns, resolution_ns, memory_order_relaxed);
+    }
+  clock_gettime (CLOCK_MONOTONIC_COARSE, &now);
+  return (gint64) now.tv_sec * G_GINT64_CONSTANT (1000000000) + now.tv_nsec + resolution_ns;
+}
+
 /* ---- The message cache -------------------------------------------------
  *
  * Most messages are small and short-lived, and on the hot path one
