@@ -22,8 +22,9 @@ G_BEGIN_DECLS
  * message with k references. */
 struct _AhMessage {
   atomic_int     ref_count;
-  AhMessageKind  kind;
-  AhPriority     priority;
+  guint32        size;              /* the bus caps payloads at 1 GiB */
+  guint8         kind;              /* AhMessageKind */
+  guint8         priority;          /* AhPriority */
   guint8         redelivered;       /* a failed batch's message, delivered again */
   guint8         cached;            /* a block of the message cache, not g_malloc'd */
   /* Interned (owned by the bus, outliving every message) or pointing
@@ -33,9 +34,13 @@ struct _AhMessage {
   AhAgentId      reply_to;          /* REQUEST: the requester; else NONE */
   guint64        correlation;       /* 0 unless a request kind */
   gint64         publish_time_ns;   /* CLOCK_MONOTONIC */
-  gsize          size;
   char           data[];
 };
+
+/* 56 bytes of header: with a 64-byte payload (and its NUL), a message
+ * fills two cache lines, which is what crosses between cores per
+ * message. */
+G_STATIC_ASSERT (sizeof (AhMessage) == 56);
 
 /* An interned subject, as plugins see it: the bus's routing cache entry
  * for the subject, whose first member is the interned string (the rest

@@ -97,7 +97,7 @@ ah_block_list_free (AhBlock *head)
     {
       AhBlock *next = head->next;
 
-      g_free (head);
+      g_aligned_free (head);
       head = next;
     }
 }
@@ -185,8 +185,10 @@ ah_block_alloc (void)
       AhBlock *magazine = ah_depot_take ();
       guint n = 0;
 
+      /* Aligned to cache lines, so a small message spans as few as it
+       * can: they are what travels between cores. */
       if (magazine == NULL)
-        return g_malloc (AH_MESSAGE_BLOCK_SIZE);
+        return g_aligned_alloc (1, AH_MESSAGE_BLOCK_SIZE, 64);
       for (AhBlock *b = magazine; b != NULL; b = b->next)
         n++;
       cache->free.head = magazine;
@@ -241,9 +243,9 @@ ah__message_new_unstamped (AhMessageKind kind,
   AhMessage *message;
 
   g_return_val_if_fail (data != NULL || size == 0, NULL);
-  /* The bus refuses larger payloads before it gets here; this keeps the
-   * sum below from wrapping whatever the caller does. */
-  g_return_val_if_fail (size <= G_MAXSIZE / 2, NULL);
+  /* The bus refuses payloads over 1 GiB before it gets here; the size
+   * field is 32 bits, and this keeps the sum below from wrapping. */
+  g_return_val_if_fail (size <= G_MAXUINT32 - 1, NULL);
 
   total = sizeof (AhMessage) + size + 1 + subject_size;
   if (AH_MESSAGE_CACHE && total <= AH_MESSAGE_BLOCK_SIZE)
@@ -257,14 +259,14 @@ ah__message_new_unstamped (AhMessageKind kind,
       message->cached = FALSE;
     }
   atomic_init (&message->ref_count, 1);
-  message->kind = kind;
+  message->kind = (guint8) kind;
   message->redelivered = FALSE;
-  message->priority = priority;
+  message->priority = (guint8) priority;
   message->sender = sender;
   message->reply_to = reply_to;
   message->correlation = correlation;
   message->publish_time_ns = 0;
-  message->size = size;
+  message->size = (guint32) size;
   if (size > 0)
     memcpy (message->data, data, size);
   message->data[size] = '\0';
@@ -362,7 +364,7 @@ ah_message_get_kind (const AhMessage *message)
 {
   g_return_val_if_fail (message != NULL, AH_MESSAGE_PUBLISH);
 
-  return message->kind;
+  return (AhMessageKind) message->kind;
 }
 
 AhPriority
@@ -370,7 +372,7 @@ ah_message_get_priority (const AhMessage *message)
 {
   g_return_val_if_fail (message != NULL, AH_PRIORITY_NORMAL);
 
-  return message->priority;
+  return (AhPriority) message->priority;
 }
 
 AhAgentId
@@ -403,7 +405,8 @@ ah__message_copy_redelivered (const AhMessage *message)
   /* A subject copied into the message lives right after the payload;
    * an interned one lives in the bus, which outlives every message. */
   gboolean interned = message->subject != message->data + message->size + 1;
-  AhMessage *copy = ah__message_new (message->kind, message->priority, message->subject,
+  AhMessage *copy = ah__message_new ((AhMessageKind) message->kind,
+                                     (AhPriority) message->priority, message->subject,
                                      interned, message->sender, message->reply_to,
                                      message->correlation, message->data, message->size);
 
