@@ -138,6 +138,8 @@ typedef struct {
   AhEndpoint *to;
 } AhEnvelope;
 
+/* One per agent, so it is kept small: flags are bytes, and an endpoint
+ * does not list the groups it is in (see ah_bus_unregister_endpoint_unlocked). */
 struct _AhEndpoint {
   AhBus          *bus;
   AhAgentId       id;
@@ -153,22 +155,21 @@ struct _AhEndpoint {
   /* Under worker->lock: */
   AhLane          system_lane;
   AhLane          normal_lane;
-  AhEndpointState state;
-  gboolean        closing;
-  gboolean        paused;           /* given no turn until resumed */
-  gboolean        retry_pending;    /* woken while running: retry the deferred queue */
   guint           room_waiters;     /* external publishers waiting for room */
+  guint8          state;            /* AhEndpointState */
+  guint8          closing;
+  guint8          paused;           /* given no turn until resumed */
+  guint8          retry_pending;    /* woken while running: retry the deferred queue */
   GPtrArray      *blocked_senders;  /* (element-type AhEndpoint) (owned) waiting for room */
   AhEndpoint     *run_next;
   AhEndpoint     *run_prev;         /* so a pause unlinks it in O(1) */
 
   /* Only while RUNNING, by its worker; otherwise by whoever closes it. */
   GArray         *deferred;         /* (element-type AhEnvelope) in send order */
-  gboolean        close_requested;  /* closed from its own handler */
+  guint8          close_requested;  /* closed from its own handler */
 
   /* Under bus->route_lock: */
-  GPtrArray      *groups;           /* (element-type AhBusGroup) the groups it is in */
-  gboolean        registered;       /* in the id table */
+  guint8          registered;       /* in the id table */
 };
 
 struct _AhBusGroup {
@@ -698,7 +699,6 @@ ah_endpoint_unref_n (AhEndpoint *endpoint,
     g_array_unref (endpoint->deferred);
   if (endpoint->blocked_senders != NULL)
     g_ptr_array_unref (endpoint->blocked_senders);
-  g_ptr_array_unref (endpoint->groups);
   g_free (endpoint);
 }
 
@@ -1303,7 +1303,6 @@ ah_bus_endpoint_new (AhBus         *self,
   atomic_init (&endpoint->ref_count, 1);
   atomic_init (&endpoint->normal_used, 0);
   endpoint->state = AH_ENDPOINT_IDLE;
-  endpoint->groups = g_ptr_array_new ();
 
   pthread_rwlock_wrlock (&self->route_lock);
   g_hash_table_insert (self->endpoints, &endpoint->id, endpoint);
@@ -1344,13 +1343,11 @@ ah_bus_unregister_endpoint_unlocked (AhBus      *self,
 
   g_hash_table_remove (self->endpoints, &endpoint->id);
   endpoint->registered = FALSE;
-  for (guint i = 0; i < endpoint->groups->len; i++)
-    {
-      AhBusGroup *group = g_ptr_array_index (endpoint->groups, i);
-
-      ah_bus_group_take_member_unlocked (group, endpoint);
-    }
-  g_ptr_array_set_size (endpoint->groups, 0);
+  /* An endpoint does not list its groups (it would cost every agent a
+   * list of its own): there are few groups, a couple per agent type,
+   * and each finds its member in O(1). */
+  for (guint i = 0; i < self->groups->len; i++)
+    ah_bus_group_take_member_unlocked (g_ptr_array_index (self->groups, i), endpoint);
   return TRUE;
 }
 
@@ -1519,7 +1516,6 @@ ah_bus_group_add_unlocked (AhBusGroup *group,
     return;
   g_ptr_array_add (group->members, endpoint);
   g_hash_table_insert (group->positions, endpoint, GUINT_TO_POINTER (group->members->len));
-  g_ptr_array_add (endpoint->groups, group);
 }
 
 void
@@ -1550,8 +1546,7 @@ ah_bus_group_remove (AhBusGroup *group,
 
   self = group->bus;
   pthread_rwlock_wrlock (&self->route_lock);
-  if (ah_bus_group_take_member_unlocked (group, endpoint))
-    g_ptr_array_remove (endpoint->groups, group);
+  ah_bus_group_take_member_unlocked (group, endpoint);
   pthread_rwlock_unlock (&self->route_lock);
 }
 
@@ -1680,7 +1675,6 @@ ah_bus_unsubscribe (AhBus *self,
            * may still point at it, but the generation bump above means
            * they are rebuilt before anyone reads them. */
           observer = subscription->observer;
-          g_ptr_array_remove (observer->groups, subscription->group);
           g_ptr_array_remove (self->groups, subscription->group);   /* frees it */
         }
     }
