@@ -138,6 +138,25 @@ typedef struct {
   AhEndpoint *to;
 } AhEnvelope;
 
+/* Endpoints by id. Ids are handed out in sequence and never reused, so
+ * the table is an array of pages of consecutive ids: a lookup is two
+ * index operations, an endpoint costs 8 bytes of table (a hash table
+ * costs about 50), and a page is freed when its last endpoint leaves.
+ * (The worst case, one long-lived endpoint per page, keeps 8 bytes per
+ * id ever handed out in that page.) Under route_lock. */
+#define AH_ID_PAGE_BITS 12
+#define AH_ID_PAGE_SIZE (1u << AH_ID_PAGE_BITS)
+
+typedef struct {
+  guint       n_live;
+  AhEndpoint *slots[AH_ID_PAGE_SIZE];
+} AhIdPage;
+
+typedef struct {
+  AhIdPage **pages;
+  gsize      n_pages;
+} AhIdTable;
+
 /* One per agent, so it is kept small: flags are bytes, and an endpoint
  * does not list the groups it is in (see ah_bus_unregister_endpoint_unlocked). */
 struct _AhEndpoint {
@@ -170,6 +189,8 @@ struct _AhEndpoint {
 
   /* Under bus->route_lock: */
   guint8          registered;       /* in the id table */
+  guint           home_position;    /* in @home_group's members, plus one */
+  AhBusGroup     *home_group;       /* its first group, which needs no table entry */
 };
 
 struct _AhBusGroup {
@@ -271,7 +292,7 @@ struct _AhBus {
   _Atomic guint64   next_correlation;
 
   pthread_rwlock_t  route_lock;
-  GHashTable       *endpoints;       /* &id -> AhEndpoint (the creator's reference) */
+  AhIdTable         endpoints;       /* id -> AhEndpoint (the creator's reference) */
   GHashTable       *subjects;        /* subject -> AhSubjectEntry */
   AhSubjectTrie    *trie;            /* values: AhSubscription */
   GHashTable       *subscriptions;   /* id -> AhSubscription */
@@ -318,6 +339,76 @@ static __thread AhBusCall *ah_bus_current_call;
 
 static void ah_endpoint_unref (AhEndpoint *endpoint);
 static void ah_subscription_free (gpointer data);
+
+/* ---- The endpoint table ---------------------------------------------------------------------- */
+
+static void
+ah_id_table_insert (AhIdTable  *table,
+                    AhEndpoint *endpoint)
+{
+  gsize page = (gsize) (endpoint->id >> AH_ID_PAGE_BITS);
+
+  if (page >= table->n_pages)
+    {
+      gsize n_pages = MAX (MAX (table->n_pages * 2, page + 1), 16);
+
+      table->pages = g_renew (AhIdPage *, table->pages, n_pages);
+      memset (table->pages + table->n_pages, 0, (n_pages - table->n_pages) * sizeof (AhIdPage *));
+      table->n_pages = n_pages;
+    }
+  if (table->pages[page] == NULL)
+    table->pages[page] = g_new0 (AhIdPage, 1);
+  table->pages[page]->slots[endpoint->id & (AH_ID_PAGE_SIZE - 1)] = endpoint;
+  table->pages[page]->n_live++;
+}
+
+static AhEndpoint *
+ah_id_table_lookup (const AhIdTable *table,
+                    AhAgentId        id)
+{
+  gsize page = (gsize) (id >> AH_ID_PAGE_BITS);
+
+  if (page >= table->n_pages || table->pages[page] == NULL)
+    return NULL;
+  return table->pages[page]->slots[id & (AH_ID_PAGE_SIZE - 1)];
+}
+
+static void
+ah_id_table_remove (AhIdTable *table,
+                    AhAgentId  id)
+{
+  gsize page = (gsize) (id >> AH_ID_PAGE_BITS);
+  AhEndpoint **slot;
+
+  if (page >= table->n_pages || table->pages[page] == NULL)
+    return;
+  slot = &table->pages[page]->slots[id & (AH_ID_PAGE_SIZE - 1)];
+  if (*slot == NULL)
+    return;
+  *slot = NULL;
+  if (--table->pages[page]->n_live == 0)
+    g_clear_pointer (&table->pages[page], g_free);
+}
+
+/* Appends every endpoint of @table to @into. */
+static void
+ah_id_table_collect (const AhIdTable *table,
+                     GPtrArray       *into)
+{
+  for (gsize page = 0; page < table->n_pages; page++)
+    for (guint i = 0; table->pages[page] != NULL && i < AH_ID_PAGE_SIZE; i++)
+      if (table->pages[page]->slots[i] != NULL)
+        g_ptr_array_add (into, table->pages[page]->slots[i]);
+}
+
+static void
+ah_id_table_clear (AhIdTable *table)
+{
+  for (gsize page = 0; page < table->n_pages; page++)
+    g_free (table->pages[page]);
+  g_clear_pointer (&table->pages, g_free);
+  table->n_pages = 0;
+}
 
 /* ---- Small helpers -------------------------------------------------------------- */
 
@@ -1305,7 +1396,7 @@ ah_bus_endpoint_new (AhBus         *self,
   endpoint->state = AH_ENDPOINT_IDLE;
 
   pthread_rwlock_wrlock (&self->route_lock);
-  g_hash_table_insert (self->endpoints, &endpoint->id, endpoint);
+  ah_id_table_insert (&self->endpoints, endpoint);
   endpoint->registered = TRUE;
   pthread_rwlock_unlock (&self->route_lock);
 
@@ -1316,19 +1407,44 @@ ah_bus_endpoint_new (AhBus         *self,
  * takes its place (queue round robin does not depend on the order).
  * Returns FALSE if it was not a member. Must be called with route_lock
  * held for writing. */
+/* An endpoint's position in @group's members, plus one; 0 if it is not
+ * a member. Most endpoints are in one group, their home group, and keep
+ * their position themselves; the group's table holds the others. */
+static guint
+ah_bus_group_get_position (AhBusGroup *group,
+                           AhEndpoint *endpoint)
+{
+  if (endpoint->home_group == group)
+    return endpoint->home_position;
+  return GPOINTER_TO_UINT (g_hash_table_lookup (group->positions, endpoint));
+}
+
+static void
+ah_bus_group_set_position (AhBusGroup *group,
+                           AhEndpoint *endpoint,
+                           guint       position)
+{
+  if (endpoint->home_group == group)
+    endpoint->home_position = position;
+  else
+    g_hash_table_insert (group->positions, endpoint, GUINT_TO_POINTER (position));
+}
+
 static gboolean
 ah_bus_group_take_member_unlocked (AhBusGroup *group,
                                    AhEndpoint *endpoint)
 {
-  guint position = GPOINTER_TO_UINT (g_hash_table_lookup (group->positions, endpoint));
+  guint position = ah_bus_group_get_position (group, endpoint);
 
   if (position == 0)
     return FALSE;
-  g_hash_table_remove (group->positions, endpoint);
+  if (endpoint->home_group == group)
+    endpoint->home_group = NULL;
+  else
+    g_hash_table_remove (group->positions, endpoint);
   g_ptr_array_remove_index_fast (group->members, position - 1);
   if (position - 1 < group->members->len)
-    g_hash_table_insert (group->positions, g_ptr_array_index (group->members, position - 1),
-                         GUINT_TO_POINTER (position));
+    ah_bus_group_set_position (group, g_ptr_array_index (group->members, position - 1), position);
   return TRUE;
 }
 
@@ -1341,7 +1457,7 @@ ah_bus_unregister_endpoint_unlocked (AhBus      *self,
   if (!endpoint->registered)
     return FALSE;
 
-  g_hash_table_remove (self->endpoints, &endpoint->id);
+  ah_id_table_remove (&self->endpoints, endpoint->id);
   endpoint->registered = FALSE;
   /* An endpoint does not list its groups (it would cost every agent a
    * list of its own): there are few groups, a couple per agent type,
@@ -1484,6 +1600,15 @@ ah_bus_group_new_unlocked (AhBus      *self,
 static void
 ah_bus_group_free (AhBusGroup *group)
 {
+  /* Its members must not keep pointing at it: another group may be
+   * allocated at the same address. */
+  for (guint i = 0; i < group->members->len; i++)
+    {
+      AhEndpoint *member = g_ptr_array_index (group->members, i);
+
+      if (member->home_group == group)
+        member->home_group = NULL;
+    }
   g_ptr_array_unref (group->members);
   g_hash_table_unref (group->positions);
   g_free (group->name);
@@ -1512,10 +1637,12 @@ ah_bus_group_add_unlocked (AhBusGroup *group,
                            AhEndpoint *endpoint)
 {
   /* A closed endpoint must not come back through a group. */
-  if (!endpoint->registered || g_hash_table_contains (group->positions, endpoint))
+  if (!endpoint->registered || ah_bus_group_get_position (group, endpoint) != 0)
     return;
   g_ptr_array_add (group->members, endpoint);
-  g_hash_table_insert (group->positions, endpoint, GUINT_TO_POINTER (group->members->len));
+  if (endpoint->home_group == NULL)
+    endpoint->home_group = group;
+  ah_bus_group_set_position (group, endpoint, group->members->len);
 }
 
 void
@@ -1847,7 +1974,7 @@ ah_bus_lookup_endpoint (AhBus     *self,
   AhEndpoint *endpoint;
 
   pthread_rwlock_rdlock (&self->route_lock);
-  endpoint = g_hash_table_lookup (self->endpoints, &id);
+  endpoint = ah_id_table_lookup (&self->endpoints, id);
   if (endpoint != NULL)
     ah_endpoint_ref (endpoint);
   pthread_rwlock_unlock (&self->route_lock);
@@ -3496,7 +3623,6 @@ ah_bus_new (const AhBusConfig *config)
   pthread_rwlockattr_setkind_np (&rwlock_attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
   pthread_rwlock_init (&self->route_lock, &rwlock_attr);
   pthread_rwlockattr_destroy (&rwlock_attr);
-  self->endpoints = g_hash_table_new (g_int64_hash, g_int64_equal);
   self->subjects = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, ah_subject_entry_free);
   self->trie = ah__subject_trie_new ();
   self->subscriptions = g_hash_table_new_full (NULL, NULL, NULL, ah_subscription_free);
@@ -3683,14 +3809,9 @@ ah_bus_stop (AhBus  *self,
     }
 
   pthread_rwlock_rdlock (&self->route_lock);
-  {
-    GHashTableIter iter;
-    gpointer value;
-
-    g_hash_table_iter_init (&iter, self->endpoints);
-    while (g_hash_table_iter_next (&iter, NULL, &value))
-      g_ptr_array_add (endpoints, ah_endpoint_ref (value));
-  }
+  ah_id_table_collect (&self->endpoints, endpoints);
+  for (guint i = 0; i < endpoints->len; i++)
+    ah_endpoint_ref (g_ptr_array_index (endpoints, i));
   pthread_rwlock_unlock (&self->route_lock);
   for (guint i = 0; i < endpoints->len; i++)
     {
@@ -3708,8 +3829,6 @@ void
 ah_bus_free (AhBus *self)
 {
   g_autoptr(GPtrArray) endpoints = g_ptr_array_new ();
-  GHashTableIter iter;
-  gpointer value;
 
   if (self == NULL)
     return;
@@ -3718,9 +3837,7 @@ ah_bus_free (AhBus *self)
 
   /* The creators' references of the endpoints nobody closed. */
   pthread_rwlock_wrlock (&self->route_lock);
-  g_hash_table_iter_init (&iter, self->endpoints);
-  while (g_hash_table_iter_next (&iter, NULL, &value))
-    g_ptr_array_add (endpoints, value);
+  ah_id_table_collect (&self->endpoints, endpoints);
   for (guint i = 0; i < endpoints->len; i++)
     ah_bus_unregister_endpoint_unlocked (self, g_ptr_array_index (endpoints, i));
   pthread_rwlock_unlock (&self->route_lock);
@@ -3730,7 +3847,7 @@ ah_bus_free (AhBus *self)
   ah__subject_trie_free (self->trie);
   g_hash_table_unref (self->subjects);
   g_ptr_array_unref (self->groups);
-  g_hash_table_unref (self->endpoints);
+  ah_id_table_clear (&self->endpoints);
   pthread_rwlock_destroy (&self->route_lock);
 
   g_hash_table_unref (self->requests);
