@@ -280,6 +280,7 @@ struct _AhBusCall {
   AhEndpoint *endpoint;
   guint       n_outbox_calls;   /* publish/send/request/reply calls in the outbox */
   guint       n_unrouted;       /* publishes in the outbox not routed yet */
+  guint       n_unaccepted;     /* routed envelopes in the outbox not accepted yet */
   AhMessage **batch;            /* the messages of this call */
   guint       n_batch;
   guint       n_retries;        /* slots of worker->retry_to set */
@@ -2775,6 +2776,11 @@ ah_bus_call_flush (AhBusCall *call)
   call->n_outbox_calls = 0;
   if (call->worker->outbox->len == 0)
     return;
+  if (call->n_unaccepted > 0)
+    {
+      ah_bus_accept (self, call->n_unaccepted);
+      call->n_unaccepted = 0;
+    }
 
   if (call->n_unrouted > 0)
     {
@@ -2838,7 +2844,14 @@ ah_bus_call_queue (AhBusCall    *call,
                      && message->priority != AH_PRIORITY_SYSTEM;
   guint n_queued = 0;
 
-  ah_bus_accept (self, recipients->len);
+  if (recipients->len == 0)
+    {
+      ah__message_unref (message);
+      return 0;
+    }
+  /* One reference per recipient, the caller's being the first's. */
+  if (recipients->len > 1)
+    ah__message_ref_n (message, recipients->len - 1);
   for (guint i = 0; i < recipients->len; i++)
     {
       AhEndpoint *to = items[i];
@@ -2846,17 +2859,21 @@ ah_bus_call_queue (AhBusCall    *call,
 
       if (reserve && !ah_endpoint_reserve (to, self->config.mailbox_capacity))
         {
+          /* Accepted now, so that its dead letter settles it. */
+          ah_bus_accept (self, 1);
           ah_bus_dead_letter (self, message, to->id, AH_DEAD_LETTER_OVERFLOW);
+          ah__message_unref (message);
           ah_endpoint_unref (to);
           continue;
         }
-      envelope.message = ah__message_ref (message);
+      envelope.message = message;
       envelope.to = to;
       g_array_append_val (call->worker->outbox, envelope);
       n_queued++;
     }
   recipients->len = 0;   /* the references moved to the outbox */
-  ah__message_unref (message);
+  /* Accepted when the outbox is flushed, all in one step. */
+  call->n_unaccepted += n_queued;
   return n_queued;
 }
 
@@ -3332,7 +3349,7 @@ ah_worker_call (AhWorker    *worker,
                 guint        n)
 {
   AhBus *self = worker->bus;
-  AhBusCall call = { self, worker, endpoint, 0, 0, batch, n, 0 };
+  AhBusCall call = { self, worker, endpoint, 0, 0, 0, batch, n, 0 };
   g_autoptr(GError) error = NULL;
   gint64 start = ah__monotonic_ns ();
   gboolean handled;
