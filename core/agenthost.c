@@ -175,7 +175,9 @@ static const Command commands[] = {
     "  rtt         request/reply: same worker, across workers, under load,\n"
     "              from idle\n"
     "  spawn       spawn/terminate cold and warm, pre-warm of 4 x 1000 and\n"
-    "              4 x 100000 agents, bytes per idle agent\n"
+    "              4 x 100000 agents, batch spawns of 10000 and 100000,\n"
+    "              spawn in waves, restarting a failed agent, and holding\n"
+    "              1000000 idle agents (bytes per idle agent)\n"
     "  stage3      the replaced manager's seven validation scenarios\n"
     "Sequence numbers are checked everywhere; 'lost' counts messages\n"
     "missing, duplicated or reordered, and the exit status is 1 if any.\n"
@@ -955,6 +957,41 @@ write_json_summary (AhHost *host, const char *path, GError **error)
   return g_file_set_contents (path, document, -1, error);
 }
 
+/* What supervision did, per agent type that saw any of it: the numbers
+ * of AhTypeStats the summary's table has no column for (the JSON summary
+ * has them all). Empty when no type failed, overran or scaled. */
+static char *
+format_supervision (AhHost *host)
+{
+  GString *out = g_string_new (NULL);
+
+  for (guint i = 0; i < ah_host_get_n_types (host); i++)
+    {
+      AhTypeStats stats;
+
+      if (!ah_host_get_type_stats (host, i, &stats)
+          || (stats.failed == 0 && stats.restarted == 0 && stats.retried == 0
+              && stats.failed_messages == 0 && stats.deadline_overruns == 0
+              && stats.scaled_up == 0 && stats.scaled_down == 0 && !stats.stopped))
+        continue;
+      g_string_append_printf (out, "  supervision %s: %" G_GUINT64_FORMAT " failure%s, %"
+                              G_GUINT64_FORMAT " restart%s (p50 %.1f us), %" G_GUINT64_FORMAT
+                              " message%s retried, %" G_GUINT64_FORMAT " dead-lettered after a "
+                              "failure, %" G_GUINT64_FORMAT " watchdog report%s",
+                              stats.name, stats.failed, stats.failed == 1 ? "" : "s",
+                              stats.restarted, stats.restarted == 1 ? "" : "s", stats.restart_p50_us,
+                              stats.retried, stats.retried == 1 ? "" : "s", stats.failed_messages,
+                              stats.deadline_overruns, stats.deadline_overruns == 1 ? "" : "s");
+      if (stats.scaled_up > 0 || stats.scaled_down > 0)
+        g_string_append_printf (out, ", autoscaled +%" G_GUINT64_FORMAT " -%" G_GUINT64_FORMAT,
+                                stats.scaled_up, stats.scaled_down);
+      if (stats.stopped)
+        g_string_append (out, "; stopped: restart budget exhausted");
+      g_string_append_c (out, '\n');
+    }
+  return g_string_free (out, FALSE);
+}
+
 static int
 command_run (const Command *command, GStrv *args)
 {
@@ -1081,8 +1118,9 @@ command_run (const Command *command, GStrv *args)
   if (!quiet && !json_to_stdout)
     {
       g_autofree char *summary = ah_host_format_summary (host);
+      g_autofree char *supervision = format_supervision (host);
 
-      g_print ("%s%s", summary, g_str_has_suffix (summary, "\n") ? "" : "\n");
+      g_print ("%s%s%s", summary, g_str_has_suffix (summary, "\n") ? "" : "\n", supervision);
     }
   if (json_path != NULL && !write_json_summary (host, json_path, &error))
     {
@@ -1719,6 +1757,14 @@ command_reload (const Command *command, GStrv *args)
 #define BENCH_POOL           100
 #define BENCH_SPAWN_CYCLE_MAX 10000
 #define BENCH_IDLE_PAUSE_US  2000
+/* spawn: the waves case spawns --spawn-agents in this many waves, this
+ * far apart; the restart case restarts at most this many agents; the
+ * hold case keeps this many times --spawn-agents idle agents at once
+ * (1,000,000 at the default, 10,000,000 at the maximum). */
+#define BENCH_WAVES          10
+#define BENCH_WAVE_PAUSE_MS  10
+#define BENCH_RESTARTS       1000
+#define BENCH_HOLD_FACTOR    10
 
 typedef struct {
   gint     workers;
@@ -2417,26 +2463,29 @@ bench_run_spawn_cycle (const BenchOptions *options,
   return result;
 }
 
-/* Pre-warm of 4 pools of @per_type idle agents, and what each costs in
- * memory beyond the plugin's own state. */
+/* Pre-warm of @n_types pools of @per_type idle agents, and what each
+ * costs in memory beyond the plugin's own state. @scenario names the
+ * case: "prewarm-4xN" measures the parallel pre-warm, "hold-N" (one
+ * pool) how many idle agents the host can hold and what each costs. */
 static BenchResult *
 bench_run_prewarm (const BenchOptions *options,
+                   const char         *scenario,
+                   guint               n_types,
                    guint               per_type,
                    guint32             state_size,
                    GError            **error)
 {
   g_autoptr(GString) yaml = bench_yaml_new ("prewarm", options, options->workers);
-  g_autofree char *scenario = g_strdup_printf ("prewarm-4x%u", per_type);
   g_autoptr(AhHost) host = NULL;
   BenchCollector collector;
   BenchResult *result = NULL;
   AhHostStats stats;
   struct mallinfo2 heap_before, heap_after;
   guint64 rss_before, rss_after, start_ns, end_ns;
-  guint n_agents = 4 * per_type;
+  guint n_agents = n_types * per_type;
   gdouble rss_per_agent, heap_per_agent;
 
-  for (guint i = 0; i < 4; i++)
+  for (guint i = 0; i < n_types; i++)
     {
       g_autofree char *name = g_strdup_printf ("idle%u", i);
 
@@ -2481,12 +2530,290 @@ bench_run_prewarm (const BenchOptions *options,
                           collector.state_size, rss_per_agent, heap_per_agent,
                           MAX (rss_per_agent, heap_per_agent) - collector.state_size);
   g_string_append_printf (result->extra_text,
-                          "pre-warm %.1f ms; per idle agent: %.0f B RSS, %.0f B heap, state %u B",
-                          stats.prewarm_ms, rss_per_agent, heap_per_agent, collector.state_size);
+                          "pre-warm %.1f ms; per idle agent: %.0f B RSS, %.0f B heap, state %u B, "
+                          "host %.0f B beyond it",
+                          stats.prewarm_ms, rss_per_agent, heap_per_agent, collector.state_size,
+                          MAX (rss_per_agent, heap_per_agent) - collector.state_size);
 
 out:
   g_clear_pointer (&host, ah_host_free);
   bench_collector_clear (&collector);
+  return result;
+}
+
+/* A batch or wave spawn that started nobody: the call's own error, or
+ * else the first agent's. */
+static void
+bench_spawn_failed (const AhSpawnResult *spawned,
+                    guint                n,
+                    const char          *what,
+                    GError             **error)
+{
+  if (error == NULL || *error != NULL)
+    return;
+  for (guint i = 0; i < n; i++)
+    if (spawned[i].error != NULL)
+      {
+        g_set_error (error, spawned[i].error->domain, spawned[i].error->code,
+                     "%s: no agent started: %s", what, spawned[i].error->message);
+        return;
+      }
+  g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_FAILED, "%s: no agent started", what);
+}
+
+/* Host time of ah_host_spawn_batch(): @n agents at once into a pool
+ * that never held one (cold: the slots were allocated with the pool but
+ * never started), then, once all are terminated, again (warm: every
+ * slot used and given back). */
+static BenchResult *
+bench_run_spawn_batch (const BenchOptions *options,
+                       guint               n,
+                       GError            **error)
+{
+  g_autoptr(GString) yaml = bench_yaml_new ("spawn-batch", options, options->workers);
+  g_autofree char *scenario = g_strdup_printf ("spawn-batch-%u", n);
+  g_autofree AhSpawnResult *spawned = g_new0 (AhSpawnResult, n);
+  g_autoptr(AhHost) host = NULL;
+  BenchResult *result = NULL;
+  guint64 phase_ns[3] = { 0 };
+  guint started[2] = { 0 };
+
+  bench_append_type (yaml, "idle", n, FALSE, "", "role: idle");
+  host = bench_host_start (yaml, NULL, error);
+  if (host == NULL)
+    return NULL;
+
+  /* Phase 0: cold batch, 1: terminate them one by one, 2: warm batch. */
+  for (guint phase = 0; phase < 3; phase++)
+    {
+      guint64 start_ns = bench_now_ns ();
+
+      if (phase == 1)
+        {
+          for (guint i = 0; i < n; i++)
+            if (spawned[i].id != AH_AGENT_ID_NONE
+                && !ah_host_terminate (host, spawned[i].id, error))
+              {
+                ah_spawn_results_clear (spawned, n);
+                return NULL;
+              }
+        }
+      else
+        {
+          started[phase / 2] = ah_host_spawn_batch (host, "idle", n, spawned, error);
+          if (started[phase / 2] == 0)
+            {
+              bench_spawn_failed (spawned, n, scenario, error);
+              ah_spawn_results_clear (spawned, n);
+              return NULL;
+            }
+        }
+      phase_ns[phase] = bench_now_ns () - start_ns;
+      if (phase == 1)
+        ah_spawn_results_clear (spawned, n);
+    }
+  ah_spawn_results_clear (spawned, n);
+
+  result = bench_result_new (scenario);
+  result->messages = n;
+  result->seconds = (gdouble) phase_ns[2] / 1e9;
+  /* An idle agent never refuses to start: any that did not is lost. */
+  result->lost = (guint64) (n - started[0]) + (n - started[1]);
+  g_string_append_printf (result->extra_json,
+                          ", \"agents\": %u, \"warm_ns_per_agent\": %.1f"
+                          ", \"cold_ns_per_agent\": %.1f, \"terminate_ns_per_agent\": %.1f"
+                          ", \"failed\": %u",
+                          n, (gdouble) phase_ns[2] / n, (gdouble) phase_ns[0] / n,
+                          (gdouble) phase_ns[1] / n, (n - started[0]) + (n - started[1]));
+  g_string_append_printf (result->extra_text,
+                          "one call, per agent: warm %.1f ns, cold %.1f ns (terminate %.0f ns)",
+                          (gdouble) phase_ns[2] / n, (gdouble) phase_ns[0] / n,
+                          (gdouble) phase_ns[1] / n);
+  return result;
+}
+
+static int
+bench_compare_doubles (gconstpointer a,
+                       gconstpointer b)
+{
+  gdouble x = *(const gdouble *) a, y = *(const gdouble *) b;
+
+  return x < y ? -1 : x > y;
+}
+
+/* ah_host_spawn_waves(): @n_waves waves of @wave_size agents, @pause_ms
+ * apart. The API returns once all are spawned; each wave's own time is
+ * read back from its agents' spawn times (AhAgentInfo.spawn_time_us):
+ * from its first agent's to its last's. The gap before a wave (from
+ * the previous wave's last spawn to its first) shows the pause. */
+static BenchResult *
+bench_run_spawn_waves (const BenchOptions *options,
+                       guint               n_waves,
+                       guint               wave_size,
+                       guint               pause_ms,
+                       GError            **error)
+{
+  g_autoptr(GString) yaml = bench_yaml_new ("spawn-waves", options, options->workers);
+  g_autofree char *scenario = g_strdup_printf ("spawn-waves-%ux%u", n_waves, wave_size);
+  guint n = n_waves * wave_size;
+  g_autofree AhSpawnResult *spawned = g_new0 (AhSpawnResult, n);
+  g_autofree gdouble *wave_ms = g_new0 (gdouble, n_waves);
+  g_autofree gdouble *sorted_ms = NULL;
+  g_autoptr(AhHost) host = NULL;
+  g_autoptr(GString) waves_json = g_string_new (NULL);
+  BenchResult *result = NULL;
+  gint64 previous_last_us = 0;
+  gdouble min_gap_ms = 0;
+  guint64 start_ns, end_ns;
+  guint started;
+
+  bench_append_type (yaml, "idle", n, FALSE, "", "role: idle");
+  host = bench_host_start (yaml, NULL, error);
+  if (host == NULL)
+    return NULL;
+
+  start_ns = bench_now_ns ();
+  started = ah_host_spawn_waves (host, "idle", n, wave_size, pause_ms, spawned, error);
+  end_ns = bench_now_ns ();
+  if (started == 0)
+    {
+      bench_spawn_failed (spawned, n, scenario, error);
+      goto out;
+    }
+
+  for (guint w = 0; w < n_waves; w++)
+    {
+      gint64 first_us = G_MAXINT64, last_us = 0;
+
+      for (guint i = w * wave_size; i < (w + 1) * wave_size; i++)
+        {
+          AhAgentInfo info;
+
+          if (spawned[i].id == AH_AGENT_ID_NONE
+              || !ah_host_get_agent_info (host, spawned[i].id, &info, error))
+            {
+              if (spawned[i].id != AH_AGENT_ID_NONE)
+                goto out;
+              continue;
+            }
+          first_us = MIN (first_us, info.spawn_time_us);
+          last_us = MAX (last_us, info.spawn_time_us);
+        }
+      if (last_us == 0)
+        continue;
+      wave_ms[w] = (gdouble) (last_us - first_us) / 1000.0;
+      if (w > 0 && previous_last_us != 0)
+        {
+          gdouble gap_ms = (gdouble) (first_us - previous_last_us) / 1000.0;
+
+          min_gap_ms = w == 1 ? gap_ms : MIN (min_gap_ms, gap_ms);
+        }
+      previous_last_us = last_us;
+      g_string_append_printf (waves_json, "%s%.3f", w == 0 ? "" : ", ", wave_ms[w]);
+    }
+  sorted_ms = g_memdup2 (wave_ms, n_waves * sizeof (gdouble));
+  qsort (sorted_ms, n_waves, sizeof (gdouble), bench_compare_doubles);
+
+  result = bench_result_new (scenario);
+  result->messages = n;
+  result->seconds = (gdouble) (end_ns - start_ns) / 1e9;
+  result->lost = n - started;
+  g_string_append_printf (result->extra_json,
+                          ", \"agents\": %u, \"waves\": %u, \"wave_size\": %u, \"pause_ms\": %u"
+                          ", \"wave_ms\": [%s], \"wave_ms_p50\": %.3f, \"wave_ms_max\": %.3f"
+                          ", \"min_gap_ms\": %.3f, \"failed\": %u",
+                          n, n_waves, wave_size, pause_ms, waves_json->str,
+                          sorted_ms[(n_waves - 1) / 2], sorted_ms[n_waves - 1], min_gap_ms,
+                          n - started);
+  g_string_append_printf (result->extra_text,
+                          "%u waves of %u, %u ms apart: per wave p50 %.3f ms, max %.3f ms; "
+                          "shortest gap %.3f ms",
+                          n_waves, wave_size, pause_ms, sorted_ms[(n_waves - 1) / 2],
+                          sorted_ms[n_waves - 1], min_gap_ms);
+
+out:
+  ah_spawn_results_clear (spawned, n);
+  return result;
+}
+
+/* The restart case fails agents on purpose, each failure logged by the
+ * host: counted here instead of flooding the table. */
+static void
+bench_count_log_message (const char     *log_domain,
+                         GLogLevelFlags  log_level,
+                         const char     *message,
+                         gpointer        user_data)
+{
+  g_atomic_int_inc ((gint *) user_data);
+}
+
+/* The cost of restarting a failed agent: a pool of the flaky plugin
+ * whose every call fails (fail_every 1), under one_for_one with a budget
+ * it never reaches; @n messages go in one at a time, so each fails one
+ * call and costs one restart. restart_p50_us is the host's own measure
+ * (AhTypeStats), from the failure to the agent running again. */
+static BenchResult *
+bench_run_restart (const BenchOptions *options,
+                   guint               n,
+                   GError            **error)
+{
+  g_autoptr(GString) yaml = bench_yaml_new ("restart", options, options->workers);
+  g_autoptr(AhHost) host = NULL;
+  BenchResult *result = NULL;
+  AhTypeStats stats;
+  guint64 start_ns, end_ns;
+  gint logged = 0;
+  guint handler_id;
+
+  g_string_append_printf (yaml,
+                          "  restart:\n"
+                          "    plugin: flaky\n"
+                          "    pool_size: 4\n"
+                          "    subscribe: [bench.fail]\n"
+                          "    supervision: {policy: one_for_one, max_restarts: %u, period_ms: 86400000,"
+                          " failed_messages: dead_letter}\n"
+                          "    config: {fail_every: 1}\n", n);
+  host = bench_host_start (yaml, NULL, error);
+  if (host == NULL)
+    return NULL;
+
+  handler_id = g_log_set_handler (G_LOG_DOMAIN, G_LOG_LEVEL_MESSAGE, bench_count_log_message,
+                                  &logged);
+  start_ns = bench_now_ns ();
+  for (guint i = 0; i < n; i++)
+    if (!ah_host_publish (host, "bench.fail", "x", 1, error)
+        || !bench_wait_idle (host, "restart", error))
+      {
+        g_log_remove_handler (G_LOG_DOMAIN, handler_id);
+        return NULL;
+      }
+  end_ns = bench_now_ns ();
+  /* Stopped before its stats are read: a restart still under way when
+   * the bus went idle is then over and counted. */
+  ah_host_request_stop (host, 0);
+  ah_host_run (host);
+  g_log_remove_handler (G_LOG_DOMAIN, handler_id);
+  if (!ah_host_get_type_stats (host, 0, &stats))
+    {
+      g_set_error (error, AH_HOST_ERROR, AH_HOST_ERROR_FAILED, "restart: the host has no agent type");
+      return NULL;
+    }
+
+  result = bench_result_new ("restart");
+  result->messages = stats.restarted;
+  result->seconds = (gdouble) (end_ns - start_ns) / 1e9;
+  /* Every message fails one call, and every failure is one restart. */
+  result->lost = (guint64) n - MIN ((guint64) n, stats.restarted);
+  g_string_append_printf (result->extra_json,
+                          ", \"agents\": %u, \"failures\": %" G_GUINT64_FORMAT
+                          ", \"restarted\": %" G_GUINT64_FORMAT ", \"restart_p50_us\": %.3f"
+                          ", \"failure_log_lines\": %d",
+                          stats.pool_size, stats.failed, stats.restarted, stats.restart_p50_us,
+                          g_atomic_int_get (&logged));
+  g_string_append_printf (result->extra_text,
+                          "%" G_GUINT64_FORMAT " failures, %" G_GUINT64_FORMAT
+                          " restarts: restart p50 %.2f us (failure to running again)",
+                          stats.failed, stats.restarted, stats.restart_p50_us);
   return result;
 }
 
@@ -2495,16 +2822,48 @@ bench_run_spawn (const BenchOptions *options,
                  GPtrArray          *results,
                  GError            **error)
 {
+  guint n = (guint) options->spawn_agents;
+  guint32 state_size;
   BenchResult *result = bench_run_spawn_cycle (options, error);
 
   if (result == NULL)
     return FALSE;
   g_ptr_array_add (results, result);
-  result = bench_run_prewarm (options, 1000, 0, error);
+  result = bench_run_prewarm (options, "prewarm-4x1000", 4, 1000, 0, error);
   if (result == NULL)
     return FALSE;
   g_ptr_array_add (results, result);
-  result = bench_run_prewarm (options, (guint) options->spawn_agents, result->state_size, error);
+  state_size = result->state_size;
+  {
+    g_autofree char *scenario = g_strdup_printf ("prewarm-4x%u", n);
+
+    result = bench_run_prewarm (options, scenario, 4, n, state_size, error);
+  }
+  if (result == NULL)
+    return FALSE;
+  g_ptr_array_add (results, result);
+  result = bench_run_spawn_batch (options, MAX (n / 10, 1), error);
+  if (result == NULL)
+    return FALSE;
+  g_ptr_array_add (results, result);
+  result = bench_run_spawn_batch (options, n, error);
+  if (result == NULL)
+    return FALSE;
+  g_ptr_array_add (results, result);
+  result = bench_run_spawn_waves (options, BENCH_WAVES, MAX (n / BENCH_WAVES, 1),
+                                  BENCH_WAVE_PAUSE_MS, error);
+  if (result == NULL)
+    return FALSE;
+  g_ptr_array_add (results, result);
+  result = bench_run_restart (options, MIN (n, BENCH_RESTARTS), error);
+  if (result == NULL)
+    return FALSE;
+  g_ptr_array_add (results, result);
+  {
+    g_autofree char *scenario = g_strdup_printf ("hold-%u", BENCH_HOLD_FACTOR * n);
+
+    result = bench_run_prewarm (options, scenario, 1, BENCH_HOLD_FACTOR * n, state_size, error);
+  }
   if (result == NULL)
     return FALSE;
   g_ptr_array_add (results, result);
@@ -2776,8 +3135,9 @@ command_bench (const Command *command,
     { "sustained-seconds", 0, 0, G_OPTION_ARG_DOUBLE, &options.sustained_seconds,
       "How long stage3's sustained-load scenario keeps its mixed load going (default 2)", "S" },
     { "spawn-agents", 0, 0, G_OPTION_ARG_INT, &options.spawn_agents,
-      "Agents per type of spawn's large pre-warm (default 100000; the spawn/terminate "
-      "cycle uses at most 10000)", "N" },
+      "spawn's size: the large pre-warm is 4 x N, the batches N/10 and N, the waves 10 x N/10, "
+      "the idle agents held 10 x N (default 100000; the spawn/terminate cycle uses at most "
+      "10000, the restarts at most 1000)", "N" },
     { "json", 0, 0, G_OPTION_ARG_NONE, &options.json,
       "Print one JSON array, one object per scenario, instead of the table", NULL },
     G_OPTION_ENTRY_NULL

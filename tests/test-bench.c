@@ -110,7 +110,7 @@ assert_names (GPtrArray          *names,
 
 typedef struct {
   const char *scenario;
-  const char *expected[8];
+  const char *expected[12];
   const char *check_key;      /* a scenario-specific key that must be there */
 } ScenarioCase;
 
@@ -120,7 +120,8 @@ static const ScenarioCase scenario_cases[] = {
   { "fanin", { "fanin", NULL }, "publishers" },
   { "rtt", { "rtt-same-worker", "rtt-across-workers", "rtt-under-load", "rtt-from-idle", NULL },
     "round_trips" },
-  { "spawn", { "spawn-warm", "prewarm-4x1000", "prewarm-4x2000", NULL }, "agents" },
+  { "spawn", { "spawn-warm", "prewarm-4x1000", "prewarm-4x2000", "spawn-batch-200",
+                "spawn-batch-2000", "spawn-waves-10x200", "restart", "hold-20000", NULL }, "agents" },
   { "stage3", { "stage3-baseline", "stage3-high-concurrency", "stage3-peak-load",
                 "stage3-ultra-high-load", "stage3-sustained-load",
                 "stage3-communication-intensive", "stage3-task-execution-heavy", NULL },

@@ -856,6 +856,154 @@ test_cli_run_agent_stop (void)
   g_assert_nonnull (strstr (result.out, "stopped by agent request, exit code 42"));
 }
 
+/* ---- supervision ------------------------------------------------------ */
+
+/* The text of the JSON object that starts at @anchor in @json, up to its
+ * balanced closing brace. The summaries' names are [a-z0-9_-], so no
+ * brace hides in a string there. */
+static char *
+json_object_at (const char *json, const char *anchor)
+{
+  const char *start = strstr (json, anchor);
+  guint depth = 0;
+
+  g_assert_nonnull (start);
+  start = strchr (start, '{');
+  g_assert_nonnull (start);
+  for (const char *p = start; *p != '\0'; p++)
+    {
+      if (*p == '{')
+        depth++;
+      else if (*p == '}' && --depth == 0)
+        return g_strndup (start, (gsize) (p - start + 1));
+    }
+  g_error ("unbalanced JSON object at '%s'", anchor);
+}
+
+/* The unsigned integer of "KEY": in @object. */
+static guint64
+json_uint (const char *object, const char *key)
+{
+  g_autofree char *pattern = g_strdup_printf ("\"%s\": ", key);
+  const char *at = strstr (object, pattern);
+  char *end = NULL;
+  guint64 value;
+
+  g_assert_nonnull (at);
+  at += strlen (pattern);
+  value = g_ascii_strtoull (at, &end, 10);
+  g_assert_true (end != at);
+  return value;
+}
+
+static void
+assert_account_exact (const char *json)
+{
+  g_autofree char *messages = json_object_at (json, "\"messages\": {");
+
+  g_assert_cmpuint (json_uint (messages, "in_flight"), ==, 0);
+  g_assert_cmpuint (json_uint (messages, "accepted"), ==,
+                    json_uint (messages, "delivered") + json_uint (messages, "dead_lettered")
+                    + json_uint (messages, "failed"));
+}
+
+static char *
+shipped_manifest_path (const char *name)
+{
+  return g_test_build_filename (G_TEST_DIST, "..", "manifests", name, NULL);
+}
+
+static void
+test_cli_run_supervision (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *manifest = shipped_manifest_path ("supervision.yaml");
+  g_autofree char *worker = NULL;
+
+  g_test_summary ("manifests/supervision.yaml runs to its end with exit 0: workers failing on "
+                  "purpose were restarted, their batches retried, the watchdog reported the slow "
+                  "calls, every message is accounted for and every task came back");
+  cli_run (&result, "run", "--json", "-", manifest, NULL);
+  g_assert_cmpint (result.status, ==, 0);
+  assert_json_summary (result.out);
+  assert_account_exact (result.out);
+  worker = json_object_at (result.out, "{\"name\": \"worker\"");
+  g_assert_cmpuint (json_uint (worker, "restarted"), >, 0);
+  g_assert_cmpuint (json_uint (worker, "retried"), >, 0);
+  g_assert_cmpuint (json_uint (worker, "deadline_overruns"), >, 0);
+  g_assert_cmpuint (json_uint (worker, "failed_messages"), ==, 0);
+  g_assert_nonnull (strstr (worker, "\"stopped\": false"));
+  g_assert_nonnull (strstr (worker, "\"success_rate\": 1.000"));
+  g_assert_nonnull (strstr (result.err, "flaky: 200 of 200 tasks came back (0 duplicates, 0 malformed)\n"));
+  g_assert_nonnull (strstr (result.err, "watchdog: worker agent "));
+}
+
+static void
+test_cli_run_supervision_text (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *manifest = shipped_manifest_path ("supervision.yaml");
+
+  g_test_summary ("The text summary of manifests/supervision.yaml has the success rate and a "
+                  "supervision line for the workers: failures, restarts, retries, watchdog reports");
+  cli_run (&result, "run", manifest, NULL);
+  g_assert_cmpint (result.status, ==, 0);
+  assert_text_summary (result.out, "supervision-demo");
+  g_assert_nonnull (strstr (result.out, "  success     100.00% "));
+  g_assert_nonnull (strstr (result.out, "\n  supervision worker: "));
+  g_assert_nonnull (strstr (result.out, " messages retried, 0 dead-lettered after a failure, "));
+  g_assert_nonnull (strstr (result.out, " watchdog report"));
+  /* The producer saw no failure: it gets no line. */
+  g_assert_null (strstr (result.out, "supervision producer"));
+}
+
+static void
+test_cli_run_budget_required (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *manifest = fixture_path ("budget-exhausted-required.yaml");
+
+  g_test_summary ("A required type stopped by its restart budget ends the run with exit 1, "
+                  "the summary naming the type and why");
+  cli_run (&result, "run", manifest, NULL);
+  g_assert_cmpint (result.status, ==, 1);
+  g_assert_nonnull (strstr (result.out, "'cli-budget-required' ran "));
+  g_assert_nonnull (strstr (result.out, " stopped by supervision, exit code 1\n"));
+  g_assert_nonnull (strstr (result.out, "\n  why         required agent type 'doomed' stopped: "
+                                        "more than 2 restarts within 60000 ms (its budget); "
+                                        "last failure: agent "));
+  g_assert_nonnull (strstr (result.out, "\n  supervision doomed: "));
+  g_assert_nonnull (strstr (result.out, "; stopped: restart budget exhausted\n"));
+  g_assert_nonnull (strstr (result.err, "agent type 'doomed' stopped: more than 2 restarts"));
+  g_assert_nonnull (strstr (result.err, "; it is required, so the run ends"));
+}
+
+static void
+test_cli_run_budget_not_required (void)
+{
+  g_auto(CliResult) result = { 0 };
+  g_autofree char *manifest = fixture_path ("budget-exhausted.yaml");
+  g_autofree char *doomed = NULL;
+  g_autofree char *producer = NULL;
+
+  g_test_summary ("A type that is not required, stopped by its restart budget, does not end "
+                  "the run: exit 0, the type reported stopped, the account still exact");
+  cli_run (&result, "run", "--json", "-", manifest, NULL);
+  g_assert_cmpint (result.status, ==, 0);
+  assert_json_summary (result.out);
+  assert_account_exact (result.out);
+  g_assert_nonnull (strstr (result.out, "\"stopped_by\": \"idle\""));
+  g_assert_nonnull (strstr (result.out, "\"exit_code\": 0,"));
+  doomed = json_object_at (result.out, "{\"name\": \"doomed\"");
+  g_assert_nonnull (strstr (doomed, "\"stopped\": true"));
+  g_assert_cmpuint (json_uint (doomed, "restarted"), ==, 2);
+  g_assert_cmpuint (json_uint (doomed, "failed"), >, 2);
+  producer = json_object_at (result.out, "{\"name\": \"producer\"");
+  g_assert_nonnull (strstr (producer, "\"stopped\": false"));
+  g_assert_nonnull (strstr (result.err, "agent type 'doomed' stopped: more than 2 restarts"));
+  g_assert_null (strstr (result.err, "so the run ends"));
+}
+
 static void
 test_cli_run_sigterm (void)
 {
@@ -1327,6 +1475,10 @@ main (int argc, char **argv)
   g_test_add_data_func ("/cli/validate/config-error", "validate", test_cli_config_error);
   g_test_add_func ("/cli/run/init-fails", test_cli_run_init_fails);
   g_test_add_func ("/cli/run/agent-stop", test_cli_run_agent_stop);
+  g_test_add_func ("/cli/run/supervision/json", test_cli_run_supervision);
+  g_test_add_func ("/cli/run/supervision/text", test_cli_run_supervision_text);
+  g_test_add_func ("/cli/run/supervision/budget-required", test_cli_run_budget_required);
+  g_test_add_func ("/cli/run/supervision/budget-not-required", test_cli_run_budget_not_required);
   g_test_add_func ("/cli/run/sigterm", test_cli_run_sigterm);
   g_test_add_func ("/cli/run/timeout", test_cli_run_timeout);
   g_test_add_func ("/cli/run/sigint-twice", test_cli_run_sigint_twice);
