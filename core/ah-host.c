@@ -265,6 +265,7 @@ ah_host_new (AhManifest *manifest,
   config.handler_batch = manifest->bus.handler_batch;
   config.mailbox_capacity = manifest->bus.mailbox_capacity;
   config.overflow = manifest->bus.overflow;
+  config.pin_workers = manifest->bus.pin_workers;
   self->bus = ah_bus_new (&config);
   ah_bus_set_idle_func (self->bus, host_on_idle, self);
   self->offload = ah_offload_pool_new (self->bus, manifest->offload.n_threads,
