@@ -41,10 +41,11 @@ typedef enum {
 #define AGENTHOST_EXIT_STATUS_HELP                                             \
   "Exit status:\n"                                                             \
   "  0    success; also a clean stop by SIGINT, SIGTERM or --timeout\n"        \
-  "  1    the run failed (the host did not start, e.g. an agent's init\n"     \
-  "       failed, or the run ended with an error), new-plugin could\n"        \
-  "       not write its files, or reload found no host to signal\n"          \
-  "  2    usage error (unknown command or option, bad argument)\n"            \
+  "  1    the run failed (the host did not start, e.g. an agent's init\n"      \
+  "       failed; a required agent type exhausted its restart budget;\n"       \
+  "       the run ended with an error), new-plugin could not write its\n"      \
+  "       files, or reload found no host to signal\n"                          \
+  "  2    usage error (unknown command or option, bad argument)\n"             \
   "  3    invalid manifest\n"                                                  \
   "  4    a plugin failed to load\n"                                           \
   "  130  forced exit by a second SIGINT while draining\n"                     \
