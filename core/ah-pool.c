@@ -75,6 +75,17 @@ enum {
   AGENT_DOOM_UNINITIALISED,   /* its restart's init failed: no finalize */
 };
 
+/* The live agents by id: an open-addressing table of slot indices (plus
+ * one; 0 is empty) with linear probing, at most half full. 8 to 16 bytes
+ * per live agent where a GHashTable of ids took 40 to 80. The id is
+ * read from the slot. Under the pool's lock. */
+typedef struct {
+  guint32  *buckets;
+  guint     mask;        /* buckets - 1, a power of two minus one */
+  guint     shift;       /* 64 - log2 (buckets) */
+  guint     n;
+} LiveIndex;
+
 struct _AhPool {
   AhBus                     *bus;
   const AhManifestAgentType *type;         /* borrowed from the host's manifest */
@@ -98,7 +109,7 @@ struct _AhPool {
   GPtrArray                 *slots;        /* (element-type AhAgent) by index; NULL: freed */
   GArray                    *idle;         /* (element-type guint) idle slot indices, LIFO */
   GArray                    *holes;        /* (element-type guint) indices of freed slots */
-  GHashTable                *live;         /* AhAgentId -> AhAgent* */
+  LiveIndex                  live;         /* the READY slots, by id */
   guint                      n_active;     /* STARTING or READY: what pool_max bounds */
   guint64                    spawned;
   guint64                    terminated;
@@ -205,6 +216,126 @@ pool_slot_in_block (AhPool  *self,
   return agent >= self->block && agent < self->block + self->type->pool_size;
 }
 
+/* ---- the live index ------------------------------------------------------------ */
+
+static inline guint
+live_index_home (const LiveIndex *index,
+                 AhAgentId        id)
+{
+  /* Ids come from one counter, interleaved between pools: Fibonacci
+   * hashing (the product's top bits) spreads any such progression. */
+  return (guint) ((id * G_GUINT64_CONSTANT (0x9E3779B97F4A7C15)) >> index->shift);
+}
+
+static void
+live_index_init (LiveIndex *index,
+                 guint      capacity)
+{
+  guint size = 16, shift = 64 - 4;
+
+  while (size < 2 * capacity && size < (1u << 31))
+    {
+      size *= 2;
+      shift--;
+    }
+  index->buckets = g_new0 (guint32, size);
+  index->mask = size - 1;
+  index->shift = shift;
+  index->n = 0;
+}
+
+static void
+live_index_clear (LiveIndex *index)
+{
+  g_clear_pointer (&index->buckets, g_free);
+}
+
+static AhAgent *
+pool_slot (AhPool  *self,
+           guint32  bucket)
+{
+  return g_ptr_array_index (self->slots, bucket - 1);
+}
+
+/* The bucket holding @id, or -1. Lock held. */
+static gint64
+live_index_find (AhPool   *self,
+                 AhAgentId id)
+{
+  LiveIndex *index = &self->live;
+
+  for (guint i = live_index_home (index, id);; i = (i + 1) & index->mask)
+    {
+      guint32 bucket = index->buckets[i];
+
+      if (bucket == 0)
+        return -1;
+      if (pool_slot (self, bucket)->id == id)
+        return i;
+    }
+}
+
+static void live_index_insert (AhPool *self, AhAgent *agent);
+
+static void
+live_index_grow (AhPool *self)
+{
+  LiveIndex old = self->live;
+
+  self->live.buckets = g_new0 (guint32, 2 * (old.mask + 1));
+  self->live.mask = 2 * old.mask + 1;
+  self->live.shift = old.shift - 1;
+  self->live.n = 0;
+  for (guint i = 0; i <= old.mask; i++)
+    if (old.buckets[i] != 0)
+      live_index_insert (self, pool_slot (self, old.buckets[i]));
+  g_free (old.buckets);
+}
+
+/* Lock held; @agent->id set and not in the index. */
+static void
+live_index_insert (AhPool  *self,
+                   AhAgent *agent)
+{
+  LiveIndex *index = &self->live;
+  guint i;
+
+  if (2 * (index->n + 1) > index->mask + 1)
+    live_index_grow (self);
+  for (i = live_index_home (index, agent->id); index->buckets[i] != 0; i = (i + 1) & index->mask)
+    ;
+  index->buckets[i] = agent->index + 1;
+  index->n++;
+}
+
+/* Empties bucket @i, shifting back the entries after it that would no
+ * longer be found (no tombstones). Lock held. */
+static void
+live_index_remove_at (AhPool *self,
+                      guint   i)
+{
+  LiveIndex *index = &self->live;
+  guint j = i;
+
+  index->buckets[i] = 0;
+  index->n--;
+  for (;;)
+    {
+      guint home;
+
+      j = (j + 1) & index->mask;
+      if (index->buckets[j] == 0)
+        return;
+      home = live_index_home (index, pool_slot (self, index->buckets[j])->id);
+      /* The entry at j stays if its home lies cyclically in (i, j]. */
+      if (i <= j ? (i < home && home <= j) : (i < home || home <= j))
+        continue;
+      index->buckets[i] = index->buckets[j];
+      index->buckets[j] = 0;
+      i = j;
+    }
+}
+
 /* ---- accessors -------------------------------------------------------------- */
 
 const char *
@@ -284,36 +415,66 @@ ah_pool_is_stopped (AhPool *self)
   return __atomic_load_n (&self->stopped, __ATOMIC_ACQUIRE);
 }
 
+/* Writes @value in decimal at @out; returns the digits written. */
+static gsize
+format_uint (char    *out,
+             guint64  value)
+{
+  char digits[20];
+  gsize n = 0;
+
+  do
+    {
+      digits[n++] = (char) ('0' + value % 10);
+      value /= 10;
+    }
+  while (value != 0);
+  for (gsize i = 0; i < n; i++)
+    out[i] = digits[n - 1 - i];
+  return n;
+}
+
 /* Lifecycle events, for whoever watches the system like any traffic:
  * "$SYS.agent.spawned", "$SYS.agent.stopped", "$SYS.agent.failed",
- * "$SYS.agent.restarted". Not counted when nobody subscribes
- * (ah_bus_publish_event). Returns whether someone got it. */
+ * "$SYS.agent.restarted", with "type=T id=N index=I[ reason=R]". Not
+ * counted when nobody subscribes (ah_bus_publish_event). Formatted by
+ * hand: printf cost more than the rest of a spawn. Returns whether
+ * someone got it. */
 static gboolean
 pool_publish_event (AhPool     *self,
-                    const char *what,
+                    const char *subject,
                     AhAgentId   id,
                     guint       index,
                     const char *reason)
 {
-  char subject[64];
-  char text[256];
-  g_autofree char *long_text = NULL;
-  const char *payload = text;
-  gint length;
+  /* Type names are at most 64 bytes: the rest fits whatever the numbers. */
+  char text[160];
+  g_autofree char *with_reason = NULL;
+  gsize length = 0, name_length = strlen (self->type->name);
 
-  g_snprintf (subject, sizeof subject, "$SYS.agent.%s", what);
-  /* Type names are at most 64 bytes; a plugin's reason has no bound. */
-  length = g_snprintf (text, sizeof text, "type=%s id=%" G_GUINT64_FORMAT " index=%u%s%s",
-                       self->type->name, id, index, reason != NULL ? " reason=" : "",
-                       reason != NULL ? reason : "");
-  if (length >= (gint) sizeof text)
-    {
-      payload = long_text = g_strdup_printf ("type=%s id=%" G_GUINT64_FORMAT " index=%u reason=%s",
-                                             self->type->name, id, index, reason);
-      length = (gint) strlen (long_text);
-    }
-  return ah_bus_publish_event (self->bus, subject, payload, (gsize) length);
+  if (G_UNLIKELY (name_length > 64))
+    name_length = 64;
+  memcpy (text, "type=", 5);
+  length += 5;
+  memcpy (text + length, self->type->name, name_length);
+  length += name_length;
+  memcpy (text + length, " id=", 4);
+  length += 4;
+  length += format_uint (text + length, id);
+  memcpy (text + length, " index=", 7);
+  length += 7;
+  length += format_uint (text + length, index);
+  if (reason == NULL)
+    return ah_bus_publish_event (self->bus, subject, text, length);
+
+  with_reason = g_strdup_printf ("%.*s reason=%s", (int) length, text, reason);
+  return ah_bus_publish_event (self->bus, subject, with_reason, strlen (with_reason));
 }
+
+#define AH_SUBJECT_AGENT_SPAWNED   "$SYS.agent.spawned"
+#define AH_SUBJECT_AGENT_STOPPED   "$SYS.agent.stopped"
+#define AH_SUBJECT_AGENT_FAILED    "$SYS.agent.failed"
+#define AH_SUBJECT_AGENT_RESTARTED "$SYS.agent.restarted"
 
 static AhBusGroup *
 pool_get_group (AhPool     *self,
@@ -368,7 +529,7 @@ ah_pool_new (AhBus                     *bus,
   self->slots = g_ptr_array_sized_new (type->pool_size);
   self->idle = g_array_sized_new (FALSE, FALSE, sizeof (guint), type->pool_size);
   self->holes = g_array_new (FALSE, FALSE, sizeof (guint));
-  self->live = g_hash_table_new (g_int64_hash, g_int64_equal);
+  live_index_init (&self->live, type->pool_size);
 
   /* Idle list in reverse so that spawns take slots 0, 1, 2... in order. */
   for (guint i = 0; i < type->pool_size; i++)
@@ -432,7 +593,7 @@ ah_pool_free (AhPool *self)
   g_ptr_array_unref (self->slots);
   g_array_unref (self->idle);
   g_array_unref (self->holes);
-  g_hash_table_unref (self->live);
+  live_index_clear (&self->live);
   g_hash_table_unref (self->config);
   g_aligned_free (self->state_block);
   g_aligned_free (self->workers);
@@ -640,7 +801,7 @@ pool_agent_go_live (AhPool  *self,
   agent->endpoint = endpoint;
   agent->id = ah_endpoint_get_id (endpoint);
   agent->state = AH_SLOT_READY;
-  g_hash_table_insert (self->live, &agent->id, agent);
+  live_index_insert (self, agent);
   self->spawned++;
   g_mutex_unlock (&self->lock);
   __atomic_add_fetch (&self->n_live, 1, __ATOMIC_RELAXED);
@@ -663,7 +824,7 @@ pool_agent_init_failed (AhPool     *self,
   __atomic_add_fetch (&self->failed, 1, __ATOMIC_RELAXED);
   pool_agent_release (self, agent, TRUE);
   if (announce)
-    pool_publish_event (self, "failed", AH_AGENT_ID_NONE, index, reason);
+    pool_publish_event (self, AH_SUBJECT_AGENT_FAILED, AH_AGENT_ID_NONE, index, reason);
 }
 
 typedef enum {
@@ -724,7 +885,7 @@ start_chunk_run (gpointer data,
         {
           pool_agent_go_live (self, agent);
           if (announce)
-            announce = pool_publish_event (self, "spawned", agent->id, agent->index, NULL);
+            announce = pool_publish_event (self, AH_SUBJECT_AGENT_SPAWNED, agent->id, agent->index, NULL);
           continue;
         }
 
@@ -910,7 +1071,7 @@ ah_pool_spawn (AhPool  *self,
     }
   pool_agent_go_live (self, agent);
   id = agent->id;
-  pool_publish_event (self, "spawned", id, agent->index, NULL);
+  pool_publish_event (self, AH_SUBJECT_AGENT_SPAWNED, id, agent->index, NULL);
   ah_pool_unlock_lifecycle (self);
   pool_note_live_count (self);
 
@@ -984,7 +1145,7 @@ ah_pool_owns (AhPool   *self,
   gboolean owns;
 
   g_mutex_lock (&self->lock);
-  owns = g_hash_table_contains (self->live, &id);
+  owns = live_index_find (self, id) >= 0;
   g_mutex_unlock (&self->lock);
 
   return owns;
@@ -994,14 +1155,23 @@ ah_pool_owns (AhPool   *self,
 
 /* Takes a live agent out of the live set and marks it STOPPING. Must be
  * called with the pool's lock held. */
+/* Marks a live agent, already out of the live set, STOPPING. Must be
+ * called with the pool's lock held. */
+static void
+pool_agent_unlive_found_locked (AhPool  *self,
+                                AhAgent *agent)
+{
+  agent->state = AH_SLOT_STOPPING;
+  self->n_active--;
+  __atomic_sub_fetch (&self->n_live, 1, __ATOMIC_RELAXED);
+}
+
 static void
 pool_agent_unlive_locked (AhPool  *self,
                           AhAgent *agent)
 {
-  g_hash_table_remove (self->live, &agent->id);
-  agent->state = AH_SLOT_STOPPING;
-  self->n_active--;
-  __atomic_sub_fetch (&self->n_live, 1, __ATOMIC_RELAXED);
+  live_index_remove_at (self, (guint) live_index_find (self, agent->id));
+  pool_agent_unlive_found_locked (self, agent);
 }
 
 /* Stops an agent the caller marked STOPPING. Lifecycle lock held. */
@@ -1030,7 +1200,7 @@ pool_agent_stop (AhPool  *self,
   self->terminated++;
   g_mutex_unlock (&self->lock);
   pool_agent_release (self, agent, FALSE);
-  pool_publish_event (self, "stopped", id, index, NULL);
+  pool_publish_event (self, AH_SUBJECT_AGENT_STOPPED, id, index, NULL);
 }
 
 gboolean
@@ -1039,14 +1209,19 @@ ah_pool_terminate (AhPool   *self,
                    GError  **error)
 {
   AhAgent *agent;
+  gint64 found;
 
   g_return_val_if_fail (self != NULL, FALSE);
 
   ah_pool_lock_lifecycle (self);
   g_mutex_lock (&self->lock);
-  agent = g_hash_table_lookup (self->live, &id);
+  found = live_index_find (self, id);
+  agent = found >= 0 ? pool_slot (self, self->live.buckets[found]) : NULL;
   if (agent != NULL)
-    pool_agent_unlive_locked (self, agent);
+    {
+      live_index_remove_at (self, (guint) found);
+      pool_agent_unlive_found_locked (self, agent);
+    }
   g_mutex_unlock (&self->lock);
 
   if (agent == NULL)
@@ -1122,12 +1297,14 @@ ah_pool_get_agent_info (AhPool      *self,
                         AhAgentInfo *ret_info)
 {
   AhAgent *agent;
+  gint64 found;
 
   if (id == AH_AGENT_ID_NONE)
     return FALSE;
 
   g_mutex_lock (&self->lock);
-  agent = g_hash_table_lookup (self->live, &id);
+  found = live_index_find (self, id);
+  agent = found >= 0 ? pool_slot (self, self->live.buckets[found]) : NULL;
   /* Not live: maybe the last agent of a slot now idle. Slow, but only
    * for an id that is gone. */
   for (guint i = 0; agent == NULL && i < self->slots->len; i++)
@@ -1169,7 +1346,7 @@ ah_pool_get_stats (AhPool      *self,
   ret_stats->pool_max = self->type->pool_max;
 
   g_mutex_lock (&self->lock);
-  ret_stats->n_agents = g_hash_table_size (self->live);
+  ret_stats->n_agents = self->live.n;
   ret_stats->n_idle = self->idle->len;
   ret_stats->spawned = self->spawned;
   ret_stats->terminated = self->terminated;
@@ -1305,7 +1482,7 @@ pool_agent_restart (AhPool  *self,
                           __ATOMIC_RELAXED);
       __atomic_add_fetch (&self->restarted, 1, __ATOMIC_RELAXED);
       __atomic_add_fetch (&agent->restarts, 1, __ATOMIC_RELAXED);
-      pool_publish_event (self, "restarted", agent->id, agent->index, NULL);
+      pool_publish_event (self, AH_SUBJECT_AGENT_RESTARTED, agent->id, agent->index, NULL);
       return TRUE;
     }
 
@@ -1318,7 +1495,7 @@ pool_agent_restart (AhPool  *self,
   __atomic_add_fetch (&self->failed, 1, __ATOMIC_RELAXED);
   __atomic_store_n (&agent->doomed, AGENT_DOOM_UNINITIALISED, __ATOMIC_RELAXED);
   pool_agent_leave_groups (self, agent);
-  pool_publish_event (self, "failed", agent->id, agent->index, reason);
+  pool_publish_event (self, AH_SUBJECT_AGENT_FAILED, agent->id, agent->index, reason);
   g_message ("agent type '%s' agent %" G_GUINT64_FORMAT " %s; it is stopped",
              self->type->name, agent->id, reason);
   if (self->supervisor != NULL)
@@ -1418,7 +1595,7 @@ pool_agent_failed (AhPool                  *self,
 
   worker_add (&worker->batch_failures, 1);
   __atomic_add_fetch (&self->failed, 1, __ATOMIC_RELAXED);
-  pool_publish_event (self, "failed", agent->id, agent->index, reason);
+  pool_publish_event (self, AH_SUBJECT_AGENT_FAILED, agent->id, agent->index, reason);
   /* An agent failing is an event of the run, not a bug of the host:
    * logged as a message (shown by default), counted, and the run goes on. */
   g_message ("agent type '%s' agent %" G_GUINT64_FORMAT " failed a batch of %u: %s",
@@ -1687,7 +1864,7 @@ ah_pool_shrink (AhPool *self,
 
   ah_pool_lock_lifecycle (self);
   g_mutex_lock (&self->lock);
-  n_live = g_hash_table_size (self->live);
+  n_live = self->live.n;
   excess = n_live > self->type->pool_min ? n_live - self->type->pool_min : 0;
   /* Newest slots first: the initial block's stay, warm. */
   for (guint i = self->slots->len; i > 0 && excess > 0; i--)

@@ -555,7 +555,8 @@ test_spawn_batch_large (void)
   AhTypeStats stats;
 
   g_test_summary ("A large batch (started in parallel chunks) gives every agent its own "
-                  "id and slot, and they all take traffic");
+                  "id and slot, they all take traffic, and each is found by id until it "
+                  "is terminated");
 
   host = host_start_from_yaml (
     "name: big-batch\n"
@@ -579,6 +580,23 @@ test_spawn_batch_large (void)
   echoed = request_text (host, "echo.in", "many", &error);
   g_assert_no_error (error);
   g_assert_cmpstr (echoed, ==, "many");
+
+  /* Every other one goes: the others are still found, by id. */
+  for (guint i = 1; i < 1000; i += 2)
+    g_assert_true (ah_host_terminate (host, results[i].id, &error));
+  g_assert_no_error (error);
+  for (guint i = 0; i < 1000; i++)
+    g_assert_cmpint (agent_info (host, results[i].id).state, ==,
+                     i % 2 == 0 ? AH_AGENT_STATE_READY : AH_AGENT_STATE_IDLE);
+  g_assert_true (type_stats_by_name (host, "echo", &stats));
+  g_assert_cmpuint (stats.n_agents, ==, 500);
+  for (guint i = 0; i < 1000; i += 2)
+    g_assert_true (ah_host_terminate (host, results[i].id, &error));
+  g_assert_false (ah_host_terminate (host, results[0].id, &error));
+  g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_UNKNOWN_AGENT);
+  g_assert_true (type_stats_by_name (host, "echo", &stats));
+  g_assert_cmpuint (stats.n_agents, ==, 0);
+  g_assert_cmpuint (stats.n_idle, ==, 1000);
   ah_spawn_results_clear (results, 1000);
 }
 
