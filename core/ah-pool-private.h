@@ -48,18 +48,17 @@ struct _AhAgent {
   /* The endpoint's id while live; once the slot is IDLE, the id its last
    * agent had (for ah_host_get_agent_info), until the slot is reused. */
   AhAgentId     id;
-  gpointer      state_mem;    /* the plugin's state_size bytes */
-  /* The state's own allocation, when it is not a slice of the pool's
-   * initial block (slots added by spawns, states rebuilt by a reload):
-   * then state_mem is it, sized state_capacity. */
-  gpointer      state_owned;
-  gsize         state_capacity;
+  /* The plugin's state_size bytes: a slice of the pool's initial block,
+   * or (slots added by spawns, states rebuilt by a reload) an allocation
+   * of its own of state_capacity bytes, which the pool frees. */
+  gpointer      state_mem;
   gint64        spawn_time_us;   /* g_get_monotonic_time() */
   gint64        last_active_us;  /* (atomic) end of its last handler call, or its spawn */
   guint64       handled;         /* (atomic) messages handed to it since its spawn */
   guint         index;        /* slot in the pool, stable for the slot's life */
   guint         restarts;        /* (atomic) since its spawn */
   guint         reported_depth;  /* autoscale: its share of the pool's depth; its worker only */
+  guint32       state_capacity;  /* plugin states are at most 64 MiB */
   guint8        state;           /* AhSlotState, under the pool's lock */
   guint8        activity;        /* (atomic) AhAgentActivity */
   /* (atomic) TRUE once it is to be stopped after a failure (temporary

@@ -76,9 +76,11 @@ enum {
 };
 
 /* The live agents by id: an open-addressing table of slot indices (plus
- * one; 0 is empty) with linear probing, at most half full. 8 to 16 bytes
- * per live agent where a GHashTable of ids took 40 to 80. The id is
- * read from the slot. Under the pool's lock. */
+ * one; 0 is empty) with linear probing, at most three quarters full.
+ * 5 to 11 bytes per live agent where a GHashTable of ids took 40 to 80.
+ * The id is read from the slot. Fibonacci hashing spreads the ids (one
+ * counter's values) so evenly that probes stay short at that load.
+ * Under the pool's lock. */
 typedef struct {
   guint32  *buckets;
   guint     mask;        /* buckets - 1, a power of two minus one */
@@ -106,7 +108,8 @@ struct _AhPool {
   GMutex                     lock;
   AhAgent                   *block;        /* the initial pool_size slots */
   guint8                    *state_block;  /* their states, state_stride apart */
-  GPtrArray                 *slots;        /* (element-type AhAgent) by index; NULL: freed */
+  /* Slots past the initial block, index pool_size + i; NULL: freed. */
+  GPtrArray                 *extra;        /* (element-type AhAgent) */
   GArray                    *idle;         /* (element-type guint) idle slot indices, LIFO */
   GArray                    *holes;        /* (element-type guint) indices of freed slots */
   LiveIndex                  live;         /* the READY slots, by id */
@@ -216,6 +219,37 @@ pool_slot_in_block (AhPool  *self,
   return agent >= self->block && agent < self->block + self->type->pool_size;
 }
 
+/* The initial block's slots are addressed directly, so a pre-warmed
+ * agent costs no pointer in a table. NULL: a slot freed past the idle
+ * cap. Lock held (or the slot is the caller's). */
+static inline AhAgent *
+pool_slot_at (AhPool *self,
+              guint   index)
+{
+  if (index < self->type->pool_size)
+    return &self->block[index];
+  return g_ptr_array_index (self->extra, index - self->type->pool_size);
+}
+
+static inline guint
+pool_n_slots (AhPool *self)
+{
+  return self->type->pool_size + self->extra->len;
+}
+
+/* Whether @agent's state is its own allocation rather than a slice of
+ * the initial block's states. */
+static gboolean
+pool_agent_owns_state (AhAgent *agent)
+{
+  AhPool *self = agent->pool;
+  const guint8 *state = agent->state_mem;
+
+  return state != NULL
+         && (self->state_block == NULL || state < self->state_block
+             || state >= self->state_block + (gsize) self->type->pool_size * self->state_stride);
+}
+
 /* ---- the live index ------------------------------------------------------------ */
 
 static inline guint
@@ -233,7 +267,7 @@ live_index_init (LiveIndex *index,
 {
   guint size = 16, shift = 64 - 4;
 
-  while (size < 2 * capacity && size < (1u << 31))
+  while (size < capacity + capacity / 3 && size < (1u << 31))
     {
       size *= 2;
       shift--;
@@ -254,7 +288,7 @@ static AhAgent *
 pool_slot (AhPool  *self,
            guint32  bucket)
 {
-  return g_ptr_array_index (self->slots, bucket - 1);
+  return pool_slot_at (self, bucket - 1);
 }
 
 /* The bucket holding @id, or -1. Lock held. */
@@ -300,7 +334,7 @@ live_index_insert (AhPool  *self,
   LiveIndex *index = &self->live;
   guint i;
 
-  if (2 * (index->n + 1) > index->mask + 1)
+  if (4 * (gsize) (index->n + 1) > 3 * ((gsize) index->mask + 1))
     live_index_grow (self);
   for (i = live_index_home (index, agent->id); index->buckets[i] != 0; i = (i + 1) & index->mask)
     ;
@@ -526,8 +560,9 @@ ah_pool_new (AhBus                     *bus,
   self->block = g_new0 (AhAgent, type->pool_size);
   if (self->state_stride > 0)
     self->state_block = g_aligned_alloc0 (type->pool_size, self->state_stride, AH_STATE_ALIGN);
-  self->slots = g_ptr_array_sized_new (type->pool_size);
-  self->idle = g_array_sized_new (FALSE, FALSE, sizeof (guint), type->pool_size);
+  self->extra = g_ptr_array_new ();
+  /* A pre-warmed pool hands its block out at start: no idle list yet. */
+  self->idle = g_array_sized_new (FALSE, FALSE, sizeof (guint), type->prewarm ? 0 : type->pool_size);
   self->holes = g_array_new (FALSE, FALSE, sizeof (guint));
   live_index_init (&self->live, type->pool_size);
 
@@ -539,9 +574,8 @@ ah_pool_new (AhBus                     *bus,
       agent->pool = self;
       agent->index = i;
       agent->state_mem = self->state_block != NULL ? self->state_block + (gsize) i * self->state_stride : NULL;
-      g_ptr_array_add (self->slots, agent);
     }
-  for (guint i = type->pool_size; i > 0; i--)
+  for (guint i = type->pool_size; i > 0 && !type->prewarm; i--)
     {
       guint index = i - 1;
       g_array_append_val (self->idle, index);
@@ -569,7 +603,8 @@ ah_pool_new (AhBus                     *bus,
 static void
 pool_slot_free (AhAgent *agent)
 {
-  g_aligned_free (agent->state_owned);
+  if (pool_agent_owns_state (agent))
+    g_aligned_free (agent->state_mem);
   g_free (agent);
 }
 
@@ -579,18 +614,13 @@ ah_pool_free (AhPool *self)
   if (self == NULL)
     return;
 
-  for (guint i = 0; i < self->slots->len; i++)
-    {
-      AhAgent *agent = g_ptr_array_index (self->slots, i);
-
-      if (agent == NULL)
-        continue;
-      if (pool_slot_in_block (self, agent))
-        g_aligned_free (agent->state_owned);
-      else
-        pool_slot_free (agent);
-    }
-  g_ptr_array_unref (self->slots);
+  for (guint i = 0; i < self->type->pool_size; i++)
+    if (pool_agent_owns_state (&self->block[i]))
+      g_aligned_free (self->block[i].state_mem);
+  for (guint i = 0; i < self->extra->len; i++)
+    if (g_ptr_array_index (self->extra, i) != NULL)
+      pool_slot_free (g_ptr_array_index (self->extra, i));
+  g_ptr_array_unref (self->extra);
   g_array_unref (self->idle);
   g_array_unref (self->holes);
   live_index_clear (&self->live);
@@ -610,7 +640,7 @@ static gsize
 pool_agent_state_capacity (AhPool  *self,
                            AhAgent *agent)
 {
-  return agent->state_owned != NULL ? agent->state_capacity : self->state_stride;
+  return pool_agent_owns_state (agent) ? agent->state_capacity : self->state_stride;
 }
 
 void
@@ -618,10 +648,10 @@ ah_pool_agent_set_state (AhAgent *agent,
                          gpointer state_mem,
                          gsize    capacity)
 {
-  g_aligned_free (agent->state_owned);
-  agent->state_owned = state_mem;
+  if (pool_agent_owns_state (agent))
+    g_aligned_free (agent->state_mem);
   agent->state_mem = state_mem;
-  agent->state_capacity = capacity;
+  agent->state_capacity = (guint32) capacity;
 }
 
 /* A new slot gets a state buffer, and one whose state was sized for an
@@ -676,7 +706,7 @@ pool_reserve_slots (AhPool   *self,
           guint index = g_array_index (self->idle, guint, self->idle->len - 1);
 
           g_array_set_size (self->idle, self->idle->len - 1);
-          agent = g_ptr_array_index (self->slots, index);
+          agent = pool_slot_at (self, index);
         }
       else
         {
@@ -686,12 +716,12 @@ pool_reserve_slots (AhPool   *self,
             {
               agent->index = g_array_index (self->holes, guint, self->holes->len - 1);
               g_array_set_size (self->holes, self->holes->len - 1);
-              g_ptr_array_index (self->slots, agent->index) = agent;
+              g_ptr_array_index (self->extra, agent->index - self->type->pool_size) = agent;
             }
           else
             {
-              agent->index = self->slots->len;
-              g_ptr_array_add (self->slots, agent);
+              agent->index = pool_n_slots (self);
+              g_ptr_array_add (self->extra, agent);
             }
         }
       agent->state = AH_SLOT_STARTING;
@@ -726,7 +756,7 @@ pool_agent_release (AhPool   *self,
   drop = !pool_slot_in_block (self, agent) && self->idle->len >= self->type->idle_cap;
   if (drop)
     {
-      g_ptr_array_index (self->slots, agent->index) = NULL;
+      g_ptr_array_index (self->extra, agent->index - self->type->pool_size) = NULL;
       g_array_append_val (self->holes, agent->index);
     }
   else
@@ -1246,9 +1276,9 @@ ah_pool_terminate_all (AhPool *self)
   ah_pool_lock_lifecycle (self);
   g_mutex_lock (&self->lock);
   /* By index, so finalize order is deterministic. */
-  for (guint i = 0; i < self->slots->len; i++)
+  for (guint i = 0; i < pool_n_slots (self); i++)
     {
-      AhAgent *agent = g_ptr_array_index (self->slots, i);
+      AhAgent *agent = pool_slot_at (self, i);
 
       if (agent != NULL && agent->state == AH_SLOT_READY)
         {
@@ -1307,9 +1337,9 @@ ah_pool_get_agent_info (AhPool      *self,
   agent = found >= 0 ? pool_slot (self, self->live.buckets[found]) : NULL;
   /* Not live: maybe the last agent of a slot now idle. Slow, but only
    * for an id that is gone. */
-  for (guint i = 0; agent == NULL && i < self->slots->len; i++)
+  for (guint i = 0; agent == NULL && i < pool_n_slots (self); i++)
     {
-      AhAgent *slot = g_ptr_array_index (self->slots, i);
+      AhAgent *slot = pool_slot_at (self, i);
 
       if (slot != NULL && slot->id == id && slot->state != AH_SLOT_READY)
         agent = slot;
@@ -1406,9 +1436,9 @@ ah_pool_get_live_agents (AhPool *self)
   GPtrArray *agents = g_ptr_array_new ();
 
   g_mutex_lock (&self->lock);
-  for (guint i = 0; i < self->slots->len; i++)
+  for (guint i = 0; i < pool_n_slots (self); i++)
     {
-      AhAgent *agent = g_ptr_array_index (self->slots, i);
+      AhAgent *agent = pool_slot_at (self, i);
 
       if (agent != NULL && agent->state == AH_SLOT_READY)
         g_ptr_array_add (agents, agent);
@@ -1438,9 +1468,9 @@ ah_pool_get_live_ids (AhPool *self)
   GArray *ids = g_array_new (FALSE, FALSE, sizeof (AhAgentId));
 
   g_mutex_lock (&self->lock);
-  for (guint i = 0; i < self->slots->len; i++)
+  for (guint i = 0; i < pool_n_slots (self); i++)
     {
-      AhAgent *agent = g_ptr_array_index (self->slots, i);
+      AhAgent *agent = pool_slot_at (self, i);
 
       if (agent != NULL && agent->state == AH_SLOT_READY)
         g_array_append_val (ids, agent->id);
@@ -1867,9 +1897,9 @@ ah_pool_shrink (AhPool *self,
   n_live = self->live.n;
   excess = n_live > self->type->pool_min ? n_live - self->type->pool_min : 0;
   /* Newest slots first: the initial block's stay, warm. */
-  for (guint i = self->slots->len; i > 0 && excess > 0; i--)
+  for (guint i = pool_n_slots (self); i > 0 && excess > 0; i--)
     {
-      AhAgent *agent = g_ptr_array_index (self->slots, i - 1);
+      AhAgent *agent = pool_slot_at (self, i - 1);
       gint64 last_active;
 
       if (agent == NULL || agent->state != AH_SLOT_READY
