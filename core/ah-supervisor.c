@@ -372,7 +372,7 @@ ah_supervisor_note_above_min (AhSupervisor *self)
 {
   g_mutex_lock (&self->lock);
   /* A scaler with an idle check coming will see the new agent then. */
-  if (self->scaler != NULL && self->shrink_at_us == 0 && !self->scale_wake)
+  if (self->scaler != NULL && !self->scaling_stopped && self->shrink_at_us == 0 && !self->scale_wake)
     {
       self->scale_wake = TRUE;
       g_cond_signal (&self->scale_cond);
@@ -574,9 +574,10 @@ watchdog_main (gpointer data)
               g_cond_wait (&self->watch_cond, &self->lock);
               continue;
             }
-          if (g_get_monotonic_time () < self->watch_next_us)
+          next = __atomic_load_n (&self->watch_next_us, __ATOMIC_RELAXED);
+          if (g_get_monotonic_time () < next)
             {
-              g_cond_wait_until (&self->watch_cond, &self->lock, self->watch_next_us);
+              g_cond_wait_until (&self->watch_cond, &self->lock, next);
               continue;
             }
         }
@@ -622,41 +623,52 @@ ah_supervisor_start (AhSupervisor *self)
       deadlines |= manifest_type->handler_deadline_ms > 0;
     }
 
+  /* Under the lock: the pools may already call in (the bus runs). */
+  g_mutex_lock (&self->lock);
   self->thread = g_thread_new ("ah-supervisor", supervisor_main, self);
   if (autoscale)
     {
-      g_mutex_lock (&self->lock);
       /* A type that pre-warmed above its min has agents to watch. */
       self->scale_wake = TRUE;
-      g_mutex_unlock (&self->lock);
       self->scaler = g_thread_new ("ah-scaler", scaler_main, self);
     }
   if (deadlines)
     self->watchdog = g_thread_new ("ah-watchdog", watchdog_main, self);
+  g_mutex_unlock (&self->lock);
 }
 
 void
 ah_supervisor_stop_scaling (AhSupervisor *self)
 {
+  GThread *scaler;
+
   g_mutex_lock (&self->lock);
   self->scaling_stopped = TRUE;
+  scaler = g_steal_pointer (&self->scaler);
   g_cond_broadcast (&self->scale_cond);
   g_mutex_unlock (&self->lock);
-  g_clear_pointer (&self->scaler, g_thread_join);
+  if (scaler != NULL)
+    g_thread_join (scaler);
 }
 
 void
 ah_supervisor_stop (AhSupervisor *self)
 {
+  GThread *thread, *watchdog;
+
   ah_supervisor_stop_scaling (self);
 
   g_mutex_lock (&self->lock);
   self->stopping = TRUE;
+  thread = g_steal_pointer (&self->thread);
+  watchdog = g_steal_pointer (&self->watchdog);
   g_cond_broadcast (&self->work_cond);
   g_cond_broadcast (&self->watch_cond);
   g_mutex_unlock (&self->lock);
-  g_clear_pointer (&self->thread, g_thread_join);
-  g_clear_pointer (&self->watchdog, g_thread_join);
+  if (thread != NULL)
+    g_thread_join (thread);
+  if (watchdog != NULL)
+    g_thread_join (watchdog);
 
   g_queue_clear_full (&self->work, (GDestroyNotify) work_free);
 }
