@@ -942,7 +942,8 @@ start_chunk_run (gpointer data,
       break;
     }
 
-  if (chunk->mode == START_BATCH)
+  /* A type that does not pre-warm reports no pre-warm time. */
+  if (chunk->mode != START_PREWARM)
     return;
   g_mutex_lock (&self->lock);
   if (self->prewarm_start_us == 0 || start < self->prewarm_start_us)
