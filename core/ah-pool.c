@@ -1625,13 +1625,24 @@ pool_agent_failed (AhPool                  *self,
   AhSupervisorVerdict verdict = AH_SUPERVISOR_RESTART;
 
   worker_add (&worker->batch_failures, 1);
-  __atomic_add_fetch (&self->failed, 1, __ATOMIC_RELAXED);
   pool_publish_event (self, AH_SUBJECT_AGENT_FAILED, agent->id, agent->index, reason);
   /* An agent failing is an event of the run, not a bug of the host:
    * logged as a message (shown by default), counted, and the run goes on. */
   g_message ("agent type '%s' agent %" G_GUINT64_FORMAT " failed a batch of %u: %s",
              self->type->name, agent->id, n_messages, reason);
 
+  /* A message the plugin calls invalid is the message's fault, not the
+   * agent's: the agent keeps running with its state, and the batch is
+   * dead-lettered, not retried (it would fail again anywhere). Only the
+   * agent's own failures go to its supervisor. */
+  if (failure != NULL && g_error_matches (failure, AH_AGENT_ERROR, AH_AGENT_ERROR_INVALID_MESSAGE))
+    {
+      pool_settle_failed_messages (self, worker, call, messages, n_messages, FALSE);
+      g_propagate_error (error, failure);
+      return FALSE;
+    }
+
+  __atomic_add_fetch (&self->failed, 1, __ATOMIC_RELAXED);
   if (self->supervisor != NULL)
     verdict = ah_supervisor_agent_failed (self->supervisor, self, agent->id, reason);
   if (verdict != AH_SUPERVISOR_RESTART)

@@ -341,6 +341,48 @@ test_one_for_one_in_place (void)
 }
 
 static void
+test_invalid_message (void)
+{
+  g_autoptr(AhHost) host = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GBytes) answer = NULL;
+  AhTypeStats stats;
+  AhHostStats host_stats;
+
+  g_test_summary ("A batch failed with AH_AGENT_ERROR_INVALID_MESSAGE is the message's "
+                  "fault: dead-lettered, never retried, and the agent runs on with its "
+                  "state, unrestarted");
+
+  host = host_start_from_yaml (
+    "name: invalid\n"
+    "plugin_path: [plugins]\n"
+    "bus: {handler_batch: 1}\n"
+    "agents:\n"
+    "  worker:\n"
+    "    plugin: supervised\n"
+    "    subscribe: [work]\n"
+    "    supervision: {policy: one_for_one, failed_messages: retry}\n");
+
+  publish (host, "work", "a");
+  publish (host, "work", "invalid");
+  publish (host, "work", "b");
+  assert_account_exact (host);
+  /* Its count went on from where it was: no restart zeroed it. */
+  answer = ah_host_request (host, "work", "q", 1, 10000, &error);
+  g_assert_no_error (error);
+  g_assert_cmpmem (g_bytes_get_data (answer, NULL), g_bytes_get_size (answer), "handled=3", 9);
+
+  get_type_stats (host, "worker", &stats);
+  g_assert_cmpuint (stats.failed, ==, 0);
+  g_assert_cmpuint (stats.restarted, ==, 0);
+  g_assert_cmpuint (stats.retried, ==, 0);
+  g_assert_cmpuint (stats.failed_messages, ==, 1);
+  g_assert_cmpuint (stats.handler_failures, ==, 1);
+  ah_host_get_stats (host, &host_stats);
+  g_assert_cmpuint (host_stats.failed, ==, 1);
+}
+
+static void
 test_retry_other_agent (void)
 {
   g_autoptr(AhHost) host = NULL;
@@ -766,6 +808,7 @@ main (int    argc,
   g_log_set_handler ("agenthost", G_LOG_LEVEL_WARNING, on_host_warning, NULL);
 
   g_test_add_func ("/supervision/one-for-one/in-place", test_one_for_one_in_place);
+  g_test_add_func ("/supervision/invalid-message/no-restart", test_invalid_message);
   g_test_add_func ("/supervision/retry/other-agent", test_retry_other_agent);
   g_test_add_func ("/supervision/retry/same-agent", test_retry_same_agent);
   g_test_add_func ("/supervision/one-for-all/all-restarted", test_one_for_all);

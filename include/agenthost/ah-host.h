@@ -121,7 +121,8 @@ typedef struct {
   guint64 scaled_down;     /* agents stopped by the autoscaler */
   /* Supervision */
   guint64 restarted;       /* agent restarts, by any policy */
-  guint64 failed;          /* agent failures: init or handler returned FALSE */
+  guint64 failed;          /* agent failures: init, or handler returned FALSE with an
+                            * error other than AH_AGENT_ERROR_INVALID_MESSAGE */
   guint64 retried;         /* messages of failed batches delivered once more */
   guint64 failed_messages; /* messages of failed batches dead-lettered */
   guint64 deadline_overruns; /* handler calls the watchdog reported */

@@ -141,9 +141,12 @@ struct _AhPluginDesc {
    * Must not block: offload blocking work. The messages are borrowed for
    * the call; copy what must outlive it. Messages published from here are
    * delivered after the call returns, in publish order.
-   * Return FALSE and set @error to report that the agent failed: the
-   * failure is logged and counted, and the batch's messages are counted
-   * failed. Required. */
+   * Return FALSE and set @error to report a failure, which is logged
+   * and counted. With AH_AGENT_ERROR_INVALID_MESSAGE the input was bad:
+   * the batch's messages are dead-lettered and the agent goes on. With
+   * any other error the agent itself failed: its type's supervision
+   * restarts it and retries the batch's messages once, or dead-letters
+   * them, as the manifest says (docs/supervision.md). Required. */
   gboolean   (*handle_batch)   (AhContext *ctx, gpointer state,
                                 const AhMessage * const *messages, guint n_messages,
                                 GError **error);
@@ -200,8 +203,8 @@ typedef const AhPluginDesc *(*AhPluginGetDescFunc) (void);
 /* Error domain plugins use for their own failures. */
 #define AH_AGENT_ERROR (ah_agent_error_quark ())
 typedef enum {
-  AH_AGENT_ERROR_FAILED,
-  AH_AGENT_ERROR_INVALID_MESSAGE,
+  AH_AGENT_ERROR_FAILED,            /* the agent failed: supervision restarts it */
+  AH_AGENT_ERROR_INVALID_MESSAGE,   /* bad input: dead-lettered, the agent goes on */
   AH_AGENT_ERROR_CONFIG,
 } AhAgentError;
 AH_API GQuark        ah_agent_error_quark        (void);

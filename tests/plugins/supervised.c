@@ -100,6 +100,12 @@ supervised_handle_batch (AhContext *ctx, gpointer state,
       gsize size = 0;
       const char *data = ah_message_get_data (message, &size);
 
+      if (payload_is (message, "invalid"))
+        {
+          g_set_error (error, AH_AGENT_ERROR, AH_AGENT_ERROR_INVALID_MESSAGE,
+                       "refusing '%.*s' (test)", (int) size, data);
+          return FALSE;
+        }
       if (payload_is (message, "fail")
           || (payload_is (message, "fail-once") && !ah_message_is_redelivered (message)))
         {
