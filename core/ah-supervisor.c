@@ -98,9 +98,14 @@ struct _AhSupervisor {
   gint64          watch_next_us;       /* atomic: when it wakes; G_MAXINT64 while it scans */
 };
 
+/* Queued work keeps the bus from being idle (ah_bus_hold): a type about
+ * to be stopped, or an agent about to be restarted, is still part of the
+ * run, and a host that stops when idle must not stop before it is done
+ * (a required type's escalation would be lost). */
 static void
 work_free (Work *work)
 {
+  ah_bus_release (ah_pool_get_bus (work->pool));
   g_free (work->reason);
   g_free (work);
 }
@@ -135,6 +140,7 @@ supervisor_queue_unlocked (AhSupervisor *self,
   work->pool = pool;
   work->id = id;
   work->reason = reason;
+  ah_bus_hold (ah_pool_get_bus (pool));
   g_queue_push_tail (&self->work, work);
   g_cond_signal (&self->work_cond);
 }
