@@ -92,6 +92,13 @@ void        ah_bus_get_counters       (AhBus *self, AhBusCounters *ret_counters)
 
 /* Endpoints. Ids come from one counter per bus and are never reused. */
 AhEndpoint *ah_bus_endpoint_new       (AhBus *self, AhEndpointFunc func, gpointer user_data);
+/* @n_endpoints endpoints at once (consecutive ids), each with its
+ * @user_datas entry, registered and added to each of @groups under one
+ * lock: how pools pre-warm and spawn batches. */
+void        ah_bus_endpoints_new      (AhBus *self, AhEndpointFunc func,
+                                       gpointer const *user_datas, guint n_endpoints,
+                                       AhBusGroup * const *groups, guint n_groups,
+                                       AhEndpoint **ret_endpoints);
 AhAgentId   ah_endpoint_get_id        (AhEndpoint *endpoint);
 gpointer    ah_endpoint_get_user_data (AhEndpoint *endpoint);
 /* Removes the endpoint from its groups, waits until its handler is not

@@ -1375,6 +1375,28 @@ ah_endpoint_drain (AhEndpoint         *endpoint,
     }
 }
 
+static void ah_bus_group_add_unlocked (AhBusGroup *group, AhEndpoint *endpoint);
+
+static AhEndpoint *
+ah_endpoint_alloc (AhBus          *self,
+                   AhAgentId       id,
+                   AhEndpointFunc  func,
+                   gpointer        user_data)
+{
+  AhEndpoint *endpoint = g_new0 (AhEndpoint, 1);
+
+  endpoint->bus = self;
+  endpoint->id = id;
+  endpoint->func = func;
+  endpoint->user_data = user_data;
+  /* Round robin: ids are consecutive. */
+  endpoint->worker = self->workers[(id - 1) % self->config.n_workers];
+  atomic_init (&endpoint->ref_count, 1);
+  atomic_init (&endpoint->normal_used, 0);
+  endpoint->state = AH_ENDPOINT_IDLE;
+  return endpoint;
+}
+
 AhEndpoint *
 ah_bus_endpoint_new (AhBus         *self,
                      AhEndpointFunc func,
@@ -1385,23 +1407,43 @@ ah_bus_endpoint_new (AhBus         *self,
   g_return_val_if_fail (self != NULL, NULL);
   g_return_val_if_fail (func != NULL, NULL);
 
-  endpoint = g_new0 (AhEndpoint, 1);
-  endpoint->bus = self;
-  endpoint->id = atomic_fetch_add (&self->next_endpoint_id, 1);
-  endpoint->func = func;
-  endpoint->user_data = user_data;
-  /* Round robin: ids are consecutive. */
-  endpoint->worker = self->workers[(endpoint->id - 1) % self->config.n_workers];
-  atomic_init (&endpoint->ref_count, 1);
-  atomic_init (&endpoint->normal_used, 0);
-  endpoint->state = AH_ENDPOINT_IDLE;
-
-  pthread_rwlock_wrlock (&self->route_lock);
-  ah_id_table_insert (&self->endpoints, endpoint);
-  endpoint->registered = TRUE;
-  pthread_rwlock_unlock (&self->route_lock);
-
+  ah_bus_endpoints_new (self, func, &user_data, 1, NULL, 0, &endpoint);
   return endpoint;
+}
+
+void
+ah_bus_endpoints_new (AhBus              *self,
+                      AhEndpointFunc      func,
+                      gpointer const     *user_datas,
+                      guint               n_endpoints,
+                      AhBusGroup * const *groups,
+                      guint               n_groups,
+                      AhEndpoint        **ret_endpoints)
+{
+  AhAgentId first;
+
+  g_return_if_fail (self != NULL);
+  g_return_if_fail (func != NULL);
+  g_return_if_fail (n_endpoints == 0 || (user_datas != NULL && ret_endpoints != NULL));
+  g_return_if_fail (n_groups == 0 || groups != NULL);
+
+  if (n_endpoints == 0)
+    return;
+  first = atomic_fetch_add (&self->next_endpoint_id, n_endpoints);
+  for (guint i = 0; i < n_endpoints; i++)
+    ret_endpoints[i] = ah_endpoint_alloc (self, first + i, func, user_datas[i]);
+
+  /* One write lock for the lot: pre-warming threads would otherwise
+   * queue on it twice per agent. */
+  pthread_rwlock_wrlock (&self->route_lock);
+  for (guint i = 0; i < n_endpoints; i++)
+    {
+      ah_id_table_insert (&self->endpoints, ret_endpoints[i]);
+      ret_endpoints[i]->registered = TRUE;
+      for (guint g = 0; g < n_groups; g++)
+        ah_bus_group_add_unlocked (groups[g], ret_endpoints[i]);
+    }
+  pthread_rwlock_unlock (&self->route_lock);
 }
 
 /* Removes @endpoint from @group's members in O(1): the last member

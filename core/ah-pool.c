@@ -820,23 +820,48 @@ pool_agent_init (AhPool   *self,
   return FALSE;
 }
 
-/* Makes an initialised agent live: an endpoint in the pool's groups. */
+/* Makes initialised agents live: endpoints in the pool's groups, made
+ * in one step of the bus and one of the pool's lock, however many. */
+static void
+pool_agents_go_live (AhPool   *self,
+                     AhAgent **agents,
+                     guint     n_agents)
+{
+  AhEndpoint *inline_endpoints[64];
+  g_autofree AhEndpoint **heap_endpoints = NULL;
+  AhEndpoint **endpoints = inline_endpoints;
+  AhBusGroup *groups[2];
+  guint n_groups = 0;
+
+  if (n_agents == 0)
+    return;
+  if (n_agents > G_N_ELEMENTS (inline_endpoints))
+    endpoints = heap_endpoints = g_new (AhEndpoint *, n_agents);
+  if (self->queue_group != NULL)
+    groups[n_groups++] = self->queue_group;
+  if (self->broadcast_group != NULL)
+    groups[n_groups++] = self->broadcast_group;
+  ah_bus_endpoints_new (self->bus, pool_agent_handle, (gpointer const *) agents, n_agents,
+                        groups, n_groups, endpoints);
+
+  g_mutex_lock (&self->lock);
+  for (guint i = 0; i < n_agents; i++)
+    {
+      agents[i]->endpoint = endpoints[i];
+      agents[i]->id = ah_endpoint_get_id (endpoints[i]);
+      agents[i]->state = AH_SLOT_READY;
+      live_index_insert (self, agents[i]);
+    }
+  self->spawned += n_agents;
+  g_mutex_unlock (&self->lock);
+  __atomic_add_fetch (&self->n_live, n_agents, __ATOMIC_RELAXED);
+}
+
 static void
 pool_agent_go_live (AhPool  *self,
                     AhAgent *agent)
 {
-  AhEndpoint *endpoint = ah_bus_endpoint_new (self->bus, pool_agent_handle, agent);
-
-  g_mutex_lock (&self->lock);
-  agent->endpoint = endpoint;
-  agent->id = ah_endpoint_get_id (endpoint);
-  agent->state = AH_SLOT_READY;
-  live_index_insert (self, agent);
-  self->spawned++;
-  g_mutex_unlock (&self->lock);
-  __atomic_add_fetch (&self->n_live, 1, __ATOMIC_RELAXED);
-
-  pool_agent_join_groups (self, agent);
+  pool_agents_go_live (self, &agent, 1);
 }
 
 /* An init that failed at spawn: counted, announced, the slot given back. */
@@ -880,6 +905,24 @@ typedef struct {
   guint        end;
 } StartChunk;
 
+#define AH_POOL_GO_LIVE_RUN 64
+
+/* Makes the @n_ready agents live and, while someone listens, announces
+ * them; empties the run. Returns whether to go on announcing. */
+static gboolean
+pool_agents_go_live_announced (AhPool    *self,
+                               AhAgent  **ready,
+                               guint     *n_ready,
+                               gboolean   announce)
+{
+  pool_agents_go_live (self, ready, *n_ready);
+  for (guint i = 0; i < *n_ready && announce; i++)
+    announce = pool_publish_event (self, AH_SUBJECT_AGENT_SPAWNED, ready[i]->id, ready[i]->index,
+                                   NULL);
+  *n_ready = 0;
+  return announce;
+}
+
 static void
 start_chunk_run (gpointer data,
                  gpointer user_data)
@@ -891,6 +934,9 @@ start_chunk_run (gpointer data,
   /* "$SYS.agent.spawned" per agent, but formatted only while someone
    * listens: the first one nobody hears ends the chunk's announcements. */
   gboolean announce = chunk->mode == START_BATCH;
+  /* Initialised agents go live together, a run at a time. */
+  AhAgent *ready[AH_POOL_GO_LIVE_RUN];
+  guint n_ready = 0;
 
   for (guint i = chunk->first; i < chunk->end; i++)
     {
@@ -913,11 +959,12 @@ start_chunk_run (gpointer data,
       agent->state = AH_SLOT_STARTING;
       if (pool_agent_init (self, agent, &local_error))
         {
-          pool_agent_go_live (self, agent);
-          if (announce)
-            announce = pool_publish_event (self, AH_SUBJECT_AGENT_SPAWNED, agent->id, agent->index, NULL);
+          ready[n_ready++] = agent;
+          if (n_ready == G_N_ELEMENTS (ready))
+            announce = pool_agents_go_live_announced (self, ready, &n_ready, announce);
           continue;
         }
+      announce = pool_agents_go_live_announced (self, ready, &n_ready, announce);
 
       if (chunk->mode == START_BATCH)
         {
@@ -941,6 +988,8 @@ start_chunk_run (gpointer data,
       g_atomic_int_set (&shared->failed, TRUE);
       break;
     }
+
+  pool_agents_go_live_announced (self, ready, &n_ready, announce);
 
   /* A type that does not pre-warm reports no pre-warm time. */
   if (chunk->mode != START_PREWARM)
