@@ -149,6 +149,10 @@ gboolean    ah_bus_call_publish       (AhBusCall *call, const char *subject,
 const AhSubject *ah_bus_intern_subject (AhBus *self, const char *subject, GError **error);
 gboolean    ah_bus_call_publish_interned (AhBusCall *call, const AhSubject *subject,
                                           gconstpointer data, gsize size);
+/* Whether any subscription matches @subject (its group may still have no
+ * member): when not, an event on it is not worth formatting. Lock-free
+ * unless subscriptions changed since it was last asked. */
+gboolean    ah_bus_subject_is_subscribed (AhBus *self, const AhSubject *subject);
 gboolean    ah_bus_call_send          (AhBusCall *call, AhAgentId to, const char *subject,
                                        gconstpointer data, gsize size);
 gboolean    ah_bus_call_reply         (AhBusCall *call, const AhMessage *request,

@@ -224,6 +224,9 @@ typedef struct {
   char      *subject;          /* the interned subject; the table's key */
   guint      generation;       /* of the bus when @targets was resolved */
   AhTargets *targets;
+  /* ((generation + 1) << 1) | (targets has a group), for lock-free
+   * readers; 0 until resolved. */
+  _Atomic guint64 subscribed_state;
 } AhSubjectEntry;
 
 G_STATIC_ASSERT (G_STRUCT_OFFSET (AhSubjectEntry, subject) == G_STRUCT_OFFSET (AhSubject, subject));
@@ -299,6 +302,7 @@ struct _AhBus {
   GHashTable       *subscriptions;   /* id -> AhSubscription */
   GPtrArray        *groups;          /* (element-type AhBusGroup) (owned) */
   guint             generation;      /* bumped on subscribe/unsubscribe */
+  atomic_uint       generation_now;  /* the same, for readers without the lock */
   guint             last_subscription_id;
 
   pthread_mutex_t   requests_lock;
@@ -1768,6 +1772,7 @@ ah_bus_add_subscription_unlocked (AhBus      *self,
   ah__subject_trie_insert (self->trie, pattern, subscription);
   /* Every cached subject resolution is stale from here on. */
   self->generation++;
+  atomic_store (&self->generation_now, self->generation);
   return subscription->id;
 }
 
@@ -1839,6 +1844,7 @@ ah_bus_unsubscribe (AhBus *self,
       g_hash_table_steal (self->subscriptions, GUINT_TO_POINTER (subscription_id));
       ah__subject_trie_remove (self->trie, subscription->pattern, subscription);
       self->generation++;
+      atomic_store (&self->generation_now, self->generation);
       if (subscription->observer != NULL)
         {
           /* The observer's group is its own. Stale cached resolutions
@@ -2005,6 +2011,9 @@ ah_bus_cache_subject_capped (AhBus      *self,
       g_free (entry->targets);
       entry->targets = ah_bus_resolve_targets_unlocked (self, subject);
       entry->generation = self->generation;
+      atomic_store (&entry->subscribed_state,
+                    (((guint64) entry->generation + 1) << 1)
+                    | (entry->targets->n_groups > 0 ? 1 : 0));
     }
   return entry;
 }
@@ -2564,6 +2573,29 @@ ah_bus_intern_subject (AhBus       *self,
       return NULL;
     }
   return (const AhSubject *) entry;
+}
+
+gboolean
+ah_bus_subject_is_subscribed (AhBus           *self,
+                              const AhSubject *subject)
+{
+  AhSubjectEntry *entry = (AhSubjectEntry *) subject;
+  guint64 state;
+  gboolean subscribed;
+
+  g_return_val_if_fail (self != NULL, FALSE);
+  g_return_val_if_fail (subject != NULL, FALSE);
+
+  state = atomic_load (&entry->subscribed_state);
+  if ((state >> 1) == (guint64) atomic_load (&self->generation_now) + 1)
+    return (state & 1) != 0;
+
+  /* Subscriptions changed since it was resolved: resolve it again. */
+  pthread_rwlock_wrlock (&self->route_lock);
+  entry = ah_bus_cache_subject_capped (self, entry->subject, AH_BUS_INTERNED_MAX);
+  subscribed = entry != NULL && entry->targets->n_groups > 0;
+  pthread_rwlock_unlock (&self->route_lock);
+  return subscribed;
 }
 
 /* ---- Publishing from a handler ------------------------------------------------------------ */

@@ -88,7 +88,24 @@ typedef struct {
   guint     n;
 } LiveIndex;
 
+/* The lifecycle events a pool announces. */
+typedef enum {
+  AH_SUBJECT_AGENT_SPAWNED,
+  AH_SUBJECT_AGENT_STOPPED,
+  AH_SUBJECT_AGENT_FAILED,
+  AH_SUBJECT_AGENT_RESTARTED,
+  AH_POOL_N_EVENTS
+} PoolEvent;
+
+static const char * const pool_event_subjects[AH_POOL_N_EVENTS] = {
+  "$SYS.agent.spawned",
+  "$SYS.agent.stopped",
+  "$SYS.agent.failed",
+  "$SYS.agent.restarted",
+};
+
 struct _AhPool {
+  const AhSubject           *events[AH_POOL_N_EVENTS];  /* interned: checked before formatting */
   AhBus                     *bus;
   const AhManifestAgentType *type;         /* borrowed from the host's manifest */
   AhPlugin                  *plugin;       /* (owned) */
@@ -476,7 +493,7 @@ format_uint (char    *out,
  * someone got it. */
 static gboolean
 pool_publish_event (AhPool     *self,
-                    const char *subject,
+                    PoolEvent   event,
                     AhAgentId   id,
                     guint       index,
                     const char *reason)
@@ -484,7 +501,13 @@ pool_publish_event (AhPool     *self,
   /* Type names are at most 64 bytes: the rest fits whatever the numbers. */
   char text[160];
   g_autofree char *with_reason = NULL;
-  gsize length = 0, name_length = strlen (self->type->name);
+  const char *subject = pool_event_subjects[event];
+  gsize length = 0, name_length;
+
+  /* Nobody subscribed: not even formatted (a lock-free check). */
+  if (self->events[event] != NULL && !ah_bus_subject_is_subscribed (self->bus, self->events[event]))
+    return FALSE;
+  name_length = strlen (self->type->name);
 
   if (G_UNLIKELY (name_length > 64))
     name_length = 64;
@@ -505,10 +528,6 @@ pool_publish_event (AhPool     *self,
   return ah_bus_publish_event (self->bus, subject, with_reason, strlen (with_reason));
 }
 
-#define AH_SUBJECT_AGENT_SPAWNED   "$SYS.agent.spawned"
-#define AH_SUBJECT_AGENT_STOPPED   "$SYS.agent.stopped"
-#define AH_SUBJECT_AGENT_FAILED    "$SYS.agent.failed"
-#define AH_SUBJECT_AGENT_RESTARTED "$SYS.agent.restarted"
 
 static AhBusGroup *
 pool_get_group (AhPool     *self,
@@ -541,6 +560,8 @@ ah_pool_new (AhBus                     *bus,
 
   self = g_new0 (AhPool, 1);
   self->bus = bus;
+  for (guint i = 0; i < AH_POOL_N_EVENTS; i++)
+    self->events[i] = ah_bus_intern_subject (bus, pool_event_subjects[i], NULL);
   self->type = type;
   self->plugin = ah_plugin_ref (plugin);
   self->desc = ah_plugin_get_desc (plugin);

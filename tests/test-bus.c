@@ -3094,6 +3094,29 @@ test_subject_interned (Fixture       *fixture,
 }
 
 static void
+test_subject_subscribed (Fixture       *fixture,
+                         gconstpointer  user_data)
+{
+  const AhSubject *event = ah_bus_intern_subject (fixture->bus, "$SYS.agent.spawned", NULL);
+  Agent *agent = fixture_add_agent (fixture, NULL, NULL);
+  AhBusGroup *group = ah_bus_group_new (fixture->bus, "watchers", AH_DELIVERY_BROADCAST);
+  guint id;
+
+  g_test_summary ("Whether an interned subject has a subscription follows subscribes and "
+                  "unsubscribes, asked again and again");
+
+  g_assert_false (ah_bus_subject_is_subscribed (fixture->bus, event));
+  g_assert_false (ah_bus_subject_is_subscribed (fixture->bus, event));
+  ah_bus_group_add (group, agent->endpoint);
+  id = ah_bus_subscribe (fixture->bus, "$SYS.agent.*", group, NULL);
+  g_assert_cmpuint (id, >, 0);
+  g_assert_true (ah_bus_subject_is_subscribed (fixture->bus, event));
+  g_assert_true (ah_bus_subject_is_subscribed (fixture->bus, event));
+  ah_bus_unsubscribe (fixture->bus, id);
+  g_assert_false (ah_bus_subject_is_subscribed (fixture->bus, event));
+}
+
+static void
 test_pause_holds_mail (Fixture       *fixture,
                        gconstpointer  user_data)
 {
@@ -3538,6 +3561,7 @@ main (int    argc,
   BUS_TEST ("/bus/route/outbox-no-route", &config_block_one_worker, test_route_outbox_no_route);
   BUS_TEST ("/bus/lane/wraparound", &config_batch_of_four, test_lane_wraparound);
   BUS_TEST ("/bus/subject/interned", &config_block_two_workers, test_subject_interned);
+  BUS_TEST ("/bus/subject/subscribed", &config_one_worker, test_subject_subscribed);
   BUS_TEST ("/bus/route/broadcast-shared", &config_two_workers, test_route_broadcast_shared);
   BUS_TEST ("/bus/route/no-route", &config_one_worker, test_route_no_route);
   BUS_TEST ("/bus/route/invalid", &config_one_worker, test_route_invalid);
