@@ -160,7 +160,6 @@ typedef struct {
 /* One per agent, so it is kept small: flags are bytes, and an endpoint
  * does not list the groups it is in (see ah_bus_unregister_endpoint_unlocked). */
 struct _AhEndpoint {
-  AhBus          *bus;
   AhAgentId       id;
   AhEndpointFunc  func;
   gpointer        user_data;
@@ -172,7 +171,7 @@ struct _AhEndpoint {
   atomic_uint     normal_used;
 
   /* Under worker->lock: */
-  AhLane          system_lane;
+  AhLane         *system_lane;      /* made with its first system message: they are rare */
   AhLane          normal_lane;
   guint           room_waiters;     /* external publishers waiting for room */
   guint8          state;            /* AhEndpointState */
@@ -192,6 +191,12 @@ struct _AhEndpoint {
   guint           home_position;    /* in @home_group's members, plus one */
   AhBusGroup     *home_group;       /* its first group, which needs no table entry */
 };
+
+static inline gboolean
+ah_endpoint_has_system_mail (const AhEndpoint *endpoint)
+{
+  return endpoint->system_lane != NULL && endpoint->system_lane->length > 0;
+}
 
 struct _AhBusGroup {
   AhBus       *bus;
@@ -789,7 +794,9 @@ ah_endpoint_unref_n (AhEndpoint *endpoint,
 
   /* Stop or close emptied the lanes and queues before the last
    * reference went; what is freed here is only their memory. */
-  g_free (endpoint->system_lane.items);
+  if (endpoint->system_lane != NULL)
+    g_free (endpoint->system_lane->items);
+  g_free (endpoint->system_lane);
   g_free (endpoint->normal_lane.items);
   if (endpoint->deferred != NULL)
     g_array_unref (endpoint->deferred);
@@ -926,7 +933,7 @@ ah_endpoint_enqueue_locked (AhEndpoint         *endpoint,
                             AhDeadLetterReason *ret_reason)
 {
   AhWorker *worker = endpoint->worker;
-  AhBus *self = endpoint->bus;
+  AhBus *self = endpoint->worker->bus;
   guint capacity = self->config.mailbox_capacity;
   gboolean normal = message->priority != AH_PRIORITY_SYSTEM;
 
@@ -1001,7 +1008,9 @@ ah_endpoint_enqueue_locked (AhEndpoint         *endpoint,
       return AH_ENQUEUE_DEAD;
     }
 
-  ah_lane_push (normal ? &endpoint->normal_lane : &endpoint->system_lane, message);
+  if (!normal && endpoint->system_lane == NULL)
+    endpoint->system_lane = g_new0 (AhLane, 1);
+  ah_lane_push (normal ? &endpoint->normal_lane : endpoint->system_lane, message);
 
   /* A paused endpoint stays IDLE with mail: resume schedules it. */
   if (endpoint->state == AH_ENDPOINT_IDLE && !endpoint->paused)
@@ -1053,7 +1062,7 @@ ah_endpoint_enqueue_run_locked (AhEndpoint       *endpoint,
                                 gboolean         *ret_wake)
 {
   AhWorker *worker = endpoint->worker;
-  guint capacity = endpoint->bus->config.mailbox_capacity;
+  guint capacity = endpoint->worker->bus->config.mailbox_capacity;
   guint n = n_run;
 
   if (worker->drained || endpoint->closing)
@@ -1325,7 +1334,7 @@ ah_endpoint_drain (AhEndpoint         *endpoint,
                    gboolean            wake_senders)
 {
   AhWorker *worker = endpoint->worker;
-  AhBus *self = endpoint->bus;
+  AhBus *self = endpoint->worker->bus;
   g_autoptr(GPtrArray) queued = g_ptr_array_new ();
   GArray *deferred;
   GPtrArray *blocked;
@@ -1337,7 +1346,8 @@ ah_endpoint_drain (AhEndpoint         *endpoint,
       while (endpoint->state == AH_ENDPOINT_RUNNING)
         pthread_cond_wait (&worker->state_cond, &worker->lock);
     }
-  ah_lane_steal (&endpoint->system_lane, queued);
+  if (endpoint->system_lane != NULL)
+    ah_lane_steal (endpoint->system_lane, queued);
   /* Only what was queued: slots reserved by messages still on their way
    * are given back when those arrive and find the endpoint closed. */
   atomic_fetch_sub (&endpoint->normal_used, ah_lane_steal (&endpoint->normal_lane, queued));
@@ -1389,7 +1399,6 @@ ah_endpoint_alloc (AhBus          *self,
 {
   AhEndpoint *endpoint = g_new0 (AhEndpoint, 1);
 
-  endpoint->bus = self;
   endpoint->id = id;
   endpoint->func = func;
   endpoint->user_data = user_data;
@@ -1525,7 +1534,7 @@ ah_bus_endpoint_close (AhBus      *self,
 
   g_return_if_fail (self != NULL);
   g_return_if_fail (endpoint != NULL);
-  g_return_if_fail (endpoint->bus == self);
+  g_return_if_fail (endpoint->worker->bus == self);
 
   pthread_rwlock_wrlock (&self->route_lock);
   was_registered = ah_bus_unregister_endpoint_unlocked (self, endpoint);
@@ -1559,7 +1568,7 @@ ah_bus_endpoint_pause (AhBus      *self,
 
   g_return_if_fail (self != NULL);
   g_return_if_fail (endpoint != NULL);
-  g_return_if_fail (endpoint->bus == self);
+  g_return_if_fail (endpoint->worker->bus == self);
   g_return_if_fail (ah_bus_worker_for_thread (self) == NULL);
 
   worker = endpoint->worker;
@@ -1596,7 +1605,7 @@ ah_bus_endpoint_resume (AhBus      *self,
 
   g_return_if_fail (self != NULL);
   g_return_if_fail (endpoint != NULL);
-  g_return_if_fail (endpoint->bus == self);
+  g_return_if_fail (endpoint->worker->bus == self);
 
   worker = endpoint->worker;
   pthread_mutex_lock (&worker->lock);
@@ -1610,7 +1619,7 @@ ah_bus_endpoint_resume (AhBus      *self,
           pthread_cond_broadcast (&worker->state_cond);
         }
       else if (endpoint->state == AH_ENDPOINT_IDLE && !endpoint->closing && !worker->drained
-               && (endpoint->system_lane.length > 0 || endpoint->normal_lane.length > 0
+               && (ah_endpoint_has_system_mail (endpoint) || endpoint->normal_lane.length > 0
                    || (endpoint->deferred != NULL && endpoint->deferred->len > 0)))
         {
           /* Not running, so its worker does not touch @deferred now.
@@ -1700,7 +1709,7 @@ ah_bus_group_add (AhBusGroup *group,
 
   g_return_if_fail (group != NULL);
   g_return_if_fail (endpoint != NULL);
-  g_return_if_fail (endpoint->bus == group->bus);
+  g_return_if_fail (endpoint->worker->bus == group->bus);
 
   self = group->bus;
   pthread_rwlock_wrlock (&self->route_lock);
@@ -1716,7 +1725,7 @@ ah_bus_group_remove (AhBusGroup *group,
 
   g_return_if_fail (group != NULL);
   g_return_if_fail (endpoint != NULL);
-  g_return_if_fail (endpoint->bus == group->bus);
+  g_return_if_fail (endpoint->worker->bus == group->bus);
 
   self = group->bus;
   pthread_rwlock_wrlock (&self->route_lock);
@@ -3340,8 +3349,8 @@ ah_endpoint_take_batch_locked (AhEndpoint  *endpoint,
 {
   guint n = 0, n_normal = 0;
 
-  while (n < max && endpoint->system_lane.length > 0)
-    batch[n++] = ah_lane_pop (&endpoint->system_lane);
+  while (n < max && ah_endpoint_has_system_mail (endpoint))
+    batch[n++] = ah_lane_pop (endpoint->system_lane);
   while (n < max && endpoint->normal_lane.length > 0)
     {
       batch[n++] = ah_lane_pop (&endpoint->normal_lane);
@@ -3372,7 +3381,7 @@ ah_endpoint_reschedule_locked (AhWorker   *worker,
     }
   endpoint->retry_pending = FALSE;
   if (!endpoint->paused
-      && (has_deferred || endpoint->system_lane.length > 0 || endpoint->normal_lane.length > 0))
+      && (has_deferred || ah_endpoint_has_system_mail (endpoint) || endpoint->normal_lane.length > 0))
     {
       endpoint->state = AH_ENDPOINT_SCHEDULED;
       ah_worker_push_locked (worker, endpoint);
