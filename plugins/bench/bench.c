@@ -155,12 +155,14 @@ bench_agent_init (AhContext *ctx,
     }
   self->on_collect = ah_subject_intern (ctx, "bench.collect");
   self->on_stop = ah_subject_intern (ctx, "bench.stop");
+  /* Idle agents (the spawn scenarios' hundreds of thousands) listen for
+   * nothing else. */
+  if (self->role == BENCH_ROLE_IDLE)
+    return TRUE;
   self->on_start = ah_subject_intern (ctx, "bench.start");
   self->on_go = ah_subject_intern (ctx, "bench.go");
   self->on_s3_go = ah_subject_intern (ctx, "bench.s3.go");
   self->on_s3_msg = ah_subject_intern (ctx, "bench.s3.msg");
-  if (self->role == BENCH_ROLE_IDLE)
-    return TRUE;
 
   self->expect_every = g_str_equal (expect, "every");
   self->chain = ah_config_get_bool (ctx, "chain", TRUE);
