@@ -7,7 +7,7 @@
  * ThreadSanitizer cannot see GLib's futex mutex (STYLE.md, section 8).
  *
  * Lock order. route_lock (subjects, trie, subscriptions, groups, the id
- * table) is never held while a worker lock is taken, and no two worker
+ * table) is never taken while a worker lock is held, and no two worker
  * locks are ever held at once; requests_lock, idle_lock and
  * dead_letter_lock are leaves. So the bus cannot deadlock on its own
  * locks. What it can do, like every system of bounded mailboxes, is
@@ -36,6 +36,33 @@
  * flushed, so in_flight == 0 really means nothing is left to do. The
  * bus is idle when, besides, no request is pending and nobody holds it
  * (ah_bus_hold: work the bus cannot see, such as a running offload).
+ *
+ * The hot path, batch by batch. A handler's publishes wait in its
+ * worker's outbox, unrouted (under AH_OVERFLOW_BLOCK; under _FAIL each is
+ * routed when made, to know whether a mailbox refused it). At the flush
+ * (the handler returned, or publish_batch calls were made) the outbox is
+ * routed under one read lock: one subject lookup per run of messages on
+ * one subject, one clock read to stamp them, one accept for all. A queue
+ * group takes a run in chunks (up to handler_batch messages per member,
+ * no more than an even share per worker), so bursts arrive as full
+ * handler batches. Delivery sorts the envelopes by worker, takes each
+ * worker lock once and signals each worker at most once, and queues a
+ * run to one endpoint with one room check. Reference counts move n at a
+ * time, and a worker sums its releases of a message before applying
+ * them, so a broadcast message's count does not bounce between cores
+ * per recipient. Messages of up to 256 bytes come from per-thread block
+ * caches (ah-message.c), not malloc.
+ *
+ * Waking. A worker out of work spins on its run queue's length for
+ * AH_WORKER_SPIN_NS, then parks on its condition variable; a publisher
+ * signals a worker only when it made one of its endpoints runnable. No
+ * thread polls on a timer: the request timer sleeps until its next
+ * deadline.
+ *
+ * Memory per endpoint matters (one per agent, millions of them): flags
+ * are bytes, the system lane exists only once used, the id table is
+ * paged (ids are never reused), and an endpoint keeps its position in its
+ * first group itself.
  *
  * SPDX-License-Identifier: MIT
  */
