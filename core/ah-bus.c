@@ -7,7 +7,7 @@
  * ThreadSanitizer cannot see GLib's futex mutex (STYLE.md, section 8).
  *
  * Lock order. route_lock (subjects, trie, subscriptions, groups, the id
- * table) is never taken while a worker lock is held, and no two worker
+ * table) is never held while a worker lock is taken, and no two worker
  * locks are ever held at once; requests_lock, idle_lock and
  * dead_letter_lock are leaves. So the bus cannot deadlock on its own
  * locks. What it can do, like every system of bounded mailboxes, is
