@@ -106,6 +106,13 @@ gpointer    ah_endpoint_get_user_data (AhEndpoint *endpoint);
  * completes when the handler returns), dead-letters what is left in its
  * mailbox and frees it. Further sends to its id are dead-lettered. */
 void        ah_bus_endpoint_close     (AhBus *self, AhEndpoint *endpoint);
+/* Closes @endpoint only if nothing waits in its mailbox, no message
+ * routed to it is still on its way, and its handler is neither running
+ * nor scheduled: then no message is dead-lettered by the close (short of
+ * a direct send racing it). Returns whether it closed it. For scaling
+ * down: take the endpoint out of its groups first. Not from its own
+ * handler. */
+gboolean    ah_bus_endpoint_close_if_idle (AhBus *self, AhEndpoint *endpoint);
 
 /* Groups: the subscriptions of one agent type, in one delivery mode. */
 AhBusGroup *ah_bus_group_new          (AhBus *self, const char *name, AhDelivery delivery);

@@ -1580,6 +1580,44 @@ ah_bus_endpoint_close (AhBus      *self,
   ah_endpoint_unref (endpoint);
 }
 
+gboolean
+ah_bus_endpoint_close_if_idle (AhBus      *self,
+                               AhEndpoint *endpoint)
+{
+  AhWorker *worker;
+  gboolean idle;
+
+  g_return_val_if_fail (self != NULL, FALSE);
+  g_return_val_if_fail (endpoint != NULL, FALSE);
+  g_return_val_if_fail (endpoint->worker->bus == self, FALSE);
+  g_return_val_if_fail (ah_bus_current_call == NULL || ah_bus_current_call->endpoint != endpoint,
+                        FALSE);
+
+  worker = endpoint->worker;
+  pthread_mutex_lock (&worker->lock);
+  /* Every message routed to it and not yet queued holds a reference:
+   * with only its creator's left, nothing is on its way. A scheduled or
+   * running endpoint holds its run queue's. */
+  idle = !endpoint->closing && endpoint->state == AH_ENDPOINT_IDLE
+         && atomic_load (&endpoint->normal_used) == 0 && !ah_endpoint_has_system_mail (endpoint)
+         && (endpoint->deferred == NULL || endpoint->deferred->len == 0)
+         && atomic_load (&endpoint->ref_count) == 1;
+  if (idle)
+    endpoint->closing = TRUE;
+  pthread_mutex_unlock (&worker->lock);
+  if (!idle)
+    return FALSE;
+
+  pthread_rwlock_wrlock (&self->route_lock);
+  ah_bus_unregister_endpoint_unlocked (self, endpoint);
+  pthread_rwlock_unlock (&self->route_lock);
+  /* A direct send that found it by id in the meantime is dead-lettered
+   * by the drain or on arrival, as for any agent that stops. */
+  ah_endpoint_drain (endpoint, FALSE, AH_DEAD_LETTER_AGENT_STOPPED, TRUE);
+  ah_endpoint_unref (endpoint);
+  return TRUE;
+}
+
 /* Blocks only the calling thread, and only while a turn of @endpoint
  * runs: other endpoints, on its worker too, keep running. From a worker
  * of this bus it is refused, not just from the endpoint's own handler

@@ -1275,20 +1275,16 @@ pool_agent_unlive_locked (AhPool  *self,
   pool_agent_unlive_found_locked (self, agent);
 }
 
-/* Stops an agent the caller marked STOPPING. Lifecycle lock held. */
+/* The rest of stopping an agent once its endpoint is closed: finalize,
+ * the slot back to the pool, the event. Lifecycle lock held. */
 static void
-pool_agent_stop (AhPool  *self,
-                 AhAgent *agent)
+pool_agent_finish_stop (AhPool  *self,
+                        AhAgent *agent)
 {
   AhContext ctx = { .agent = agent, .call = NULL };
   AhAgentId id = agent->id;
   guint index = agent->index;
 
-  /* Out of the groups first, so no new message is routed to it; then the
-   * close dead-letters what is still queued and waits out a running
-   * batch. Only then may finalize touch the state. */
-  pool_agent_leave_groups (self, agent);
-  ah_bus_endpoint_close (self->bus, agent->endpoint);
   if (agent->reported_depth > 0)
     __atomic_sub_fetch (&self->total_depth, (gint64) agent->reported_depth, __ATOMIC_RELAXED);
 
@@ -1302,6 +1298,19 @@ pool_agent_stop (AhPool  *self,
   g_mutex_unlock (&self->lock);
   pool_agent_release (self, agent, FALSE);
   pool_publish_event (self, AH_SUBJECT_AGENT_STOPPED, id, index, NULL);
+}
+
+/* Stops an agent the caller marked STOPPING. Lifecycle lock held. */
+static void
+pool_agent_stop (AhPool  *self,
+                 AhAgent *agent)
+{
+  /* Out of the groups first, so no new message is routed to it; then the
+   * close dead-letters what is still queued and waits out a running
+   * batch. Only then may finalize touch the state. */
+  pool_agent_leave_groups (self, agent);
+  ah_bus_endpoint_close (self->bus, agent->endpoint);
+  pool_agent_finish_stop (self, agent);
 }
 
 gboolean
@@ -1939,28 +1948,33 @@ pool_agent_handle (AhBusCall               *call,
 
 /* ---- autoscale: shrinking ---------------------------------------------------------------- */
 
-/* Stops @agent if nothing waits in its mailbox once it has left its
- * groups; else it rejoins them. Lifecycle lock held. */
+/* Stops @agent if, once it has left its groups, nothing waits in its
+ * mailbox and nothing routed is on its way to it (the bus checks both at
+ * once, so scaling down never dead-letters a message); else it rejoins
+ * them. Lifecycle lock held. */
 static gboolean
 pool_agent_try_stop_idle (AhPool  *self,
                           AhAgent *agent)
 {
-  pool_agent_leave_groups (self, agent);
-  if (ah_bus_endpoint_get_depth (agent->endpoint) > 0)
-    {
-      pool_agent_join_groups (self, agent);
-      return FALSE;
-    }
-
   g_mutex_lock (&self->lock);
   if (agent->state != AH_SLOT_READY)
     {
       g_mutex_unlock (&self->lock);
       return FALSE;
     }
+  g_mutex_unlock (&self->lock);
+
+  pool_agent_leave_groups (self, agent);
+  if (!ah_bus_endpoint_close_if_idle (self->bus, agent->endpoint))
+    {
+      pool_agent_join_groups (self, agent);
+      return FALSE;
+    }
+
+  g_mutex_lock (&self->lock);
   pool_agent_unlive_locked (self, agent);
   g_mutex_unlock (&self->lock);
-  pool_agent_stop (self, agent);
+  pool_agent_finish_stop (self, agent);
   return TRUE;
 }
 

@@ -3117,6 +3117,32 @@ test_subject_subscribed (Fixture       *fixture,
 }
 
 static void
+test_close_if_idle (Fixture       *fixture,
+                    gconstpointer  user_data)
+{
+  Agent *busy = fixture_add_agent (fixture, NULL, NULL);
+  Agent *idle = fixture_add_agent (fixture, NULL, NULL);
+
+  g_test_summary ("close_if_idle refuses an endpoint with mail and closes one without, "
+                  "dead-lettering nothing");
+
+  /* Not started: its message waits in its mailbox. */
+  send_to (fixture, busy->id, "work", "x");
+  g_assert_false (ah_bus_endpoint_close_if_idle (fixture->bus, busy->endpoint));
+  g_assert_true (ah_bus_endpoint_close_if_idle (fixture->bus, idle->endpoint));
+  ah_bus_start (fixture->bus);
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (busy->n_received, ==, 1);
+  g_assert_cmpuint (fixture->dead->len, ==, 0);
+
+  /* Once handled, it closes; then its id is gone. */
+  g_assert_true (ah_bus_endpoint_close_if_idle (fixture->bus, busy->endpoint));
+  send_to (fixture, busy->id, "work", "late");
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_NO_AGENT), ==, 1);
+}
+
+static void
 test_pause_holds_mail (Fixture       *fixture,
                        gconstpointer  user_data)
 {
@@ -3562,6 +3588,7 @@ main (int    argc,
   BUS_TEST ("/bus/lane/wraparound", &config_batch_of_four, test_lane_wraparound);
   BUS_TEST ("/bus/subject/interned", &config_block_two_workers, test_subject_interned);
   BUS_TEST ("/bus/subject/subscribed", &config_one_worker, test_subject_subscribed);
+  BUS_TEST ("/bus/close/if-idle", &config_one_worker, test_close_if_idle);
   BUS_TEST ("/bus/route/broadcast-shared", &config_two_workers, test_route_broadcast_shared);
   BUS_TEST ("/bus/route/no-route", &config_one_worker, test_route_no_route);
   BUS_TEST ("/bus/route/invalid", &config_one_worker, test_route_invalid);
