@@ -1572,45 +1572,62 @@ pool_agent_restart (AhPool  *self,
                     AhAgent *agent)
 {
   AhContext ctx = { .agent = agent, .call = NULL };
-  g_autoptr(GError) local_error = NULL;
-  g_autofree char *reason = NULL;
   gint64 start = pool_now_ns ();
-  gboolean ok;
 
   __atomic_store_n (&agent->activity, AH_AGENT_ACTIVITY_RESTARTING, __ATOMIC_RELAXED);
   if (self->desc->agent_finalize != NULL)
     self->desc->agent_finalize (&ctx, agent->state_mem);
-  if (agent->state_mem != NULL)
-    memset (agent->state_mem, 0, self->desc->state_size);
-  ok = self->desc->agent_init == NULL
-       || self->desc->agent_init (&ctx, agent->state_mem, &local_error);
-  __atomic_store_n (&agent->activity, AH_AGENT_ACTIVITY_WAITING, __ATOMIC_RELAXED);
 
-  if (ok)
+  /* As an OTP supervisor does, a restart whose init fails counts as one
+   * more failure against the budget and is tried again while the budget
+   * allows; past it the supervisor stops the type. */
+  for (;;)
     {
-      __atomic_add_fetch (&self->restart_ns[hist_bucket ((guint64) (pool_now_ns () - start))], 1,
-                          __ATOMIC_RELAXED);
-      __atomic_add_fetch (&self->restarted, 1, __ATOMIC_RELAXED);
-      __atomic_add_fetch (&agent->restarts, 1, __ATOMIC_RELAXED);
-      pool_publish_event (self, AH_SUBJECT_AGENT_RESTARTED, agent->id, agent->index, NULL);
-      return TRUE;
-    }
+      g_autoptr(GError) local_error = NULL;
+      g_autofree char *reason = NULL;
+      gboolean ok;
 
-  reason = g_strdup_printf ("restart failed: init failed: %s",
-                            local_error != NULL ? local_error->message
-                                                : "agent_init returned FALSE without a message");
-  g_mutex_lock (&self->lock);
-  self->init_failures++;
-  g_mutex_unlock (&self->lock);
-  __atomic_add_fetch (&self->failed, 1, __ATOMIC_RELAXED);
-  __atomic_store_n (&agent->doomed, AGENT_DOOM_UNINITIALISED, __ATOMIC_RELAXED);
-  pool_agent_leave_groups (self, agent);
-  pool_publish_event (self, AH_SUBJECT_AGENT_FAILED, agent->id, agent->index, reason);
-  g_message ("agent type '%s' agent %" G_GUINT64_FORMAT " %s; it is stopped",
-             self->type->name, agent->id, reason);
-  if (self->supervisor != NULL)
-    ah_supervisor_stop_agent (self->supervisor, self, agent->id);
-  return FALSE;
+      if (agent->state_mem != NULL)
+        memset (agent->state_mem, 0, self->desc->state_size);
+      ok = self->desc->agent_init == NULL
+           || self->desc->agent_init (&ctx, agent->state_mem, &local_error);
+      if (ok)
+        {
+          __atomic_store_n (&agent->activity, AH_AGENT_ACTIVITY_WAITING, __ATOMIC_RELAXED);
+          __atomic_add_fetch (&self->restart_ns[hist_bucket ((guint64) (pool_now_ns () - start))],
+                              1, __ATOMIC_RELAXED);
+          __atomic_add_fetch (&self->restarted, 1, __ATOMIC_RELAXED);
+          __atomic_add_fetch (&agent->restarts, 1, __ATOMIC_RELAXED);
+          pool_publish_event (self, AH_SUBJECT_AGENT_RESTARTED, agent->id, agent->index, NULL);
+          return TRUE;
+        }
+
+      reason = g_strdup_printf ("restart failed: init failed: %s",
+                                local_error != NULL ? local_error->message
+                                                    : "agent_init returned FALSE without a message");
+      g_mutex_lock (&self->lock);
+      self->init_failures++;
+      g_mutex_unlock (&self->lock);
+      __atomic_add_fetch (&self->failed, 1, __ATOMIC_RELAXED);
+      pool_publish_event (self, AH_SUBJECT_AGENT_FAILED, agent->id, agent->index, reason);
+      if (self->supervisor != NULL
+          && ah_supervisor_agent_failed (self->supervisor, self, agent->id, reason)
+             == AH_SUPERVISOR_RESTART)
+        {
+          g_message ("agent type '%s' agent %" G_GUINT64_FORMAT " %s; trying again",
+                     self->type->name, agent->id, reason);
+          continue;
+        }
+
+      __atomic_store_n (&agent->activity, AH_AGENT_ACTIVITY_WAITING, __ATOMIC_RELAXED);
+      __atomic_store_n (&agent->doomed, AGENT_DOOM_UNINITIALISED, __ATOMIC_RELAXED);
+      pool_agent_leave_groups (self, agent);
+      g_message ("agent type '%s' agent %" G_GUINT64_FORMAT " %s; it is stopped",
+                 self->type->name, agent->id, reason);
+      if (self->supervisor != NULL)
+        ah_supervisor_stop_agent (self->supervisor, self, agent->id);
+      return FALSE;
+    }
 }
 
 guint
