@@ -206,8 +206,7 @@ struct _AhEndpoint {
   guint8          paused;           /* given no turn until resumed */
   guint8          retry_pending;    /* woken while running: retry the deferred queue */
   GPtrArray      *blocked_senders;  /* (element-type AhEndpoint) (owned) waiting for room */
-  AhEndpoint     *run_next;
-  AhEndpoint     *run_prev;         /* so a pause unlinks it in O(1) */
+  AhEndpoint     *run_next;         /* its run queue is singly linked (see ah_worker_unlink_locked) */
 
   /* Only while RUNNING, by its worker; otherwise by whoever closes it. */
   GArray         *deferred;         /* (element-type AhEnvelope) in send order */
@@ -870,7 +869,6 @@ ah_worker_push_locked (AhWorker   *worker,
                        AhEndpoint *endpoint)
 {
   endpoint->run_next = NULL;
-  endpoint->run_prev = worker->run_tail;
   if (worker->run_tail != NULL)
     worker->run_tail->run_next = endpoint;
   else
@@ -886,31 +884,35 @@ ah_worker_pop_locked (AhWorker *worker)
 
   atomic_fetch_sub_explicit (&worker->n_scheduled, 1, memory_order_relaxed);
   worker->run_head = endpoint->run_next;
-  if (worker->run_head != NULL)
-    worker->run_head->run_prev = NULL;
-  else
+  if (worker->run_head == NULL)
     worker->run_tail = NULL;
   endpoint->run_next = NULL;
   return endpoint;
 }
 
 /* Takes @endpoint (SCHEDULED) off the run queue, wherever it is. The
- * caller gets the run queue's reference. */
+ * caller gets the run queue's reference. Only a pause does this, and
+ * pauses are rare (a reload, a one_for_all restart), so the queue is
+ * walked rather than every endpoint paying for a back link. */
 static void
 ah_worker_unlink_locked (AhWorker   *worker,
                          AhEndpoint *endpoint)
 {
+  AhEndpoint *previous = NULL;
+
+  for (AhEndpoint *it = worker->run_head; it != endpoint; it = it->run_next)
+    {
+      g_assert (it != NULL);   /* SCHEDULED: it is on this queue */
+      previous = it;
+    }
   atomic_fetch_sub_explicit (&worker->n_scheduled, 1, memory_order_relaxed);
-  if (endpoint->run_prev != NULL)
-    endpoint->run_prev->run_next = endpoint->run_next;
+  if (previous != NULL)
+    previous->run_next = endpoint->run_next;
   else
     worker->run_head = endpoint->run_next;
-  if (endpoint->run_next != NULL)
-    endpoint->run_next->run_prev = endpoint->run_prev;
-  else
-    worker->run_tail = endpoint->run_prev;
+  if (worker->run_tail == endpoint)
+    worker->run_tail = previous;
   endpoint->run_next = NULL;
-  endpoint->run_prev = NULL;
 }
 
 /* Reserves a normal-lane slot at routing time (AH_OVERFLOW_FAIL), so the
