@@ -291,6 +291,7 @@ struct _AhWorker {
   atomic_bool     spin_stop;    /* set with @stopping: cut a spin short */
   gboolean        stopping;     /* under @lock */
   gboolean        pinned;       /* its thread runs on one CPU of its own */
+  gboolean        parked;       /* under @lock: asleep on work_cond */
   int             cpu;          /* which, when pinned */
   atomic_bool     pinned_now;   /* @pinned, once its thread knows: for readers */
   gboolean        drained;      /* under @lock: the bus stopped, nothing more is queued */
@@ -372,6 +373,8 @@ struct _AhBus {
 /* The worker running on this thread, and the handler call it is in. */
 static __thread AhWorker *ah_bus_current_worker;
 static __thread AhBusCall *ah_bus_current_call;
+/* This thread woke a parked worker since its own worker last ran dry. */
+static __thread gboolean ah_bus_woke_parked;
 
 static void ah_endpoint_unref (AhEndpoint *endpoint);
 static void ah_subscription_free (gpointer data);
@@ -1055,6 +1058,8 @@ ah_endpoint_enqueue_locked (AhEndpoint         *endpoint,
 static void
 ah_worker_signal_locked (AhWorker *worker)
 {
+  if (worker->parked)
+    ah_bus_woke_parked = TRUE;
   pthread_cond_signal (&worker->work_cond);
 }
 
@@ -3637,11 +3642,12 @@ ah_worker_run (AhWorker   *worker,
  * machine). The watch is bounded, so an idle bus is a sleeping bus.
  *
  * Unpinned, the scheduler tends to queue a worker it wakes on the
- * waker's CPU, where the waker then spins: from idle, a round trip can
- * pay for the spin on top of the wake-ups. Yielding in the spin avoids
- * that but hands the CPU to any other process under load, which costs
- * far more where latency matters most; pinned workers (pin_workers)
- * avoid it for good. */
+ * waker's CPU, where the waker then spins: from idle, a round trip would
+ * pay for the whole spin on top of the wake-ups. So a worker that woke a
+ * parked one yields once before it spins. Only then: a yield in every
+ * spin hands the CPU to any other process under load, which costs far
+ * more where latency matters most. Pinned workers (pin_workers) never
+ * share a CPU and never yield. */
 #define AH_WORKER_SPIN_NS 20000
 
 static inline void
@@ -3667,6 +3673,16 @@ ah_worker_spin (AhWorker *worker)
       ah_cpu_relax ();
       if ((i & 63) == 0 && ah__monotonic_ns () >= until)
         return;
+      /* See above: a worker this one woke from its sleep may be queued
+       * on this CPU. One yield hands it the CPU if so, and returns at
+       * once if not; the spin goes on either way, so a reply still
+       * finds this worker awake. */
+      if (i == 1 && ah_bus_woke_parked)
+        {
+          ah_bus_woke_parked = FALSE;
+          if (!worker->pinned)
+            sched_yield ();
+        }
     }
 }
 
@@ -3706,7 +3722,11 @@ ah_worker_main (gpointer data)
           ah_worker_lock_self (worker);
         }
       while (worker->run_head == NULL && !worker->stopping)
-        pthread_cond_wait (&worker->work_cond, &worker->lock);
+        {
+          worker->parked = TRUE;
+          pthread_cond_wait (&worker->work_cond, &worker->lock);
+          worker->parked = FALSE;
+        }
       if (worker->stopping)
         break;
 
