@@ -206,7 +206,7 @@ struct _AhEndpoint {
   guint8          paused;           /* given no turn until resumed */
   guint8          retry_pending;    /* woken while running: retry the deferred queue */
   GPtrArray      *blocked_senders;  /* (element-type AhEndpoint) (owned) waiting for room */
-  AhEndpoint     *run_next;         /* its run queue is singly linked (see ah_worker_unlink_locked) */
+  AhEndpoint     *run_next;         /* its run queue is singly linked (see ah_bus_endpoint_pause) */
 
   /* Only while RUNNING, by its worker; otherwise by whoever closes it. */
   GArray         *deferred;         /* (element-type AhEnvelope) in send order */
@@ -891,31 +891,6 @@ ah_worker_pop_locked (AhWorker *worker)
     worker->run_tail = NULL;
   endpoint->run_next = NULL;
   return endpoint;
-}
-
-/* Takes @endpoint (SCHEDULED) off the run queue, wherever it is. The
- * caller gets the run queue's reference. Only a pause does this, and
- * pauses are rare (a reload, a one_for_all restart), so the queue is
- * walked rather than every endpoint paying for a back link. */
-static void
-ah_worker_unlink_locked (AhWorker   *worker,
-                         AhEndpoint *endpoint)
-{
-  AhEndpoint *previous = NULL;
-
-  for (AhEndpoint *it = worker->run_head; it != endpoint; it = it->run_next)
-    {
-      g_assert (it != NULL);   /* SCHEDULED: it is on this queue */
-      previous = it;
-    }
-  atomic_fetch_sub_explicit (&worker->n_scheduled, 1, memory_order_relaxed);
-  if (previous != NULL)
-    previous->run_next = endpoint->run_next;
-  else
-    worker->run_head = endpoint->run_next;
-  if (worker->run_tail == endpoint)
-    worker->run_tail = previous;
-  endpoint->run_next = NULL;
 }
 
 /* Reserves a normal-lane slot at routing time (AH_OVERFLOW_FAIL), so the
@@ -1636,7 +1611,6 @@ ah_bus_endpoint_pause (AhBus      *self,
                        AhEndpoint *endpoint)
 {
   AhWorker *worker;
-  gboolean unscheduled = FALSE;
 
   g_return_if_fail (self != NULL);
   g_return_if_fail (endpoint != NULL);
@@ -1648,22 +1622,17 @@ ah_bus_endpoint_pause (AhBus      *self,
    * this waits. */
   ah_endpoint_ref (endpoint);
   pthread_mutex_lock (&worker->lock);
+  /* A scheduled endpoint stays on its run queue (the queue is singly
+   * linked: taking it out of the middle would cost a walk, under the
+   * worker's lock, per endpoint of a type being reloaded); the worker
+   * drops it when it comes up, unless a resume came first. */
   endpoint->paused = TRUE;
-  if (endpoint->state == AH_ENDPOINT_SCHEDULED)
-    {
-      ah_worker_unlink_locked (worker, endpoint);
-      endpoint->state = AH_ENDPOINT_IDLE;
-      unscheduled = TRUE;
-    }
   /* A resume meanwhile ends the wait too: that pause is over. */
   while (endpoint->paused && endpoint->state == AH_ENDPOINT_RUNNING)
     pthread_cond_wait (&worker->state_cond, &worker->lock);
   pthread_mutex_unlock (&worker->lock);
 
-  /* The run queue's reference, and ours: never the last one while the
-   * caller still holds the endpoint. */
-  if (unscheduled)
-    ah_endpoint_unref (endpoint);
+  /* Ours: never the last one while the caller still holds the endpoint. */
   ah_endpoint_unref (endpoint);
 }
 
@@ -1689,6 +1658,10 @@ ah_bus_endpoint_resume (AhBus      *self,
           /* A pause still waiting for this turn returns; the turn's end
            * reschedules the endpoint as usual. */
           pthread_cond_broadcast (&worker->state_cond);
+        }
+      else if (endpoint->state == AH_ENDPOINT_SCHEDULED)
+        {
+          /* Still on its run queue: it takes its turn when it comes up. */
         }
       else if (endpoint->state == AH_ENDPOINT_IDLE && !endpoint->closing && !worker->drained
                && (ah_endpoint_has_system_mail (endpoint) || endpoint->normal_lane.length > 0
@@ -3731,8 +3704,10 @@ ah_worker_main (gpointer data)
         break;
 
       endpoint = ah_worker_pop_locked (worker);
-      if (endpoint->closing)
+      if (endpoint->closing || endpoint->paused)
         {
+          /* Closed, or paused while it waited its turn: no turn; a
+           * resume schedules it again if it has mail. */
           endpoint->state = AH_ENDPOINT_IDLE;
           pthread_mutex_unlock (&worker->lock);
           ah_endpoint_unref (endpoint);
