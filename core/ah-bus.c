@@ -4205,6 +4205,7 @@ ah_bus_get_counters (AhBus         *self,
   ret_counters->latency_p50_us = ah_latency_percentile_us (counts, total, max_ns, 0.50);
   ret_counters->latency_p95_us = ah_latency_percentile_us (counts, total, max_ns, 0.95);
   ret_counters->latency_p99_us = ah_latency_percentile_us (counts, total, max_ns, 0.99);
+  ret_counters->latency_p999_us = ah_latency_percentile_us (counts, total, max_ns, 0.999);
   ret_counters->latency_max_us = (gdouble) max_ns / 1000.0;
   ret_counters->n_workers = self->config.n_workers;
 }

@@ -832,6 +832,7 @@ ah_host_get_stats (AhHost      *self,
   ret_stats->latency_p95_us = counters.latency_p95_us;
   ret_stats->latency_p99_us = counters.latency_p99_us;
   ret_stats->latency_max_us = counters.latency_max_us;
+  ret_stats->latency_p999_us = counters.latency_p999_us;
   ret_stats->worker_stall_max_us = counters.worker_stall_max_us;
   ret_stats->n_workers = counters.n_workers;
   ret_stats->n_types = self->n_pools;
@@ -912,9 +913,10 @@ ah_host_format_summary (AhHost *self)
                           100.0 * host_success_rate (&stats));
   g_string_append_printf (out, "  throughput  %.0f msgs/s delivered in %" G_GUINT64_FORMAT " handler batches\n",
                           host_throughput (&stats), stats.batches);
-  g_string_append_printf (out, "  latency     p50 %.1f us, p95 %.1f us, p99 %.1f us, max %.1f us (publish to handler)\n",
+  g_string_append_printf (out, "  latency     p50 %.1f us, p95 %.1f us, p99 %.1f us, p99.9 %.1f us, max %.1f us "
+                          "(publish to handler)\n",
                           stats.latency_p50_us, stats.latency_p95_us, stats.latency_p99_us,
-                          stats.latency_max_us);
+                          stats.latency_p999_us, stats.latency_max_us);
   g_string_append_printf (out, "  requests    %" G_GUINT64_FORMAT " (%" G_GUINT64_FORMAT " timed out)\n",
                           stats.requests, stats.request_timeouts);
   g_string_append (out, "  type                 agents  spawned  handled  failed      pre-warm"
@@ -1014,6 +1016,8 @@ ah_host_format_summary_json (AhHost *self)
   json_append_double (out, stats.latency_p95_us);
   g_string_append (out, ", \"p99\": ");
   json_append_double (out, stats.latency_p99_us);
+  g_string_append (out, ", \"p999\": ");
+  json_append_double (out, stats.latency_p999_us);
   g_string_append (out, ", \"max\": ");
   json_append_double (out, stats.latency_max_us);
   g_string_append (out, "},\n  \"worker_stall_max_us\": ");

@@ -87,6 +87,7 @@ typedef struct {
   gdouble latency_p50_us;
   gdouble latency_p95_us;
   gdouble latency_p99_us;
+  gdouble latency_p999_us;
   gdouble latency_max_us;
   gdouble prewarm_ms;      /* all pools, wall clock */
   gdouble elapsed_s;       /* from the end of pre-warm to now, or to the stop */
