@@ -5,64 +5,13 @@
  */
 #include <agenthost/agenthost.h>
 
-#include "plugins/supervised.h"
+#include "host-helpers.h"
 
 #include <string.h>
 
-#define EVENT_TIMEOUT_US (10 * G_USEC_PER_SEC)
+#define EVENT_TIMEOUT_US TEST_EVENT_TIMEOUT_US
 
 /* ---- helpers ------------------------------------------------------------ */
-
-/* A host for an inline manifest. Shipped plugins are found through
- * AGENTHOST_PLUGIN_PATH (set by the test setup), the test plugins through
- * plugin_path: relative to the build directory of the tests. */
-static AhHost *
-host_new_from_yaml (const char *yaml,
-                    GError    **error)
-{
-  g_autofree char *base_dir = g_test_build_filename (G_TEST_BUILT, ".", NULL);
-  AhManifest *manifest;
-
-  manifest = ah_manifest_load_data (yaml, strlen (yaml), "test.yaml", base_dir, error);
-  if (manifest == NULL)
-    return NULL;
-  return ah_host_new (manifest, error);
-}
-
-static AhHost *
-host_start_from_yaml (const char *yaml)
-{
-  g_autoptr(GError) error = NULL;
-  AhHost *host = host_new_from_yaml (yaml, &error);
-
-  g_assert_no_error (error);
-  g_assert_nonnull (host);
-  ah_host_start (host, &error);
-  g_assert_no_error (error);
-  return host;
-}
-
-static void
-assert_account_exact (AhHost *host)
-{
-  AhHostStats stats;
-
-  g_assert_true (ah_host_wait_idle (host, 10 * G_USEC_PER_SEC));
-  ah_host_get_stats (host, &stats);
-  g_assert_cmpuint (stats.in_flight, ==, 0);
-  g_assert_cmpuint (stats.accepted, ==, stats.delivered + stats.dead_lettered + stats.failed);
-}
-
-static gboolean
-type_stats_by_name (AhHost      *host,
-                    const char  *name,
-                    AhTypeStats *ret_stats)
-{
-  for (guint i = 0; i < ah_host_get_n_types (host); i++)
-    if (ah_host_get_type_stats (host, i, ret_stats) && g_str_equal (ret_stats->name, name))
-      return TRUE;
-  return FALSE;
-}
 
 static char *
 request_text (AhHost     *host,
@@ -140,45 +89,6 @@ observed_clear (Observed *observed)
   g_cond_clear (&observed->cond);
 }
 
-static void
-gate_init (SupervisedGate *gate)
-{
-  g_mutex_init (&gate->lock);
-  g_cond_init (&gate->cond);
-  gate->entered = 0;
-  gate->open = FALSE;
-}
-
-static void
-gate_wait_entered (SupervisedGate *gate,
-                   guint           n)
-{
-  gint64 deadline = g_get_monotonic_time () + EVENT_TIMEOUT_US;
-
-  g_mutex_lock (&gate->lock);
-  while (gate->entered < n)
-    if (!g_cond_wait_until (&gate->cond, &gate->lock, deadline))
-      break;
-  g_assert_cmpuint (gate->entered, >=, n);
-  g_mutex_unlock (&gate->lock);
-}
-
-static void
-gate_open (SupervisedGate *gate)
-{
-  g_mutex_lock (&gate->lock);
-  gate->open = TRUE;
-  g_cond_broadcast (&gate->cond);
-  g_mutex_unlock (&gate->lock);
-}
-
-static void
-gate_clear (SupervisedGate *gate)
-{
-  g_mutex_clear (&gate->lock);
-  g_cond_clear (&gate->cond);
-}
-
 static AhAgentInfo
 agent_info (AhHost   *host,
             AhAgentId id)
@@ -216,14 +126,14 @@ test_prewarm_all_agents (void)
 
   g_test_summary ("Every pre-warming type starts its pool_size agents before start returns; two types may share one plugin");
 
-  host = host_start_from_yaml (echo_yaml);
+  host = test_host_start_from_yaml (echo_yaml);
   ah_host_get_stats (host, &stats);
   g_assert_cmpuint (stats.n_agents, ==, 8);
   g_assert_cmpuint (stats.n_types, ==, 2);
   g_assert_cmpfloat (stats.prewarm_ms, >, 0.0);
 
-  g_assert_true (type_stats_by_name (host, "echo", &echo));
-  g_assert_true (type_stats_by_name (host, "mirror", &mirror));
+  g_assert_true (test_get_type_stats (host, "echo", &echo));
+  g_assert_true (test_get_type_stats (host, "mirror", &mirror));
   g_assert_cmpuint (echo.n_agents, ==, 5);
   g_assert_cmpuint (echo.spawned, ==, 5);
   g_assert_cmpuint (mirror.n_agents, ==, 3);
@@ -242,7 +152,7 @@ test_prewarm_parallel (void)
                   "until the other type's agent is in its own init, which can only "
                   "happen if both inits overlap");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: overlap\n"
     "plugin_path: [plugins]\n"
     "agents:\n"
@@ -273,7 +183,7 @@ test_prewarm_init_failure (void)
   g_test_summary ("An agent whose init fails stops the start with the type, the plugin "
                   "and the plugin's own message, and no agent is left running");
 
-  host = host_new_from_yaml (
+  host = test_host_new_from_yaml (
     "name: broken\n"
     "plugin_path: [plugins]\n"
     "agents:\n"
@@ -305,7 +215,7 @@ test_prewarm_off (void)
 
   g_test_summary ("A type with prewarm: false starts empty; its agents come from spawn");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: lazy\n"
     "agents:\n"
     "  lazy:\n"
@@ -313,13 +223,13 @@ test_prewarm_off (void)
     "    pool_size: 4\n"
     "    prewarm: false\n"
     "    subscribe: [echo.in]\n");
-  g_assert_true (type_stats_by_name (host, "lazy", &lazy));
+  g_assert_true (test_get_type_stats (host, "lazy", &lazy));
   g_assert_cmpuint (lazy.n_agents, ==, 0);
 
   id = ah_host_spawn (host, "lazy", &error);
   g_assert_no_error (error);
   g_assert_cmpuint (id, !=, AH_AGENT_ID_NONE);
-  g_assert_true (type_stats_by_name (host, "lazy", &lazy));
+  g_assert_true (test_get_type_stats (host, "lazy", &lazy));
   g_assert_cmpuint (lazy.n_agents, ==, 1);
 }
 
@@ -337,7 +247,7 @@ test_spawn_reuse (void)
   g_test_summary ("A terminated agent goes back to its pool, the next spawn reuses it "
                   "under a new id, and spawns beyond the pool size add slots");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: spawn\n"
     "agents:\n"
     "  echo:\n"
@@ -352,14 +262,14 @@ test_spawn_reuse (void)
       for (guint j = 0; j < i; j++)
         g_assert_cmpuint (spawned[i], !=, spawned[j]);
     }
-  g_assert_true (type_stats_by_name (host, "echo", &echo));
+  g_assert_true (test_get_type_stats (host, "echo", &echo));
   g_assert_cmpuint (echo.n_agents, ==, 6);
   g_assert_cmpuint (echo.spawned, ==, 6);
 
   g_assert_true (ah_host_terminate (host, spawned[0], &error));
   g_assert_no_error (error);
   g_assert_true (ah_host_terminate (host, spawned[1], &error));
-  g_assert_true (type_stats_by_name (host, "echo", &echo));
+  g_assert_true (test_get_type_stats (host, "echo", &echo));
   g_assert_cmpuint (echo.n_agents, ==, 4);
   g_assert_cmpuint (echo.terminated, ==, 2);
 
@@ -371,14 +281,14 @@ test_spawn_reuse (void)
   spawned[0] = ah_host_spawn (host, "echo", &error);
   g_assert_no_error (error);
   g_assert_cmpuint (spawned[0], >, spawned[3]);   /* ids are never reused */
-  g_assert_true (type_stats_by_name (host, "echo", &echo));
+  g_assert_true (test_get_type_stats (host, "echo", &echo));
   g_assert_cmpuint (echo.n_agents, ==, 5);
   g_assert_cmpuint (echo.spawned, ==, 7);
 
   echoed = request_text (host, "echo.in", "still there", &error);
   g_assert_no_error (error);
   g_assert_cmpstr (echoed, ==, "still there");
-  assert_account_exact (host);
+  test_assert_account_exact (host);
 }
 
 static void
@@ -389,7 +299,7 @@ test_spawn_errors (void)
 
   g_test_summary ("Spawning an unknown type and terminating an unknown agent are errors");
 
-  host = host_start_from_yaml (echo_yaml);
+  host = test_host_start_from_yaml (echo_yaml);
   g_assert_cmpuint (ah_host_spawn (host, "nope", &error), ==, AH_AGENT_ID_NONE);
   g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_UNKNOWN_TYPE);
   g_clear_error (&error);
@@ -406,7 +316,7 @@ test_spawn_init_failure (void)
 
   g_test_summary ("A spawn whose init fails reports the plugin's message and leaves the pool as it was");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: spawn-fail\n"
     "plugin_path: [plugins]\n"
     "agents:\n"
@@ -416,7 +326,7 @@ test_spawn_init_failure (void)
   g_assert_cmpuint (ah_host_spawn (host, "doomed", &error), ==, AH_AGENT_ID_NONE);
   g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_PREWARM);
   g_assert_nonnull (strstr (error->message, "init failed: refusing to start (test)"));
-  g_assert_true (type_stats_by_name (host, "doomed", &doomed));
+  g_assert_true (test_get_type_stats (host, "doomed", &doomed));
   g_assert_cmpuint (doomed.n_agents, ==, 0);
   g_assert_cmpuint (doomed.init_failures, ==, 1);
 }
@@ -436,7 +346,7 @@ test_lifecycle_events (void)
                   "with nobody listening they are not counted at all");
 
   observed_init (&observed);
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: lifecycle\n"
     "plugin_path: [plugins]\n"
     "agents:\n"
@@ -445,12 +355,12 @@ test_lifecycle_events (void)
     "    subscribe: [flaky.in]\n");
 
   /* Nobody listens yet: the account does not move. */
-  assert_account_exact (host);
+  test_assert_account_exact (host);
   ah_host_get_stats (host, &before);
   id = ah_host_spawn (host, "flaky", &error);
   g_assert_no_error (error);
   g_assert_true (ah_host_terminate (host, id, &error));
-  assert_account_exact (host);
+  test_assert_account_exact (host);
   ah_host_get_stats (host, &after);
   g_assert_cmpuint (after.accepted, ==, before.accepted);
   g_assert_cmpuint (after.dead_lettered, ==, before.dead_lettered);
@@ -458,11 +368,11 @@ test_lifecycle_events (void)
   g_assert_cmpuint (ah_host_subscribe (host, "$SYS.agent.>", observed_add, &observed, &error), >, 0);
   id = ah_host_spawn (host, "flaky", &error);
   g_assert_no_error (error);
-  assert_account_exact (host);
+  test_assert_account_exact (host);
   g_assert_true (ah_host_terminate (host, id, &error));
-  assert_account_exact (host);
+  test_assert_account_exact (host);
   g_assert_true (ah_host_publish (host, "flaky.in", "fail", 4, &error));
-  assert_account_exact (host);
+  test_assert_account_exact (host);
 
   /* The failed message is retried once on the only agent, which fails
    * it again: each failure is followed by the agent's restart. */
@@ -497,7 +407,7 @@ test_spawn_batch_one_fails (void)
   g_test_summary ("A batch spawn reports each agent's outcome: the one whose init fails "
                   "has its error, the others run");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: batch\n"
     "plugin_path: [plugins]\n"
     "agents:\n"
@@ -525,7 +435,7 @@ test_spawn_batch_one_fails (void)
       g_assert_cmpuint (agent_info (host, results[i].id).index, ==, i);
       g_assert_cmpint (agent_info (host, results[i].id).state, ==, AH_AGENT_STATE_READY);
     }
-  g_assert_true (type_stats_by_name (host, "worker", &stats));
+  g_assert_true (test_get_type_stats (host, "worker", &stats));
   g_assert_cmpuint (stats.n_agents, ==, 4);
   g_assert_cmpuint (stats.init_failures, ==, 1);
   g_assert_cmpuint (stats.failed, ==, 1);
@@ -541,7 +451,7 @@ test_spawn_batch_one_fails (void)
 
   g_assert_cmpuint (ah_host_spawn_batch (host, "nope", 1, results, &error), ==, 0);
   g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_UNKNOWN_TYPE);
-  assert_account_exact (host);
+  test_assert_account_exact (host);
 }
 
 static void
@@ -558,7 +468,7 @@ test_spawn_batch_large (void)
                   "id and slot, they all take traffic, and each is found by id until it "
                   "is terminated");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: big-batch\n"
     "agents:\n"
     "  echo:\n"
@@ -574,7 +484,7 @@ test_spawn_batch_large (void)
       g_assert_no_error (results[i].error);
       g_assert_true (g_hash_table_add (ids, &results[i].id));
     }
-  g_assert_true (type_stats_by_name (host, "echo", &stats));
+  g_assert_true (test_get_type_stats (host, "echo", &stats));
   g_assert_cmpuint (stats.n_agents, ==, 1000);
   g_assert_cmpuint (stats.spawned, ==, 1000);
   echoed = request_text (host, "echo.in", "many", &error);
@@ -588,13 +498,13 @@ test_spawn_batch_large (void)
   for (guint i = 0; i < 1000; i++)
     g_assert_cmpint (agent_info (host, results[i].id).state, ==,
                      i % 2 == 0 ? AH_AGENT_STATE_READY : AH_AGENT_STATE_IDLE);
-  g_assert_true (type_stats_by_name (host, "echo", &stats));
+  g_assert_true (test_get_type_stats (host, "echo", &stats));
   g_assert_cmpuint (stats.n_agents, ==, 500);
   for (guint i = 0; i < 1000; i += 2)
     g_assert_true (ah_host_terminate (host, results[i].id, &error));
   g_assert_false (ah_host_terminate (host, results[0].id, &error));
   g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_UNKNOWN_AGENT);
-  g_assert_true (type_stats_by_name (host, "echo", &stats));
+  g_assert_true (test_get_type_stats (host, "echo", &stats));
   g_assert_cmpuint (stats.n_agents, ==, 0);
   g_assert_cmpuint (stats.n_idle, ==, 1000);
   ah_spawn_results_clear (results, 1000);
@@ -612,7 +522,7 @@ test_spawn_pool_max (void)
   g_test_summary ("Spawns stop at the pool's max: a batch starts what fits and reports the "
                   "rest, a spawn at the max is refused, and a terminate makes room again");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: bounded\n"
     "agents:\n"
     "  echo:\n"
@@ -642,7 +552,7 @@ test_spawn_pool_max (void)
   id = ah_host_spawn (host, "echo", &error);
   g_assert_no_error (error);
   g_assert_cmpuint (id, !=, AH_AGENT_ID_NONE);
-  g_assert_true (type_stats_by_name (host, "echo", &stats));
+  g_assert_true (test_get_type_stats (host, "echo", &stats));
   g_assert_cmpuint (stats.n_agents, ==, 4);
   g_assert_cmpuint (stats.pool_max, ==, 4);
   ah_spawn_results_clear (results, G_N_ELEMENTS (results));
@@ -660,7 +570,7 @@ test_spawn_waves (void)
                   "spawn events in the same order");
 
   observed_init (&observed);
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: waves\n"
     "agents:\n"
     "  echo:\n"
@@ -703,7 +613,7 @@ test_spawn_waves_stopped (void)
                   "first wave of 4 started, the others report why");
 
   observed_init (&observed);
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: waves-stopped\n"
     "agents:\n"
     "  echo:\n"
@@ -746,7 +656,7 @@ test_terminate_idle_cap (void)
                   "it (same index) up to the idle cap; beyond the cap a spawned slot's "
                   "memory is released, the initial block's never");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: cap\n"
     "agents:\n"
     "  echo:\n"
@@ -780,7 +690,7 @@ test_terminate_idle_cap (void)
   g_assert_true (ah_host_terminate (host, d, &error));
   g_assert_true (ah_host_terminate (host, b, &error));
   g_assert_no_error (error);
-  g_assert_true (type_stats_by_name (host, "echo", &stats));
+  g_assert_true (test_get_type_stats (host, "echo", &stats));
   g_assert_cmpuint (stats.n_idle, ==, 1);
   g_assert_cmpint (agent_info (host, d).state, ==, AH_AGENT_STATE_IDLE);
   g_assert_false (ah_host_get_agent_info (host, b, &info, &error));
@@ -789,7 +699,7 @@ test_terminate_idle_cap (void)
 
   /* ...but the initial block's slot stays, over the cap. */
   g_assert_true (ah_host_terminate (host, first, &error));
-  g_assert_true (type_stats_by_name (host, "echo", &stats));
+  g_assert_true (test_get_type_stats (host, "echo", &stats));
   g_assert_cmpuint (stats.n_idle, ==, 2);
   g_assert_cmpuint (stats.n_agents, ==, 0);
 
@@ -798,7 +708,7 @@ test_terminate_idle_cap (void)
   g_assert_cmpuint (agent_info (host, ah_host_spawn (host, "echo", &error)).index, ==, 2);
   g_assert_cmpuint (agent_info (host, ah_host_spawn (host, "echo", &error)).index, ==, 1);
   g_assert_no_error (error);
-  assert_account_exact (host);
+  test_assert_account_exact (host);
 }
 
 static void
@@ -816,7 +726,7 @@ test_agent_info (void)
   g_test_summary ("An agent's info follows it: ready after its spawn, busy in its handler, "
                   "idle once terminated; spawn time, last activity and messages handled");
 
-  gate_init (&gate);
+  test_gate_init (&gate);
   yaml = g_strdup_printf (
     "name: info\n"
     "plugin_path: [plugins]\n"
@@ -826,7 +736,7 @@ test_agent_info (void)
     "    prewarm: false\n"
     "    subscribe: [work]\n"
     "    config: {gate: \"%" G_GSIZE_FORMAT "\"}\n", (gsize) &gate);
-  host = host_start_from_yaml (yaml);
+  host = test_host_start_from_yaml (yaml);
 
   g_assert_cmpuint (ah_host_spawn_batch (host, "worker", 1, &result, &error), ==, 1);
   id = result.id;
@@ -840,11 +750,11 @@ test_agent_info (void)
   g_assert_cmpuint (info.restarts, ==, 0);
 
   g_assert_true (ah_host_publish (host, "work", "block", 5, &error));
-  gate_wait_entered (&gate, 1);
+  test_gate_wait_entered (&gate, 1);
   g_assert_cmpint (agent_info (host, id).state, ==, AH_AGENT_STATE_BUSY);
-  gate_open (&gate);
+  test_gate_open (&gate);
   g_assert_true (ah_host_publish (host, "work", "x", 1, &error));
-  assert_account_exact (host);
+  test_assert_account_exact (host);
   info = agent_info (host, id);
   g_assert_cmpint (info.state, ==, AH_AGENT_STATE_READY);
   g_assert_cmpuint (info.handled, ==, 2);
@@ -859,7 +769,7 @@ test_agent_info (void)
   g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_UNKNOWN_AGENT);
 
   g_clear_pointer (&host, ah_host_free);
-  gate_clear (&gate);
+  test_gate_clear (&gate);
 }
 
 /* ---- autoscale ---------------------------------------------------------------------- */
@@ -879,7 +789,7 @@ test_autoscale_up_and_down (void)
                   "shrinks it back to its min once its agents stay idle; each decision is "
                   "announced and counted, and no message is lost to it");
 
-  gate_init (&gate);
+  test_gate_init (&gate);
   observed_init (&scaled);
   observed_init (&seen);
   yaml = g_strdup_printf (
@@ -893,16 +803,16 @@ test_autoscale_up_and_down (void)
     "    pool: {min: 1, max: 3}\n"
     "    autoscale: {scale_up_depth: 4, scale_up_after_ms: 0, scale_down_idle_ms: 50, step: 2}\n"
     "    config: {gate: \"%" G_GSIZE_FORMAT "\"}\n", (gsize) &gate);
-  host = host_start_from_yaml (yaml);
+  host = test_host_start_from_yaml (yaml);
   g_assert_cmpuint (ah_host_subscribe (host, "$SYS.pool.scaled", observed_add, &scaled, &error), >, 0);
   g_assert_cmpuint (ah_host_subscribe (host, "supervised.seen", observed_add, &seen, &error), >, 0);
 
   /* The only agent is held while its mailbox fills. */
   g_assert_true (ah_host_publish (host, "work", "block", 5, &error));
-  gate_wait_entered (&gate, 1);
+  test_gate_wait_entered (&gate, 1);
   for (guint i = 0; i < 20; i++)
     g_assert_true (ah_host_publish (host, "work", "m", 1, &error));
-  gate_open (&gate);
+  test_gate_open (&gate);
 
   /* Down to the min in one decision, or two when the two new agents'
    * idle times fall on either side of a check. */
@@ -915,9 +825,9 @@ test_autoscale_up_and_down (void)
     }
   else
     g_assert_cmpstr (g_ptr_array_index (scaled.payloads, 1), ==, "type=worker from=3 to=1 reason=idle");
-  assert_account_exact (host);
+  test_assert_account_exact (host);
 
-  g_assert_true (type_stats_by_name (host, "worker", &stats));
+  g_assert_true (test_get_type_stats (host, "worker", &stats));
   g_assert_cmpuint (stats.scaled_up, ==, 2);
   g_assert_cmpuint (stats.scaled_down, ==, 2);
   g_assert_cmpuint (stats.n_agents, ==, 1);
@@ -930,7 +840,7 @@ test_autoscale_up_and_down (void)
   g_clear_pointer (&host, ah_host_free);
   observed_clear (&scaled);
   observed_clear (&seen);
-  gate_clear (&gate);
+  test_gate_clear (&gate);
 }
 
 /* ---- traffic ------------------------------------------------------------ */
@@ -945,12 +855,12 @@ test_request_reply (void)
 
   g_test_summary ("A request from outside reaches one agent and its reply comes back");
 
-  host = host_start_from_yaml (echo_yaml);
+  host = test_host_start_from_yaml (echo_yaml);
   reply = request_text (host, "mirror.in", "ping", &error);
   g_assert_no_error (error);
   g_assert_cmpstr (reply, ==, "ping");
 
-  assert_account_exact (host);
+  test_assert_account_exact (host);
   ah_host_get_stats (host, &stats);
   g_assert_cmpuint (stats.requests, >=, 1);
 }
@@ -965,12 +875,12 @@ test_request_no_responders (void)
 
   g_test_summary ("A request nobody subscribes to fails at once with no responders, and is dead-lettered");
 
-  host = host_start_from_yaml (echo_yaml);
+  host = test_host_start_from_yaml (echo_yaml);
   reply = ah_host_request (host, "nobody.home", "x", 1, 10000, &error);
   g_assert_null (reply);
   g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_NO_RESPONDERS);
 
-  assert_account_exact (host);
+  test_assert_account_exact (host);
   ah_host_get_stats (host, &stats);
   g_assert_cmpuint (stats.dead_lettered, >=, 1);
 }
@@ -987,7 +897,7 @@ test_request_timeout (void)
   g_test_summary ("A request whose handler fails gets no reply and times out; the failure is "
                   "counted, the message retried once on the restarted agent, then dead-lettered");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: flaky\n"
     "plugin_path: [plugins]\n"
     "agents:\n"
@@ -998,11 +908,11 @@ test_request_timeout (void)
   g_assert_null (reply);
   g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_TIMEOUT);
 
-  assert_account_exact (host);
+  test_assert_account_exact (host);
   ah_host_get_stats (host, &stats);
   g_assert_cmpuint (stats.failed, ==, 1);
   g_assert_cmpuint (stats.request_timeouts, ==, 1);
-  g_assert_true (type_stats_by_name (host, "flaky", &flaky));
+  g_assert_true (test_get_type_stats (host, "flaky", &flaky));
   g_assert_cmpuint (flaky.handler_failures, ==, 2);
   g_assert_cmpuint (flaky.failed, ==, 2);
   g_assert_cmpuint (flaky.restarted, ==, 2);
@@ -1023,7 +933,7 @@ test_publish_queue_and_broadcast (void)
                   "broadcast to every agent");
 
   observed_init (&observed);
-  host = host_start_from_yaml (echo_yaml);
+  host = test_host_start_from_yaml (echo_yaml);
   g_assert_cmpuint (ah_host_subscribe (host, "echo.out", observed_add, &observed, &error), >, 0);
   g_assert_no_error (error);
 
@@ -1034,11 +944,11 @@ test_publish_queue_and_broadcast (void)
       g_assert_no_error (error);
     }
   g_assert_true (ah_host_publish (host, "all.hands", "b", 1, &error));
-  assert_account_exact (host);
+  test_assert_account_exact (host);
 
   /* 100 queued messages echoed once each, the broadcast by all 5 agents. */
   g_assert_cmpuint (observed.payloads->len, ==, 105);
-  g_assert_true (type_stats_by_name (host, "echo", &echo));
+  g_assert_true (test_get_type_stats (host, "echo", &echo));
   g_assert_cmpuint (echo.handled, ==, 105);
 
   g_clear_pointer (&host, ah_host_free);
@@ -1054,13 +964,13 @@ test_publish_dead_letter (void)
 
   g_test_summary ("A message nobody subscribes to, or sent to an agent that does not exist, is dead-lettered and counted");
 
-  host = host_start_from_yaml (echo_yaml);
-  assert_account_exact (host);
+  host = test_host_start_from_yaml (echo_yaml);
+  test_assert_account_exact (host);
   ah_host_get_stats (host, &before);
   g_assert_true (ah_host_publish (host, "no.one.listens", "x", 1, &error));
   g_assert_true (ah_host_send (host, 987654321, "direct", "y", 1, &error));
   g_assert_no_error (error);
-  assert_account_exact (host);
+  test_assert_account_exact (host);
   ah_host_get_stats (host, &after);
   g_assert_cmpuint (after.dead_lettered - before.dead_lettered, ==, 2);
   g_assert_cmpuint (after.accepted - before.accepted, ==, 2);
@@ -1074,7 +984,7 @@ test_publish_invalid (void)
 
   g_test_summary ("Publishing to an invalid subject, or before start, is an error");
 
-  host = host_new_from_yaml (echo_yaml, &error);
+  host = test_host_new_from_yaml (echo_yaml, &error);
   g_assert_no_error (error);
   g_assert_false (ah_host_publish (host, "echo.in", "x", 1, &error));
   g_assert_error (error, AH_HOST_ERROR, AH_HOST_ERROR_STATE);
@@ -1102,7 +1012,7 @@ test_run_stop_when_idle (void)
   g_test_summary ("With stop_when_idle the run ends by itself once nothing is in flight, "
                   "stops every agent, and the summary gives the account");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: idle\n"
     "stop_when_idle: true\n"
     "agents:\n"
@@ -1143,7 +1053,7 @@ test_run_request_stop (void)
 
   g_test_summary ("ah_host_request_stop from another thread ends the run with its exit code");
 
-  host = host_start_from_yaml (echo_yaml);
+  host = test_host_start_from_yaml (echo_yaml);
   thread = g_thread_new ("stopper", stop_later, host);
   g_assert_cmpint (ah_host_run (host), ==, 7);
   g_thread_join (thread);
@@ -1157,7 +1067,7 @@ test_run_agent_stop (void)
 
   g_test_summary ("An agent's ah_context_request_stop ends the run with the agent's exit code");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: stopping\n"
     "plugin_path: [plugins]\n"
     "agents:\n"
@@ -1178,7 +1088,7 @@ test_run_timeout (void)
 
   g_test_summary ("run_timeout_ms ends a run that would otherwise go on");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: bounded\n"
     "run_timeout_ms: 50\n"
     "agents:\n"
@@ -1201,7 +1111,7 @@ test_run_summary_per_type (void)
   g_test_summary ("The summary and its JSON give per type what was spawned, restarted, "
                   "failed, handled and retried, handler times and the success rate");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: summary\n"
     "plugin_path: [plugins]\n"
     "agents:\n"
@@ -1210,7 +1120,7 @@ test_run_summary_per_type (void)
     "    pool_size: 2\n"
     "    subscribe: [work]\n");
   g_assert_true (ah_host_publish (host, "work", "fail-once", 9, &error));
-  assert_account_exact (host);
+  test_assert_account_exact (host);
   ah_host_request_stop (host, 0);
   g_assert_cmpint (ah_host_run (host), ==, 0);
 

@@ -8,51 +8,20 @@
  */
 #include <agenthost/agenthost.h>
 
-#include "plugins/supervised.h"
+#include "host-helpers.h"
 
 #include <string.h>
 
-#define EVENT_TIMEOUT_US (10 * G_USEC_PER_SEC)
+#define EVENT_TIMEOUT_US TEST_EVENT_TIMEOUT_US
 
 /* ---- helpers ------------------------------------------------------------ */
-
-static AhHost *
-host_start_from_yaml (const char *yaml)
-{
-  g_autofree char *base_dir = g_test_build_filename (G_TEST_BUILT, ".", NULL);
-  g_autoptr(GError) error = NULL;
-  AhManifest *manifest;
-  AhHost *host;
-
-  manifest = ah_manifest_load_data (yaml, strlen (yaml), "test.yaml", base_dir, &error);
-  g_assert_no_error (error);
-  host = ah_host_new (manifest, &error);
-  g_assert_no_error (error);
-  ah_host_start (host, &error);
-  g_assert_no_error (error);
-  return host;
-}
-
-static void
-assert_account_exact (AhHost *host)
-{
-  AhHostStats stats;
-
-  g_assert_true (ah_host_wait_idle (host, EVENT_TIMEOUT_US));
-  ah_host_get_stats (host, &stats);
-  g_assert_cmpuint (stats.in_flight, ==, 0);
-  g_assert_cmpuint (stats.accepted, ==, stats.delivered + stats.dead_lettered + stats.failed);
-}
 
 static void
 get_type_stats (AhHost      *host,
                 const char  *name,
                 AhTypeStats *ret_stats)
 {
-  for (guint i = 0; i < ah_host_get_n_types (host); i++)
-    if (ah_host_get_type_stats (host, i, ret_stats) && g_str_equal (ret_stats->name, name))
-      return;
-  g_assert_not_reached ();
+  g_assert_true (test_get_type_stats (host, name, ret_stats));
 }
 
 static void
@@ -182,45 +151,6 @@ text_get_number (const char *text,
   return g_ascii_strtoull (at + strlen (needle), NULL, 10);
 }
 
-static void
-gate_init (SupervisedGate *gate)
-{
-  g_mutex_init (&gate->lock);
-  g_cond_init (&gate->cond);
-  gate->entered = 0;
-  gate->open = FALSE;
-}
-
-static void
-gate_wait_entered (SupervisedGate *gate,
-                   guint           n)
-{
-  gint64 deadline = g_get_monotonic_time () + EVENT_TIMEOUT_US;
-
-  g_mutex_lock (&gate->lock);
-  while (gate->entered < n)
-    if (!g_cond_wait_until (&gate->cond, &gate->lock, deadline))
-      break;
-  g_assert_cmpuint (gate->entered, >=, n);
-  g_mutex_unlock (&gate->lock);
-}
-
-static void
-gate_open (SupervisedGate *gate)
-{
-  g_mutex_lock (&gate->lock);
-  gate->open = TRUE;
-  g_cond_broadcast (&gate->cond);
-  g_mutex_unlock (&gate->lock);
-}
-
-static void
-gate_clear (SupervisedGate *gate)
-{
-  g_mutex_clear (&gate->lock);
-  g_cond_clear (&gate->cond);
-}
-
 static char *
 gate_address (SupervisedGate *gate)
 {
@@ -283,7 +213,7 @@ test_one_for_one_in_place (void)
   g_test_summary ("one_for_one restarts the failed agent in place: same id, its queued "
                   "messages kept and handled after the restart, the failed one dead-lettered");
 
-  gate_init (&gate);
+  test_gate_init (&gate);
   address = gate_address (&gate);
   yaml = g_strdup_printf (
     "name: in-place\n"
@@ -295,17 +225,17 @@ test_one_for_one_in_place (void)
     "    subscribe: [work]\n"
     "    supervision: {policy: one_for_one, failed_messages: dead_letter}\n"
     "    config: {gate: \"%s\"}\n", address);
-  host = host_start_from_yaml (yaml);
+  host = test_host_start_from_yaml (yaml);
   observed_init (&observed, host, ">");
 
   /* Held in a call, so what follows waits in its mailbox. */
   publish (host, "work", "block");
-  gate_wait_entered (&gate, 1);
+  test_gate_wait_entered (&gate, 1);
   publish (host, "work", "fail");
   publish (host, "work", "a");
   publish (host, "work", "b");
-  gate_open (&gate);
-  assert_account_exact (host);
+  test_gate_open (&gate);
+  test_assert_account_exact (host);
 
   failed = observed_nth (&observed, "$SYS.agent.failed ", 0);
   id = text_get_number (failed, "id");
@@ -337,7 +267,7 @@ test_one_for_one_in_place (void)
 
   g_clear_pointer (&host, ah_host_free);
   observed_clear (&observed);
-  gate_clear (&gate);
+  test_gate_clear (&gate);
 }
 
 static void
@@ -353,7 +283,7 @@ test_invalid_message (void)
                   "fault: dead-lettered, never retried, and the agent runs on with its "
                   "state, unrestarted");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: invalid\n"
     "plugin_path: [plugins]\n"
     "bus: {handler_batch: 1}\n"
@@ -366,7 +296,7 @@ test_invalid_message (void)
   publish (host, "work", "a");
   publish (host, "work", "invalid");
   publish (host, "work", "b");
-  assert_account_exact (host);
+  test_assert_account_exact (host);
   /* Its count went on from where it was: no restart zeroed it. */
   answer = ah_host_request (host, "work", "q", 1, 10000, &error);
   g_assert_no_error (error);
@@ -395,7 +325,7 @@ test_retry_other_agent (void)
   g_test_summary ("failed_messages: retry hands a failed batch's message, which came by a "
                   "queue subscription, to another agent of the type, marked redelivered");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: retry-other\n"
     "plugin_path: [plugins]\n"
     "agents:\n"
@@ -407,7 +337,7 @@ test_retry_other_agent (void)
   observed_init (&observed, host, ">");
 
   publish (host, "work", "fail-once");
-  assert_account_exact (host);
+  test_assert_account_exact (host);
 
   failed = observed_nth (&observed, "$SYS.agent.failed ", 0);
   seen = observed_nth (&observed, "supervised.seen ", 0);
@@ -443,7 +373,7 @@ test_retry_same_agent (void)
                   "broadcast) goes back to the same agent, restarted; one redelivered "
                   "already is dead-lettered, and every message is accounted for");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: retry-same\n"
     "plugin_path: [plugins]\n"
     "agents:\n"
@@ -457,7 +387,7 @@ test_retry_same_agent (void)
   /* A broadcast reaches both agents: each fails once, each gets its own
    * copy back. */
   publish (host, "work", "fail-once");
-  assert_account_exact (host);
+  test_assert_account_exact (host);
   g_assert_cmpuint (observed_count (&observed, "supervised.seen "), ==, 2);
   for (guint i = 0; i < 2; i++)
     {
@@ -477,7 +407,7 @@ test_retry_same_agent (void)
 
   /* "fail" fails its redelivery too: then it is dead-lettered. */
   publish (host, "work", "fail");
-  assert_account_exact (host);
+  test_assert_account_exact (host);
 
   get_type_stats (host, "worker", &stats);
   g_assert_cmpuint (stats.failed, ==, 2 + 4);
@@ -505,7 +435,7 @@ test_one_for_all (void)
   g_test_summary ("one_for_all restarts every agent of the type when one fails, each "
                   "under its own id, and they all go on working");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: all\n"
     "plugin_path: [plugins]\n"
     "agents:\n"
@@ -518,7 +448,7 @@ test_one_for_all (void)
 
   publish (host, "work", "fail");
   observed_wait (&observed, "$SYS.agent.restarted ", 3);
-  assert_account_exact (host);
+  test_assert_account_exact (host);
 
   for (guint i = 0; i < 3; i++)
     {
@@ -540,7 +470,7 @@ test_one_for_all (void)
 
   for (guint i = 0; i < 6; i++)
     publish (host, "work", "after");
-  assert_account_exact (host);
+  test_assert_account_exact (host);
   g_assert_cmpuint (observed_count (&observed, "$SYS.agent.restarted "), ==, 3);
 
   g_clear_pointer (&host, ah_host_free);
@@ -561,7 +491,7 @@ test_temporary (void)
   g_test_summary ("temporary: the failed agent is stopped, not restarted, and its slot "
                   "goes back to the pool");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: temporary\n"
     "plugin_path: [plugins]\n"
     "agents:\n"
@@ -574,7 +504,7 @@ test_temporary (void)
 
   publish (host, "work", "fail-once");
   observed_wait (&observed, "$SYS.agent.stopped ", 1);
-  assert_account_exact (host);
+  test_assert_account_exact (host);
 
   failed = observed_nth (&observed, "$SYS.agent.failed ", 0);
   stopped = observed_nth (&observed, "$SYS.agent.stopped ", 0);
@@ -608,7 +538,7 @@ test_restart_init_fails (void)
                   "the budget (as OTP does); past it the type stops, and no half-made agent "
                   "is left");
 
-  host = host_start_from_yaml (
+  host = test_host_start_from_yaml (
     "name: restart-fails\n"
     "plugin_path: [plugins]\n"
     "agents:\n"
@@ -621,7 +551,7 @@ test_restart_init_fails (void)
 
   publish (host, "work", "fail");
   observed_wait (&observed, "$SYS.agent.stopped ", 1);
-  assert_account_exact (host);
+  test_assert_account_exact (host);
 
   /* The handler's failure, then three restarts whose init fails: the
    * fourth failure within the period is past the default budget of 3. */
@@ -668,7 +598,7 @@ test_budget_not_required (void)
                   "agents are terminated, later spawns refused, its messages "
                   "dead-lettered and counted; the run goes on");
 
-  host = host_start_from_yaml (yaml);
+  host = test_host_start_from_yaml (yaml);
   observed_init (&observed, host, "$SYS.>");
   /* What the other type reports is heard: the only dead letter below is
    * the message to the stopped type. */
@@ -677,10 +607,10 @@ test_budget_not_required (void)
   for (guint i = 0; i < 3; i++)
     {
       publish (host, "work", "fail");
-      assert_account_exact (host);
+      test_assert_account_exact (host);
     }
   observed_wait (&observed, "$SYS.type.stopped ", 1);
-  assert_account_exact (host);
+  test_assert_account_exact (host);
 
   event = observed_nth (&observed, "$SYS.type.stopped ", 0);
   g_assert_true (g_str_has_prefix (event, "$SYS.type.stopped type=worker required=false "
@@ -702,7 +632,7 @@ test_budget_not_required (void)
   ah_host_get_stats (host, &before);
   publish (host, "work", "lost?");
   publish (host, "other", "fine");
-  assert_account_exact (host);
+  test_assert_account_exact (host);
   ah_host_get_stats (host, &after);
   g_assert_cmpuint (after.dead_lettered - before.dead_lettered, ==, 1);
   g_assert_cmpuint (after.delivered - before.delivered, >=, 1);
@@ -725,12 +655,12 @@ test_budget_required (void)
   g_test_summary ("A required type exhausting its budget ends the run with exit code 1, "
                   "and the summary says why");
 
-  host = host_start_from_yaml (yaml);
+  host = test_host_start_from_yaml (yaml);
   /* One at a time: three failed calls, not one of three messages. */
   for (guint i = 0; i < 2; i++)
     {
       publish (host, "work", "fail");
-      assert_account_exact (host);
+      test_assert_account_exact (host);
     }
   publish (host, "work", "fail");
   g_assert_cmpint (ah_host_run (host), ==, 1);
@@ -763,7 +693,7 @@ test_watchdog (void)
   g_test_summary ("A handler running past its type's deadline is reported once by the "
                   "watchdog (warning, count, event) and left running");
 
-  gate_init (&gate);
+  test_gate_init (&gate);
   address = gate_address (&gate);
   yaml = g_strdup_printf (
     "name: watchdog\n"
@@ -774,14 +704,14 @@ test_watchdog (void)
     "    subscribe: [work]\n"
     "    supervision: {handler_deadline_ms: 20}\n"
     "    config: {gate: \"%s\"}\n", address);
-  host = host_start_from_yaml (yaml);
+  host = test_host_start_from_yaml (yaml);
   observed_init (&observed, host, "$SYS.agent.overrun");
 
   publish (host, "work", "block");
   observed_wait (&observed, "$SYS.agent.overrun ", 1);
   /* Only now does the handler return. */
-  gate_open (&gate);
-  assert_account_exact (host);
+  test_gate_open (&gate);
+  test_assert_account_exact (host);
 
   event = observed_nth (&observed, "$SYS.agent.overrun ", 0);
   id = text_get_number (event, "id");
@@ -798,7 +728,7 @@ test_watchdog (void)
 
   g_clear_pointer (&host, ah_host_free);
   observed_clear (&observed);
-  gate_clear (&gate);
+  test_gate_clear (&gate);
 }
 
 int
