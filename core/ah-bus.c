@@ -61,8 +61,9 @@
  *
  * Memory per endpoint matters (one per agent, millions of them): flags
  * are bytes, the system lane exists only once used, the id table is
- * paged (ids are never reused), and an endpoint keeps its position in its
- * first group itself.
+ * paged (ids are never reused), an endpoint keeps its position in its
+ * first group itself, and endpoints come from the bus's own chunks
+ * (huge pages for the big ones) in 128-byte slots that are reused.
  *
  * SPDX-License-Identifier: MIT
  */
