@@ -178,6 +178,13 @@ guint64     ah_bus_call_request       (AhBusCall *call, const char *subject,
 gboolean    ah_bus_call_retry         (AhBusCall *call, const AhMessage *message,
                                        AhBusGroup *group);
 AhEndpoint *ah_bus_call_get_endpoint  (AhBusCall *call);
+/* CLOCK_MONOTONIC ns when the bus started this call: an endpoint func
+ * timing its handler needs no clock read of its own for the start. */
+gint64      ah_bus_call_get_start_ns  (AhBusCall *call);
+/* Reads the clock once the handler is done; the bus then stamps the
+ * call's messages with that reading instead of reading the clock again
+ * when it flushes them (every one was made before it). */
+gint64      ah_bus_call_read_end_ns   (AhBusCall *call);
 AhBus      *ah_bus_call_get_bus       (AhBusCall *call);
 guint       ah_bus_call_get_worker    (AhBusCall *call);
 

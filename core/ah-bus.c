@@ -362,6 +362,8 @@ struct _AhBusCall {
   guint       n_outbox_calls;   /* publish/send/request/reply calls in the outbox */
   guint       n_unrouted;       /* publishes in the outbox not routed yet */
   guint       n_unaccepted;     /* routed envelopes in the outbox not accepted yet */
+  gint64      start_ns;         /* when the call started */
+  gint64      end_ns;           /* ah_bus_call_read_end_ns(), or 0 */
   AhMessage **batch;            /* the messages of this call */
   guint       n_batch;
   guint       n_retries;        /* slots of worker->retry_to set */
@@ -2813,6 +2815,32 @@ ah_bus_subject_is_subscribed (AhBus           *self,
 
 /* ---- Publishing from a handler ------------------------------------------------------------ */
 
+/* The time a flush stamps the call's messages with: the handler's end
+ * when its endpoint func has read it (every message of the call was
+ * made before that), else the clock now. */
+static gint64
+ah_bus_call_stamp_ns (AhBusCall *call)
+{
+  return call->end_ns != 0 ? call->end_ns : ah__monotonic_ns ();
+}
+
+gint64
+ah_bus_call_get_start_ns (AhBusCall *call)
+{
+  g_return_val_if_fail (call != NULL, 0);
+
+  return call->start_ns;
+}
+
+gint64
+ah_bus_call_read_end_ns (AhBusCall *call)
+{
+  g_return_val_if_fail (call != NULL, 0);
+
+  call->end_ns = ah__monotonic_ns ();
+  return call->end_ns;
+}
+
 /* The queue-group picks for one run of messages on one subject. */
 typedef struct {
   guint base;     /* the group's turn for the run's first chunk */
@@ -2955,7 +2983,7 @@ ah_bus_call_route (AhBusCall *call)
   const AhEnvelope *items = (const AhEnvelope *) (gconstpointer) outbox->data;
   guint n_items = outbox->len;
   g_autoptr(GPtrArray) no_route = NULL;
-  gint64 now = ah__monotonic_ns ();
+  gint64 now = ah_bus_call_stamp_ns (call);
   guint64 n_accepted = 0;
   guint i = 0;
 
@@ -3075,7 +3103,7 @@ ah_bus_call_flush (AhBusCall *call)
     }
   else
     {
-      gint64 now = ah__monotonic_ns ();
+      gint64 now = ah_bus_call_stamp_ns (call);
 
       for (guint i = 0; i < call->worker->outbox->len; i++)
         {
@@ -3636,9 +3664,9 @@ ah_worker_call (AhWorker    *worker,
                 guint        n)
 {
   AhBus *self = worker->bus;
-  AhBusCall call = { self, worker, endpoint, 0, 0, 0, batch, n, 0 };
-  g_autoptr(GError) error = NULL;
   gint64 start = ah__monotonic_ns ();
+  AhBusCall call = { self, worker, endpoint, 0, 0, 0, start, 0, batch, n, 0 };
+  g_autoptr(GError) error = NULL;
   gboolean handled;
 
   for (guint i = 0; i < n; i++)

@@ -1933,7 +1933,7 @@ pool_agent_handle (AhBusCall               *call,
   if (G_UNLIKELY (__atomic_load_n (&agent->doomed, __ATOMIC_RELAXED) != AGENT_DOOM_NONE))
     return pool_agent_pass_on (self, agent, worker, call, messages, n_messages, error);
 
-  start = pool_now_ns ();
+  start = ah_bus_call_get_start_ns (call);
   if (self->type->autoscale)
     pool_observe_depth (self, agent, start / 1000);
   if (watched)
@@ -1942,7 +1942,7 @@ pool_agent_handle (AhBusCall               *call,
 
   ok = self->desc->handle_batch (&ctx, agent->state_mem, messages, n_messages, &local_error);
 
-  end = pool_now_ns ();
+  end = ah_bus_call_read_end_ns (call);
   __atomic_store_n (&agent->activity, AH_AGENT_ACTIVITY_WAITING, __ATOMIC_RELAXED);
   if (watched)
     pool_watch_end (worker);
