@@ -3192,6 +3192,28 @@ ah_bus_call_queue (AhBusCall    *call,
   return n_queued;
 }
 
+/* Puts a publish in the outbox, unrouted: under AH_OVERFLOW_BLOCK nothing
+ * can refuse it, so it is routed with the rest of the outbox when that
+ * is flushed (see ah_bus_call_route). */
+static void
+ah_bus_call_queue_unrouted (AhBusCall    *call,
+                            const char   *subject,
+                            gboolean      subject_is_interned,
+                            gconstpointer data,
+                            gsize         size)
+{
+  AhEnvelope envelope;
+
+  envelope.message = ah__message_new_unstamped (AH_MESSAGE_PUBLISH, AH_PRIORITY_NORMAL, subject,
+                                                subject_is_interned, call->endpoint->id,
+                                                AH_AGENT_ID_NONE, 0, data, size);
+  envelope.to = NULL;
+  ah_bus_tap (call->bus, envelope.message, AH_AGENT_ID_NONE);
+  g_array_append_val (call->worker->outbox, envelope);
+  call->n_unrouted++;
+  ah_bus_call_count (call);
+}
+
 gboolean
 ah_bus_call_publish (AhBusCall    *call,
                      const char   *subject,
@@ -3219,18 +3241,7 @@ ah_bus_call_publish (AhBusCall    *call,
 
   if (self->config.overflow != AH_OVERFLOW_FAIL)
     {
-      /* Nothing can refuse it now, so it is routed with the rest of the
-       * outbox when it is flushed (see ah_bus_call_route). */
-      AhEnvelope envelope;
-
-      message = ah__message_new_unstamped (AH_MESSAGE_PUBLISH, AH_PRIORITY_NORMAL, subject, FALSE,
-                                           call->endpoint->id, AH_AGENT_ID_NONE, 0, data, size);
-      ah_bus_tap (self, message, AH_AGENT_ID_NONE);
-      envelope.message = message;
-      envelope.to = NULL;
-      g_array_append_val (call->worker->outbox, envelope);
-      call->n_unrouted++;
-      ah_bus_call_count (call);
+      ah_bus_call_queue_unrouted (call, subject, FALSE, data, size);
       return TRUE;
     }
 
@@ -3260,7 +3271,6 @@ ah_bus_call_publish_interned (AhBusCall       *call,
                               gsize            size)
 {
   AhBus *self;
-  AhEnvelope envelope;
 
   g_return_val_if_fail (call != NULL, FALSE);
   g_return_val_if_fail (subject != NULL, FALSE);
@@ -3272,14 +3282,7 @@ ah_bus_call_publish_interned (AhBusCall       *call,
 
   /* Checked when interned: no validation, no copy of the subject. */
   ah_bus_tally_add (self, AH_TALLY_PUBLISHED, 1);
-  envelope.message = ah__message_new_unstamped (AH_MESSAGE_PUBLISH, AH_PRIORITY_NORMAL,
-                                                subject->subject, TRUE, call->endpoint->id,
-                                                AH_AGENT_ID_NONE, 0, data, size);
-  envelope.to = NULL;
-  ah_bus_tap (self, envelope.message, AH_AGENT_ID_NONE);
-  g_array_append_val (call->worker->outbox, envelope);
-  call->n_unrouted++;
-  ah_bus_call_count (call);
+  ah_bus_call_queue_unrouted (call, subject->subject, TRUE, data, size);
   return TRUE;
 }
 
