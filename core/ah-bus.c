@@ -1182,6 +1182,51 @@ ah_endpoint_enqueue_locked (AhEndpoint         *endpoint,
   return AH_ENQUEUE_QUEUED;
 }
 
+static inline void
+ah_cpu_relax (void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause ();
+#elif defined(__aarch64__)
+  __asm__ __volatile__ ("yield");
+#endif
+}
+
+/* How long a thread spins for a worker lock before it sleeps on it. */
+#define AH_WORKER_LOCK_SPIN_NS 10000
+
+/* Takes @worker's lock, spinning for it first. Every hold of a worker
+ * lock is short (a run queue step, a batch taken, a flush's share
+ * queued), but the worker takes it between every two turns, so under
+ * load a publisher and the worker meet on it at almost every flush. A
+ * plain mutex then puts one of them to sleep and the other pays a
+ * futex wake: measured, one pair of system calls per flush, a fifth
+ * of the publisher's time. Spinning a few microseconds (bounded, so a
+ * preempted holder costs no more than that) sees the lock freed
+ * instead. Returns how long it waited, in ns, 0 if not at all. */
+static guint64
+ah_worker_lock (AhWorker *worker)
+{
+  gint64 start, now;
+
+  if (pthread_mutex_trylock (&worker->lock) == 0)
+    return 0;
+  start = ah__monotonic_ns ();
+  for (guint i = 1;; i++)
+    {
+      ah_cpu_relax ();
+      if (pthread_mutex_trylock (&worker->lock) == 0)
+        break;
+      if ((i & 31) == 0 && (now = ah__monotonic_ns ()) - start >= AH_WORKER_LOCK_SPIN_NS)
+        {
+          pthread_mutex_lock (&worker->lock);
+          break;
+        }
+    }
+  now = ah__monotonic_ns ();
+  return (guint64) MAX (now - start, 1);
+}
+
 /* Tells @worker its run queue has work. Worker lock held. */
 static void
 ah_worker_signal_locked (AhWorker *worker)
@@ -1336,7 +1381,7 @@ ah_bus_deliver (AhBus           *self,
             }
           locked = to->worker;
           wake = FALSE;
-          pthread_mutex_lock (&locked->lock);
+          ah_worker_lock (locked);
         }
 
       /* A handler's run of normal messages to one endpoint (a chunk of a
@@ -3701,19 +3746,13 @@ ah_worker_call (AhWorker    *worker,
     ah_worker_release_message (worker, batch[i]);
 }
 
-/* The worker thread takes its own lock through this: uncontended, it is
- * one try-lock; contended, the wait is timed and the longest kept. */
+/* The worker thread takes its own lock through this, and keeps the
+ * longest wait. */
 static void
 ah_worker_lock_self (AhWorker *worker)
 {
-  gint64 start;
-  guint64 waited;
+  guint64 waited = ah_worker_lock (worker);
 
-  if (pthread_mutex_trylock (&worker->lock) == 0)
-    return;
-  start = ah__monotonic_ns ();
-  pthread_mutex_lock (&worker->lock);
-  waited = (guint64) (ah__monotonic_ns () - start);
   if (waited > atomic_load_explicit (&worker->stall_max_ns, memory_order_relaxed))
     atomic_store_explicit (&worker->stall_max_ns, waited, memory_order_relaxed);
 }
@@ -3816,16 +3855,6 @@ ah_worker_run (AhWorker   *worker,
  * more where latency matters most. Pinned workers (pin_workers) never
  * share a CPU and never yield. */
 #define AH_WORKER_SPIN_NS 20000
-
-static inline void
-ah_cpu_relax (void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause ();
-#elif defined(__aarch64__)
-  __asm__ __volatile__ ("yield");
-#endif
-}
 
 static void
 ah_worker_spin (AhWorker *worker)
