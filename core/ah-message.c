@@ -45,11 +45,19 @@ ah__monotonic_coarse_ns (void)
  * thread allocates them (the publisher's worker) while another frees
  * them (the recipient's). glibc's malloc makes that cross-thread free
  * slow, so small messages come from fixed-size blocks kept in per-thread
- * free lists. A thread that frees more than it allocates hands whole
- * magazines (chains of AH_MAGAZINE_BLOCKS blocks) to a shared depot, and
- * a thread that runs dry takes one back: one lock per magazine, not per
- * message. Blocks are touched once and reused; the depot keeps at most
- * AH_DEPOT_MAX_MAGAZINES magazines and frees the rest.
+ * magazines, as in Bonwick's slab allocator: a magazine is an array of
+ * up to AH_MAGAZINE_BLOCKS block pointers, a thread holds two (so it
+ * does not go to the depot every time it crosses a magazine boundary
+ * back and forth), and full and empty magazines are exchanged with a
+ * shared depot, one lock per magazine, not per message. Blocks are
+ * touched once and reused; the depot keeps at most
+ * AH_DEPOT_MAX_MAGAZINES full magazines and frees the rest.
+ *
+ * Magazines are arrays, not chains threaded through the free blocks: a
+ * block freed on another core is not read again until it is written as
+ * a new message, so taking a magazine costs no walk of cache misses
+ * (a chain cost one dependent miss per block, measured at 80% of the
+ * publisher's allocation time), and the next block is prefetched.
  *
  * Under AddressSanitizer the cache is off, so that every message is its
  * own allocation and a use after free is still caught. */
@@ -57,6 +65,7 @@ ah__monotonic_coarse_ns (void)
 #define AH_MESSAGE_BLOCK_SIZE   256
 #define AH_MAGAZINE_BLOCKS      64
 #define AH_DEPOT_MAX_MAGAZINES  1024
+#define AH_PREFETCH_AHEAD       8
 
 #if defined(__SANITIZE_ADDRESS__)
 #define AH_MESSAGE_CACHE 0
@@ -69,90 +78,88 @@ ah__monotonic_coarse_ns (void)
 #define AH_MESSAGE_CACHE 1
 #endif
 
-typedef struct _AhBlock AhBlock;
-struct _AhBlock {
-  AhBlock *next;
-};
-
 typedef struct {
-  AhBlock *head;
-  guint    length;
-} AhBlockList;
+  guint    n;
+  gpointer blocks[AH_MAGAZINE_BLOCKS];
+} AhMagazine;
 
+/* Invariant, as Bonwick's: @loaded is where blocks come and go;
+ * @previous is either full or empty (or NULL). */
 typedef struct {
-  AhBlockList free;
+  AhMagazine *loaded;
+  AhMagazine *previous;
 } AhThreadCache;
 
 static pthread_mutex_t ah_depot_lock = PTHREAD_MUTEX_INITIALIZER;
-static AhBlock        *ah_depot[AH_DEPOT_MAX_MAGAZINES];   /* magazine heads, under the lock */
-static guint           ah_depot_length;
+/* Under the lock: full magazines, and empty ones kept for reuse. */
+static AhMagazine     *ah_depot_full[AH_DEPOT_MAX_MAGAZINES];
+static guint           ah_depot_n_full;
+static AhMagazine     *ah_depot_empty[AH_DEPOT_MAX_MAGAZINES];
+static guint           ah_depot_n_empty;
 static pthread_key_t   ah_cache_key;
 static pthread_once_t  ah_cache_key_once = PTHREAD_ONCE_INIT;
 static __thread AhThreadCache *ah_thread_cache;
 
 static void
-ah_block_list_free (AhBlock *head)
+ah_magazine_free (AhMagazine *magazine)
 {
-  while (head != NULL)
-    {
-      AhBlock *next = head->next;
-
-      g_aligned_free (head);
-      head = next;
-    }
+  if (magazine == NULL)
+    return;
+  for (guint i = 0; i < magazine->n; i++)
+    g_aligned_free (magazine->blocks[i]);
+  g_free (magazine);
 }
 
-/* Takes over a chain of blocks; returns FALSE if the depot is full. */
-static gboolean
-ah_depot_put (AhBlock *magazine)
+/* Takes over @magazine, full or empty as it is. */
+static void
+ah_depot_put (AhMagazine *magazine)
 {
-  gboolean kept = FALSE;
+  gboolean empty = magazine->n == 0;
 
   pthread_mutex_lock (&ah_depot_lock);
-  if (ah_depot_length < AH_DEPOT_MAX_MAGAZINES)
+  if (empty && ah_depot_n_empty < AH_DEPOT_MAX_MAGAZINES)
     {
-      ah_depot[ah_depot_length++] = magazine;
-      kept = TRUE;
+      ah_depot_empty[ah_depot_n_empty++] = g_steal_pointer (&magazine);
+    }
+  else if (!empty && ah_depot_n_full < AH_DEPOT_MAX_MAGAZINES)
+    {
+      ah_depot_full[ah_depot_n_full++] = g_steal_pointer (&magazine);
     }
   pthread_mutex_unlock (&ah_depot_lock);
-  return kept;
+  ah_magazine_free (magazine);
 }
 
-static AhBlock *
-ah_depot_take (void)
+/* A full magazine from the depot, or NULL; an empty one is made if the
+ * depot has none. */
+static AhMagazine *
+ah_depot_take (gboolean full)
 {
-  AhBlock *magazine = NULL;
+  AhMagazine *magazine = NULL;
 
   pthread_mutex_lock (&ah_depot_lock);
-  if (ah_depot_length > 0)
-    magazine = ah_depot[--ah_depot_length];
+  if (full && ah_depot_n_full > 0)
+    magazine = ah_depot_full[--ah_depot_n_full];
+  else if (!full && ah_depot_n_empty > 0)
+    magazine = ah_depot_empty[--ah_depot_n_empty];
   pthread_mutex_unlock (&ah_depot_lock);
+  if (magazine == NULL && !full)
+    magazine = g_new0 (AhMagazine, 1);
   return magazine;
 }
 
-/* A thread's cache goes back to the depot when the thread ends. */
+/* A thread's magazines go back to the depot when the thread ends. */
 static void
 ah_thread_cache_release (gpointer data)
 {
   AhThreadCache *cache = data;
-  AhBlock *head = cache->free.head;
 
   /* A message freed later on this thread (by another key's destructor)
    * starts a fresh cache, which pthread releases in its next round. */
   ah_thread_cache = NULL;
 
-  while (head != NULL)
-    {
-      AhBlock *magazine = head;
-      AhBlock *tail = head;
-
-      for (guint i = 1; i < AH_MAGAZINE_BLOCKS && tail->next != NULL; i++)
-        tail = tail->next;
-      head = tail->next;
-      tail->next = NULL;
-      if (!ah_depot_put (magazine))
-        ah_block_list_free (magazine);
-    }
+  ah_depot_put (cache->loaded);
+  if (cache->previous != NULL)
+    ah_depot_put (cache->previous);
   g_free (cache);
 }
 
@@ -169,60 +176,94 @@ ah_thread_cache_get (void)
     {
       pthread_once (&ah_cache_key_once, ah_cache_key_create);
       ah_thread_cache = g_new0 (AhThreadCache, 1);
+      ah_thread_cache->loaded = ah_depot_take (FALSE);
       pthread_setspecific (ah_cache_key, ah_thread_cache);
     }
   return ah_thread_cache;
+}
+
+/* A line about to be written: fetched for ownership, not shared, or
+ * the write would still wait for the other core to let go of it. GCC's
+ * __builtin_prefetch(p, 1) emits a read prefetch on plain x86-64;
+ * PREFETCHW is in every x86-64 core of the last decade and a no-op in
+ * older ones. */
+static inline void
+ah_prefetch_for_write (const void *address)
+{
+#if defined(__x86_64__)
+  __asm__ __volatile__ ("prefetchw %0" : : "m" (*(const char *) address));
+#else
+  __builtin_prefetch (address, 1);
+#endif
 }
 
 static gpointer
 ah_block_alloc (void)
 {
   AhThreadCache *cache = ah_thread_cache_get ();
-  AhBlock *block;
+  AhMagazine *loaded = cache->loaded;
 
-  if (cache->free.head == NULL)
+  if (G_UNLIKELY (loaded->n == 0))
     {
-      AhBlock *magazine = ah_depot_take ();
-      guint n = 0;
+      AhMagazine *full;
 
-      /* Aligned to cache lines, so a small message spans as few as it
-       * can: they are what travels between cores. */
-      if (magazine == NULL)
-        return g_aligned_alloc (1, AH_MESSAGE_BLOCK_SIZE, 64);
-      for (AhBlock *b = magazine; b != NULL; b = b->next)
-        n++;
-      cache->free.head = magazine;
-      cache->free.length = n;
+      if (cache->previous != NULL && cache->previous->n > 0)
+        {
+          cache->loaded = cache->previous;
+          cache->previous = loaded;
+        }
+      else if ((full = ah_depot_take (TRUE)) != NULL)
+        {
+          if (cache->previous != NULL)
+            ah_depot_put (cache->previous);
+          cache->previous = loaded;
+          cache->loaded = full;
+        }
+      else
+        {
+          /* Aligned to cache lines, so a small message spans as few as
+           * it can: they are what travels between cores. */
+          return g_aligned_alloc (1, AH_MESSAGE_BLOCK_SIZE, 64);
+        }
+      loaded = cache->loaded;
     }
-  block = cache->free.head;
-  cache->free.head = block->next;
-  cache->free.length--;
-  return block;
+  /* The blocks about to be written were most likely last written on
+   * another core: start fetching the lines of the one a few messages
+   * ahead (its header and a small payload), so the copy into it does
+   * not wait for them. */
+  if (loaded->n > AH_PREFETCH_AHEAD)
+    {
+      guint8 *ahead = loaded->blocks[loaded->n - 1 - AH_PREFETCH_AHEAD];
+
+      ah_prefetch_for_write (ahead);
+      ah_prefetch_for_write (ahead + 64);
+    }
+  return loaded->blocks[--loaded->n];
 }
 
 static void
 ah_block_free (gpointer memory)
 {
   AhThreadCache *cache = ah_thread_cache_get ();
-  AhBlock *block = memory;
+  AhMagazine *loaded = cache->loaded;
 
-  block->next = cache->free.head;
-  cache->free.head = block;
-  cache->free.length++;
-  if (cache->free.length >= 2 * AH_MAGAZINE_BLOCKS)
+  if (G_UNLIKELY (loaded->n == AH_MAGAZINE_BLOCKS))
     {
-      /* Keep one magazine, hand one over. */
-      AhBlock *magazine = cache->free.head;
-      AhBlock *tail = magazine;
-
-      for (guint i = 1; i < AH_MAGAZINE_BLOCKS; i++)
-        tail = tail->next;
-      cache->free.head = tail->next;
-      cache->free.length -= AH_MAGAZINE_BLOCKS;
-      tail->next = NULL;
-      if (!ah_depot_put (magazine))
-        ah_block_list_free (magazine);
+      if (cache->previous != NULL && cache->previous->n == 0)
+        {
+          cache->loaded = cache->previous;
+          cache->previous = loaded;
+        }
+      else
+        {
+          if (cache->previous != NULL)
+            ah_depot_put (cache->previous);
+          cache->previous = loaded;
+          cache->loaded = ah_depot_take (FALSE);
+        }
+      loaded = cache->loaded;
     }
+  loaded->blocks[loaded->n++] = memory;
 }
 
 /* ---- Messages --------------------------------------------------------------- */

@@ -2972,6 +2972,51 @@ test_message_cache_threads (void)
   pthread_mutex_destroy (&handoff.lock);
 }
 
+/* Allocations and frees in a random order, crossing the cache's
+ * magazine boundaries back and forth: a block is never handed out twice
+ * while live, and a live message keeps its content. */
+static void
+test_message_cache_reuse (void)
+{
+  g_autoptr(GHashTable) live = g_hash_table_new (NULL, NULL);
+  g_autoptr(GPtrArray) messages = g_ptr_array_new ();
+  guint n_made = 0;
+
+  g_test_summary ("The message cache never hands out a block that is still in use, "
+                  "whatever the order of allocations and frees");
+
+  for (guint step = 0; step < 200000; step++)
+    {
+      /* Drift between a few and a few hundred live messages. */
+      gboolean make = messages->len == 0
+                      || (messages->len < 400 && g_test_rand_int_range (0, 100) < 52);
+
+      if (make)
+        {
+          guint32 value = n_made++;
+          AhMessage *message = ah__message_new (AH_MESSAGE_PUBLISH, AH_PRIORITY_NORMAL,
+                                                "cache.reuse", FALSE, AH_AGENT_ID_NONE,
+                                                AH_AGENT_ID_NONE, value, &value, sizeof value);
+
+          g_assert_false (g_hash_table_contains (live, message));
+          g_hash_table_add (live, message);
+          g_ptr_array_add (messages, message);
+        }
+      else
+        {
+          guint i = (guint) g_test_rand_int_range (0, (gint32) messages->len);
+          AhMessage *message = g_ptr_array_steal_index_fast (messages, i);
+          const guint32 *value = ah_message_get_data (message, NULL);
+
+          g_assert_cmpuint (*value, ==, (guint32) ah_message_get_correlation (message));
+          g_hash_table_remove (live, message);
+          ah__message_unref (message);
+        }
+    }
+  for (guint i = 0; i < messages->len; i++)
+    ah__message_unref (g_ptr_array_index (messages, i));
+}
+
 /* ---- Pinning -------------------------------------------------------------- */
 
 static void
@@ -3575,6 +3620,7 @@ main (int    argc,
   g_test_add_func ("/bus/pattern/match", test_pattern_matching);
   g_test_add_func ("/bus/pattern/trie", test_subject_trie);
   g_test_add_func ("/bus/message/cache-threads", test_message_cache_threads);
+  g_test_add_func ("/bus/message/cache-reuse", test_message_cache_reuse);
   g_test_add_func ("/bus/worker/pin", test_pin_workers);
 
 #define BUS_TEST(path, config, func) \
