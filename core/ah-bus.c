@@ -420,10 +420,10 @@ struct _AhBus {
 };
 
 /* The worker running on this thread, and the handler call it is in. */
-static __thread AhWorker *ah_bus_current_worker;
-static __thread AhBusCall *ah_bus_current_call;
+static AH_THREAD_LOCAL AhWorker *ah_bus_current_worker;
+static AH_THREAD_LOCAL AhBusCall *ah_bus_current_call;
 /* This thread woke a parked worker since its own worker last ran dry. */
-static __thread gboolean ah_bus_woke_parked;
+static AH_THREAD_LOCAL gboolean ah_bus_woke_parked;
 
 static void ah_endpoint_unref (AhEndpoint *endpoint);
 static void ah_subscription_free (gpointer data);

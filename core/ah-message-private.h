@@ -13,6 +13,14 @@
 
 G_BEGIN_DECLS
 
+/* The bus's thread-local variables: a few words, read on every message.
+ * In a shared library the default model looks each access up through
+ * __tls_get_addr(); initial-exec reads it at a fixed offset from the
+ * thread pointer. The library is linked by the programs that use it, so
+ * its TLS is allocated at start; a program that dlopen()s it still gets
+ * these few words from glibc's reserve of static TLS. */
+#define AH_THREAD_LOCAL __thread __attribute__ ((tls_model ("initial-exec")))
+
 /* Longest subject or pattern, in bytes, without the NUL. */
 #define AH_SUBJECT_MAX_LENGTH 255
 

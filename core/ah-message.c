@@ -98,7 +98,7 @@ static AhMagazine     *ah_depot_empty[AH_DEPOT_MAX_MAGAZINES];
 static guint           ah_depot_n_empty;
 static pthread_key_t   ah_cache_key;
 static pthread_once_t  ah_cache_key_once = PTHREAD_ONCE_INIT;
-static __thread AhThreadCache *ah_thread_cache;
+static AH_THREAD_LOCAL AhThreadCache *ah_thread_cache;
 
 static void
 ah_magazine_free (AhMagazine *magazine)
