@@ -2980,6 +2980,32 @@ ah_bus_route_run_locked (AhBus            *self,
       return n_per_message * n_run;
     }
 
+  /* One queue group, the common case of a pool: chunk by chunk, each
+   * chunk's endpoint references in one step, the envelopes written in
+   * place. */
+  if (targets->n_groups == 1 && targets->groups[0]->delivery == AH_DELIVERY_QUEUE)
+    {
+      GPtrArray *members = targets->groups[0]->members;
+      guint start = routed->len;
+      AhEnvelope *out;
+
+      g_array_set_size (routed, start + n_run);
+      out = &g_array_index (routed, AhEnvelope, start);
+      for (guint k = 0, turn = picks[0].base; k < n_run; turn++)
+        {
+          AhEndpoint *member = g_ptr_array_index (members, turn % members->len);
+          guint n_chunk = MIN (chunk, n_run - k);
+
+          ah_endpoint_ref_n (member, n_chunk);
+          for (guint end = k + n_chunk; k < end; k++, out++)
+            {
+              out->message = items[k].message;
+              out->to = member;
+            }
+        }
+      return n_run;
+    }
+
   for (guint k = 0; k < n_run; k++)
     {
       AhMessage *message = items[k].message;
