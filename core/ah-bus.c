@@ -827,30 +827,54 @@ ah_bus_tap (AhBus           *self,
 /* The mailbox capacity is enforced before a push (see
  * ah_endpoint_enqueue_locked), so the ring only ever needs the next
  * power of two above what it holds. */
-static void
-ah_lane_push (AhLane    *lane,
-              AhMessage *message)
+/* Makes room for @n more messages. */
+static G_NO_INLINE void
+ah_lane_grow (AhLane *lane,
+              guint   n)
 {
-  if (lane->length == lane->allocated)
+  guint allocated = lane->allocated > 0 ? lane->allocated : AH_LANE_FIRST_SLOTS;
+  AhMessage **items;
+
+  while (allocated < lane->length + n)
     {
-      guint allocated = lane->allocated > 0 ? lane->allocated * 2 : AH_LANE_FIRST_SLOTS;
-      AhMessage **items;
-
-      g_assert (allocated > lane->length);   /* 2^31 messages in one mailbox */
-      items = g_new (AhMessage *, allocated);
-      for (guint i = 0; i < lane->length; i++)
-        items[i] = lane->items[(lane->head + i) & (lane->allocated - 1)];
-      g_free (lane->items);
-      lane->items = items;
-      lane->allocated = allocated;
-      lane->head = 0;
+      g_assert (allocated * 2 > allocated);   /* 2^31 messages in one mailbox */
+      allocated *= 2;
     }
+  items = g_new (AhMessage *, allocated);
+  for (guint i = 0; i < lane->length; i++)
+    items[i] = lane->items[(lane->head + i) & (lane->allocated - 1)];
+  g_free (lane->items);
+  lane->items = items;
+  lane->allocated = allocated;
+  lane->head = 0;
+}
 
+static inline void
+ah_lane_reserve (AhLane *lane,
+                 guint   n)
+{
+  if (G_UNLIKELY (lane->length + n > lane->allocated))
+    ah_lane_grow (lane, n);
+}
+
+/* Appends @message; room must have been reserved. */
+static inline void
+ah_lane_append (AhLane    *lane,
+                AhMessage *message)
+{
   lane->items[(lane->head + lane->length) & (lane->allocated - 1)] = message;
   lane->length++;
 }
 
-static AhMessage *
+static inline void
+ah_lane_push (AhLane    *lane,
+              AhMessage *message)
+{
+  ah_lane_reserve (lane, 1);
+  ah_lane_append (lane, message);
+}
+
+static inline AhMessage *
 ah_lane_pop (AhLane *lane)
 {
   AhMessage *message = lane->items[lane->head];
@@ -1284,8 +1308,9 @@ ah_endpoint_enqueue_run_locked (AhEndpoint       *endpoint,
     }
   if (mode == AH_DELIVER_DEFER)
     atomic_fetch_add (&endpoint->normal_used, n);
+  ah_lane_reserve (&endpoint->normal_lane, n);
   for (guint i = 0; i < n; i++)
-    ah_lane_push (&endpoint->normal_lane, envelopes[order[i]].message);
+    ah_lane_append (&endpoint->normal_lane, envelopes[order[i]].message);
 
   if (endpoint->state == AH_ENDPOINT_IDLE && !endpoint->paused)
     {

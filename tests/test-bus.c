@@ -2902,6 +2902,43 @@ test_lane_wraparound (Fixture       *fixture,
   g_assert_cmpuint (agent->max_batch, ==, 4);
 }
 
+static const AhBusConfig config_two_batch_of_four = { .n_workers = 2, .handler_batch = 4 };
+
+static void
+test_lane_grow_by_run (Fixture       *fixture,
+                       gconstpointer  user_data)
+{
+  Agent *agent = fixture_add_agent (fixture, step_sequence_hold_first, NULL);
+  Burst burst = { agent, 100, 1 };
+  Agent *producer = fixture_add_agent (fixture, step_send_burst, &burst);
+  g_autoptr(GError) error = NULL;
+
+  g_test_summary ("A handler's run of messages to one mailbox whose ring is wrapped "
+                  "makes room for the whole run at once, and keeps every message in order");
+
+  g_assert_true (agent->endpoint != producer->endpoint);
+  /* As in /bus/lane/wraparound: the ring of 8 keeps 2 from position 4
+   * on, then 3 more wrap around to its start. */
+  for (guint i = 1; i <= 6; i++)
+    send_sequenced (fixture, agent->id, 0, i);
+  ah_bus_start (fixture->bus);
+  wait_received (fixture, agent, 1);
+  for (guint i = 7; i <= 9; i++)
+    send_sequenced (fixture, agent->id, 0, i);
+  /* One flush of 100 to it, from the other worker: the ring grows from
+   * 8 to 128 slots in one step, while wrapped. */
+  g_assert_true (ah_bus_send (fixture->bus, AH_AGENT_ID_NONE, producer->id, "go", "", 0,
+                              AH_PRIORITY_NORMAL, &error));
+  g_assert_no_error (error);
+  wait_received (fixture, producer, 1);
+  fixture_open_gate (fixture);
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (agent->n_received, ==, 9 + 100);
+  g_assert_false (agent->out_of_order);
+  g_assert_cmpuint (agent->max_batch, ==, 4);
+}
+
 /* Messages made on one thread and freed on another, many times over:
  * the message cache hands blocks between threads through its depot. The
  * hand-off uses pthread primitives, which ThreadSanitizer sees. */
@@ -3632,6 +3669,7 @@ main (int    argc,
   BUS_TEST ("/bus/route/queue-chunks", &config_block_two_workers, test_route_queue_chunks);
   BUS_TEST ("/bus/route/outbox-no-route", &config_block_one_worker, test_route_outbox_no_route);
   BUS_TEST ("/bus/lane/wraparound", &config_batch_of_four, test_lane_wraparound);
+  BUS_TEST ("/bus/lane/grow-by-run", &config_two_batch_of_four, test_lane_grow_by_run);
   BUS_TEST ("/bus/subject/interned", &config_block_two_workers, test_subject_interned);
   BUS_TEST ("/bus/subject/subscribed", &config_one_worker, test_subject_subscribed);
   BUS_TEST ("/bus/close/if-idle", &config_one_worker, test_close_if_idle);
