@@ -866,6 +866,26 @@ ah_lane_append (AhLane    *lane,
   lane->length++;
 }
 
+/* Appends the messages of @n envelopes, making room first. */
+static inline void
+ah_lane_append_run (AhLane           *lane,
+                    const AhEnvelope *envelopes,
+                    guint             n)
+{
+  AhMessage **items;
+  guint mask, tail;
+
+  ah_lane_reserve (lane, n);
+  /* Locals: with -fno-strict-aliasing the compiler would otherwise
+   * reload the lane's fields after every store into its ring. */
+  items = lane->items;
+  mask = lane->allocated - 1;
+  tail = lane->head + lane->length;
+  for (guint i = 0; i < n; i++)
+    items[(tail + i) & mask] = envelopes[i].message;
+  lane->length += n;
+}
+
 static inline void
 ah_lane_push (AhLane    *lane,
               AhMessage *message)
@@ -1260,25 +1280,94 @@ ah_worker_signal_locked (AhWorker *worker)
   pthread_cond_signal (&worker->work_cond);
 }
 
-/* How many envelopes from order[k] on go to the same endpoint with a
- * normal-priority message. */
-static guint
-ah_bus_count_run (const AhEnvelope *envelopes,
-                  const guint      *order,
-                  guint             k,
-                  guint             n_deliveries)
-{
-  AhEndpoint *to = envelopes[order[k]].to;
-  guint n = 0;
+/* Consecutive envelopes to one endpoint: @n > 1 only when all of them
+ * carry normal-priority messages, which can be queued in one step. */
+typedef struct {
+  guint start;
+  guint n;
+} AhRun;
 
-  while (k + n < n_deliveries && envelopes[order[k + n]].to == to
-         && envelopes[order[k + n]].message->priority != AH_PRIORITY_SYSTEM)
-    n++;
-  return n;
+static inline gboolean
+ah_envelope_is_normal (const AhEnvelope *envelope)
+{
+  return envelope->message->priority != AH_PRIORITY_SYSTEM;
 }
 
-/* Queues as many of the @n_run normal messages of @envelopes (by
- * @order) for @endpoint as it has room for, in order, and returns how
+#define AH_RUNS_INLINE 8
+
+/* The runs of one delivery, in the order they are queued. */
+typedef struct {
+  AhRun *runs;
+  guint  n_runs;
+  AhRun  inline_runs[2 * AH_RUNS_INLINE];   /* a small delivery's, unsorted and sorted */
+} AhRunPlan;
+
+static void
+ah_run_plan_clear (AhRunPlan *plan)
+{
+  if (plan->runs != NULL && plan->runs != plan->inline_runs
+      && plan->runs != plan->inline_runs + AH_RUNS_INLINE)
+    g_free (plan->runs);
+}
+
+/* Cuts @envelopes into runs, then orders the runs by worker (a stable
+ * counting sort, so the order to any one endpoint holds), so that each
+ * worker's lock is taken once. Sorting runs rather than envelopes keeps
+ * a broadcast cheap: 256 messages to 100 members are 100 runs, where a
+ * sort of the 25,600 envelopes took a third of the publisher's time. */
+static void
+ah_bus_plan_runs (AhBus            *self,
+                  const AhEnvelope *envelopes,
+                  guint             n_deliveries,
+                  AhRunPlan        *plan)
+{
+  guint n_workers = self->config.n_workers;
+  gboolean small = n_deliveries <= AH_RUNS_INLINE;
+  AhRun *runs = small ? plan->inline_runs : g_new (AhRun, n_deliveries);
+  AhRun *sorted;
+  guint n_runs = 0;
+  guint *starts;
+  gboolean grouped = TRUE;
+  guint last_worker = 0;
+
+  for (guint i = 0; i < n_deliveries;)
+    {
+      AhEndpoint *to = envelopes[i].to;
+      guint n = 1;
+
+      if (ah_envelope_is_normal (&envelopes[i]))
+        while (i + n < n_deliveries && envelopes[i + n].to == to
+               && ah_envelope_is_normal (&envelopes[i + n]))
+          n++;
+      if (n_runs > 0 && to->worker->index < last_worker)
+        grouped = FALSE;
+      last_worker = to->worker->index;
+      runs[n_runs].start = i;
+      runs[n_runs].n = n;
+      n_runs++;
+      i += n;
+    }
+  plan->runs = runs;
+  plan->n_runs = n_runs;
+  if (grouped || n_workers == 1)
+    return;
+
+  starts = g_new0 (guint, n_workers + 1);
+  sorted = small ? plan->inline_runs + AH_RUNS_INLINE : g_new (AhRun, n_runs);
+  for (guint r = 0; r < n_runs; r++)
+    starts[envelopes[runs[r].start].to->worker->index + 1]++;
+  for (guint w = 0; w < n_workers; w++)
+    starts[w + 1] += starts[w];
+  for (guint r = 0; r < n_runs; r++)
+    sorted[starts[envelopes[runs[r].start].to->worker->index]++] = runs[r];
+  g_free (starts);
+  if (!small)
+    g_free (runs);
+  plan->runs = sorted;
+}
+
+/* Queues as many of the @n_run normal messages of @envelopes for
+ * @endpoint as it has room for, in order, and returns how
  * many; 0 when it is closing, the bus drained, or not even the first
  * fits. Only for AH_DELIVER_DEFER (room checked here; an endpoint's
  * messages to itself always fit, see ah_endpoint_enqueue_locked) and
@@ -1286,7 +1375,6 @@ ah_bus_count_run (const AhEnvelope *envelopes,
 static guint
 ah_endpoint_enqueue_run_locked (AhEndpoint       *endpoint,
                                 const AhEnvelope *envelopes,
-                                const guint      *order,
                                 guint             n_run,
                                 AhDeliverMode     mode,
                                 AhEndpoint       *sender,
@@ -1308,9 +1396,7 @@ ah_endpoint_enqueue_run_locked (AhEndpoint       *endpoint,
     }
   if (mode == AH_DELIVER_DEFER)
     atomic_fetch_add (&endpoint->normal_used, n);
-  ah_lane_reserve (&endpoint->normal_lane, n);
-  for (guint i = 0; i < n; i++)
-    ah_lane_append (&endpoint->normal_lane, envelopes[order[i]].message);
+  ah_lane_append_run (&endpoint->normal_lane, envelopes, n);
 
   if (endpoint->state == AH_ENDPOINT_IDLE && !endpoint->paused)
     {
@@ -1351,9 +1437,7 @@ ah_bus_deliver (AhBus           *self,
                 GArray          *deferred,
                 AhDeliverResult *ret_result)
 {
-  guint n_workers = self->config.n_workers;
-  guint single = 0;
-  guint *order = &single;
+  AhRunPlan plan;
   g_autoptr(GArray) dead = NULL;
   AhWorker *locked = NULL;
   gboolean wake = FALSE;
@@ -1369,30 +1453,17 @@ ah_bus_deliver (AhBus           *self,
       return;
     }
 
-  if (n_deliveries > 1)
+  ah_bus_plan_runs (self, envelopes, n_deliveries, &plan);
+  for (guint r = 0; r < plan.n_runs; r++)
     {
-      /* Counting sort by worker: stable, so per-endpoint order holds. */
-      guint *starts = g_new0 (guint, n_workers + 1);
-
-      order = g_new (guint, n_deliveries);
-      for (guint i = 0; i < n_deliveries; i++)
-        starts[envelopes[i].to->worker->index + 1]++;
-      for (guint w = 0; w < n_workers; w++)
-        starts[w + 1] += starts[w];
-      for (guint i = 0; i < n_deliveries; i++)
-        order[starts[envelopes[i].to->worker->index]++] = i;
-      g_free (starts);
-    }
-
-  for (guint k = 0; k < n_deliveries; k++)
-    {
-      AhEnvelope *envelope = &envelopes[order[k]];
-      AhEndpoint *to = envelope->to;
-      AhDeadLetterReason reason = AH_DEAD_LETTER_SHUTDOWN;
+      AhEnvelope *run = &envelopes[plan.runs[r].start];
+      guint n_run = plan.runs[r].n;
+      AhEndpoint *to = run->to;
+      guint j = 0;
 
       if (deferring)
         {
-          g_array_append_val (deferred, *envelope);
+          g_array_append_vals (deferred, run, n_run);
           continue;
         }
 
@@ -1409,77 +1480,80 @@ ah_bus_deliver (AhBus           *self,
           ah_worker_lock (locked);
         }
 
-      /* A handler's run of normal messages to one endpoint (a chunk of a
-       * queue group, a broadcast member's share): room checked and
-       * counted once, pushed in one go. What does not fit takes the
-       * one-by-one path below, which defers it. */
-      if (mode == AH_DELIVER_DEFER || mode == AH_DELIVER_RESERVED)
+      /* A run of normal messages to one endpoint (a chunk of a queue
+       * group, a broadcast member's share): room checked and counted
+       * once, pushed in one go. What does not fit takes the one-by-one
+       * path below, which defers it. */
+      if (n_run > 1 && (mode == AH_DELIVER_DEFER || mode == AH_DELIVER_RESERVED))
         {
-          guint n_run = ah_bus_count_run (envelopes, order, k, n_deliveries);
-
-          if (n_run > 1)
+          j = ah_endpoint_enqueue_run_locked (to, run, n_run, mode, sender, &wake);
+          if (j > 0)
             {
-              guint n_queued = ah_endpoint_enqueue_run_locked (to, envelopes, order + k, n_run,
-                                                               mode, sender, &wake);
-
-              if (n_queued > 0)
+              if (to != unref_to)
                 {
-                  if (to != unref_to)
-                    {
-                      if (unref_to != NULL)
-                        ah_endpoint_unref_n (unref_to, n_unref);
-                      unref_to = to;
-                      n_unref = 0;
-                    }
-                  n_unref += n_queued;
-                  k += n_queued - 1;
-                  continue;
+                  if (unref_to != NULL)
+                    ah_endpoint_unref_n (unref_to, n_unref);
+                  unref_to = to;
+                  n_unref = 0;
                 }
+              n_unref += j;
             }
         }
 
-      switch (ah_endpoint_enqueue_locked (to, envelope->message, mode, sender, &wake, &reason))
+      for (; j < n_run; j++)
         {
-        case AH_ENQUEUE_QUEUED:
-          /* The lane holds the message reference now; the endpoint
-           * references of a run to one endpoint go in one step. */
-          if (to != unref_to)
+          AhEnvelope *envelope = &run[j];
+          AhDeadLetterReason reason = AH_DEAD_LETTER_SHUTDOWN;
+
+          if (deferring)
             {
-              if (unref_to != NULL)
-                ah_endpoint_unref_n (unref_to, n_unref);
-              unref_to = to;
-              n_unref = 0;
+              g_array_append_val (deferred, *envelope);
+              continue;
             }
-          n_unref++;
-          break;
+          switch (ah_endpoint_enqueue_locked (to, envelope->message, mode, sender, &wake, &reason))
+            {
+            case AH_ENQUEUE_QUEUED:
+              /* The lane holds the message reference now; the endpoint
+               * references of a run to one endpoint go in one step. */
+              if (to != unref_to)
+                {
+                  if (unref_to != NULL)
+                    ah_endpoint_unref_n (unref_to, n_unref);
+                  unref_to = to;
+                  n_unref = 0;
+                }
+              n_unref++;
+              break;
 
-        case AH_ENQUEUE_FULL:
-          deferring = TRUE;
-          g_array_append_val (deferred, *envelope);
-          break;
+            case AH_ENQUEUE_FULL:
+              deferring = TRUE;
+              g_array_append_val (deferred, *envelope);
+              break;
 
-        case AH_ENQUEUE_REFUSED:
-          if (result.n_refused++ == 0)
-            result.first_refused = to->id;
-          reason = AH_DEAD_LETTER_OVERFLOW;
-          G_GNUC_FALLTHROUGH;
-        case AH_ENQUEUE_DEAD:
-          {
-            AhDeadEnvelope dead_envelope = { envelope->message, to, reason };
+            case AH_ENQUEUE_REFUSED:
+              if (result.n_refused++ == 0)
+                result.first_refused = to->id;
+              reason = AH_DEAD_LETTER_OVERFLOW;
+              G_GNUC_FALLTHROUGH;
+            case AH_ENQUEUE_DEAD:
+              {
+                AhDeadEnvelope dead_envelope = { envelope->message, to, reason };
 
-            if (reason == AH_DEAD_LETTER_SHUTDOWN)
-              result.n_shutdown++;
-            if (dead == NULL)
-              dead = g_array_new (FALSE, FALSE, sizeof (AhDeadEnvelope));
-            g_array_append_val (dead, dead_envelope);
-          }
-          break;
+                if (reason == AH_DEAD_LETTER_SHUTDOWN)
+                  result.n_shutdown++;
+                if (dead == NULL)
+                  dead = g_array_new (FALSE, FALSE, sizeof (AhDeadEnvelope));
+                g_array_append_val (dead, dead_envelope);
+              }
+              break;
 
-        default:
-          g_assert_not_reached ();
+            default:
+              g_assert_not_reached ();
+            }
         }
     }
 
+  ah_run_plan_clear (&plan);
   if (unref_to != NULL)
     ah_endpoint_unref_n (unref_to, n_unref);
   if (locked != NULL)
@@ -1488,8 +1562,6 @@ ah_bus_deliver (AhBus           *self,
         ah_worker_signal_locked (locked);
       pthread_mutex_unlock (&locked->lock);
     }
-  if (order != &single)
-    g_free (order);
 
   /* Dead letters go out with no lock held: the callback is user code. */
   for (guint i = 0; dead != NULL && i < dead->len; i++)
