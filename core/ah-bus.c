@@ -711,13 +711,14 @@ ah_latency_bucket_value (guint bucket)
 
 /* Called by the worker thread only. */
 static void
-ah_latency_record (AhLatency *latency,
-                   gint64     ns)
+ah_latency_record_n (AhLatency *latency,
+                     gint64     ns,
+                     guint      n)
 {
   guint64 value = ns > 0 ? (guint64) ns : 0;
   _Atomic guint64 *count = &latency->counts[ah_latency_bucket (value)];
 
-  atomic_store_explicit (count, atomic_load_explicit (count, memory_order_relaxed) + 1,
+  atomic_store_explicit (count, atomic_load_explicit (count, memory_order_relaxed) + n,
                          memory_order_relaxed);
   if (value > atomic_load_explicit (&latency->max_ns, memory_order_relaxed))
     atomic_store_explicit (&latency->max_ns, value, memory_order_relaxed);
@@ -3840,8 +3841,19 @@ ah_worker_call (AhWorker    *worker,
   g_autoptr(GError) error = NULL;
   gboolean handled;
 
-  for (guint i = 0; i < n; i++)
-    ah_latency_record (&worker->latency, start - batch[i]->publish_time_ns);
+  /* A flush stamps all its messages with one clock read, so a batch is
+   * mostly a few runs of equal publish times: one histogram step per
+   * run, each message still counted at its own latency. */
+  for (guint i = 0; i < n;)
+    {
+      gint64 published = batch[i]->publish_time_ns;
+      guint n_same = 1;
+
+      while (i + n_same < n && batch[i + n_same]->publish_time_ns == published)
+        n_same++;
+      ah_latency_record_n (&worker->latency, start - published, n_same);
+      i += n_same;
+    }
 
   ah_bus_current_call = &call;
   handled = endpoint->func (&call, (const AhMessage * const *) batch, n,
