@@ -34,6 +34,9 @@ typedef struct {
   guint64 published, accepted, delivered, dead_lettered, failed, in_flight;
   guint64 batches, requests, request_timeouts;
   guint64 retried;                /* failed batches' messages delivered again */
+  /* Times a spinning worker gave its CPU to another worker waiting for
+   * it (unpinned workers the scheduler put on one CPU). */
+  guint64 cpu_handoffs;
   gdouble latency_p50_us, latency_p95_us, latency_p99_us, latency_p999_us, latency_max_us;
   /* The longest any worker waited for its own lock (held by a publisher,
    * a pause...): how long the bus held a worker up. */

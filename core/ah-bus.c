@@ -109,6 +109,7 @@ typedef enum {
   AH_TALLY_REQUESTS,
   AH_TALLY_REQUEST_TIMEOUTS,
   AH_TALLY_RETRIED,
+  AH_TALLY_CPU_HANDOFFS,
   AH_TALLY_N_FIELDS
 } AhTallyField;
 
@@ -335,6 +336,10 @@ struct _AhWorker {
    * worker spinning before it parks. */
   atomic_uint     n_scheduled;
   atomic_bool     spin_stop;    /* set with @stopping: cut a spin short */
+  /* The CPU its thread last ran on while awake, -1 while parked: a
+   * worker that finds another one's CPU equal to its own knows that one
+   * is waiting for the CPU (see ah_worker_spin). */
+  atomic_int      cpu_now;
   gboolean        stopping;     /* under @lock */
   gboolean        pinned;       /* its thread runs on one CPU of its own */
   gboolean        parked;       /* under @lock: asleep on work_cond */
@@ -422,7 +427,8 @@ struct _AhBus {
 /* The worker running on this thread, and the handler call it is in. */
 static AH_THREAD_LOCAL AhWorker *ah_bus_current_worker;
 static AH_THREAD_LOCAL AhBusCall *ah_bus_current_call;
-/* This thread woke a parked worker since its own worker last ran dry. */
+/* This thread woke a parked worker since its own worker last ran dry:
+ * that worker may be queued on this CPU (see ah_worker_spin). */
 static AH_THREAD_LOCAL gboolean ah_bus_woke_parked;
 
 static void ah_endpoint_unref (AhEndpoint *endpoint);
@@ -1272,13 +1278,24 @@ ah_worker_lock (AhWorker *worker)
   return (guint64) MAX (now - start, 1);
 }
 
-/* Tells @worker its run queue has work. Worker lock held. */
+/* Releases @worker's lock, then, if @wake (its run queue got work) and
+ * it sleeps, signals it. The signal comes after the unlock: signalled
+ * under the lock, a woken worker that the scheduler runs at once (CFS
+ * favours a thread that slept) blocks straight away on the lock its
+ * waker still holds, and costs two more context switches (seen with
+ * perf sched on the round trip from idle). */
 static void
-ah_worker_signal_locked (AhWorker *worker)
+ah_worker_unlock_and_wake (AhWorker *worker,
+                           gboolean  wake)
 {
-  if (worker->parked)
+  gboolean parked = worker->parked;
+
+  if (wake && parked)
     ah_bus_woke_parked = TRUE;
-  pthread_cond_signal (&worker->work_cond);
+  pthread_mutex_unlock (&worker->lock);
+  /* Not parked: it looks at its run queue before it parks. */
+  if (wake && parked)
+    pthread_cond_signal (&worker->work_cond);
 }
 
 /* Consecutive envelopes to one endpoint: @n > 1 only when all of them
@@ -1471,11 +1488,7 @@ ah_bus_deliver (AhBus           *self,
       if (to->worker != locked)
         {
           if (locked != NULL)
-            {
-              if (wake)
-                ah_worker_signal_locked (locked);
-              pthread_mutex_unlock (&locked->lock);
-            }
+            ah_worker_unlock_and_wake (locked, wake);
           locked = to->worker;
           wake = FALSE;
           ah_worker_lock (locked);
@@ -1558,11 +1571,7 @@ ah_bus_deliver (AhBus           *self,
   if (unref_to != NULL)
     ah_endpoint_unref_n (unref_to, n_unref);
   if (locked != NULL)
-    {
-      if (wake)
-        ah_worker_signal_locked (locked);
-      pthread_mutex_unlock (&locked->lock);
-    }
+    ah_worker_unlock_and_wake (locked, wake);
 
   /* Dead letters go out with no lock held: the callback is user code. */
   for (guint i = 0; dead != NULL && i < dead->len; i++)
@@ -1610,9 +1619,7 @@ ah_endpoint_wake_blocked (AhEndpoint *sender)
           sender->retry_pending = TRUE;
         }
     }
-  if (signal)
-    pthread_cond_signal (&worker->work_cond);
-  pthread_mutex_unlock (&worker->lock);
+  ah_worker_unlock_and_wake (worker, signal);
 
   if (!reference_kept)
     ah_endpoint_unref (sender);
@@ -1971,9 +1978,7 @@ ah_bus_endpoint_resume (AhBus      *self,
           wake = TRUE;
         }
     }
-  if (wake)
-    pthread_cond_signal (&worker->work_cond);
-  pthread_mutex_unlock (&worker->lock);
+  ah_worker_unlock_and_wake (worker, wake);
 }
 
 /* ---- Groups and subscriptions ---------------------------------------------------------- */
@@ -3984,17 +3989,40 @@ ah_worker_run (AhWorker   *worker,
  *
  * Unpinned, the scheduler tends to queue a worker it wakes on the
  * waker's CPU, where the waker then spins: from idle, a round trip would
- * pay for the whole spin on top of the wake-ups. So a worker that woke a
- * parked one yields once before it spins. Only then: a yield in every
+ * pay for the whole spin on top of the wake-ups. So a worker that woke
+ * a parked one yields once before it spins. Only then: a yield in every
  * spin hands the CPU to any other process under load, which costs far
- * more where latency matters most. Pinned workers (pin_workers) never
+ * more where latency matters most. And the scheduler lets a woken
+ * worker preempt its waker on the waker's CPU, so a worker's spin can
+ * hold up another worker in the middle of a handler: perf sched showed
+ * the requester of a round trip from idle preempted by the responder,
+ * whose 20 us spin then came on top of the round trip. So each awake
+ * worker notes the CPU it runs on (cpu_now), and a spinning worker that
+ * finds another one noted on its own CPU, which can only mean that one
+ * is waiting for it, parks at once. Pinned workers (pin_workers) never
  * share a CPU and never yield. */
 #define AH_WORKER_SPIN_NS 20000
+
+/* Whether another worker of the bus last ran on this thread's CPU and
+ * is not parked: it is then preempted or queued behind this thread. */
+static gboolean
+ah_worker_cpu_is_wanted (AhWorker *worker,
+                         int       cpu)
+{
+  AhBus *self = worker->bus;
+
+  for (guint i = 0; i < self->config.n_workers; i++)
+    if (self->workers[i] != worker
+        && atomic_load_explicit (&self->workers[i]->cpu_now, memory_order_relaxed) == cpu)
+      return TRUE;
+  return FALSE;
+}
 
 static void
 ah_worker_spin (AhWorker *worker)
 {
   gint64 until = ah__monotonic_ns () + AH_WORKER_SPIN_NS;
+  int cpu = worker->pinned ? -1 : sched_getcpu ();
 
   for (guint i = 1;; i++)
     {
@@ -4002,6 +4030,14 @@ ah_worker_spin (AhWorker *worker)
           || atomic_load_explicit (&worker->spin_stop, memory_order_relaxed))
         return;
       ah_cpu_relax ();
+      if ((i & 63) == 1 && cpu >= 0 && ah_worker_cpu_is_wanted (worker, cpu))
+        {
+          /* A yield, not a park: the scheduler still sees two runnable
+           * threads on this CPU, and moves one to an idle CPU. */
+          ah_bus_tally_add (worker->bus, AH_TALLY_CPU_HANDOFFS, 1);
+          sched_yield ();
+          cpu = sched_getcpu ();
+        }
       if ((i & 63) == 0 && ah__monotonic_ns () >= until)
         return;
       /* See above: a worker this one woke from its sleep may be queued
@@ -4055,11 +4091,14 @@ ah_worker_main (gpointer data)
       while (worker->run_head == NULL && !worker->stopping)
         {
           worker->parked = TRUE;
+          atomic_store_explicit (&worker->cpu_now, -1, memory_order_relaxed);
           pthread_cond_wait (&worker->work_cond, &worker->lock);
           worker->parked = FALSE;
         }
       if (worker->stopping)
         break;
+      if (!worker->pinned)
+        atomic_store_explicit (&worker->cpu_now, sched_getcpu (), memory_order_relaxed);
 
       endpoint = ah_worker_pop_locked (worker);
       if (endpoint->closing || endpoint->paused)
@@ -4176,6 +4215,7 @@ ah_bus_new (const AhBusConfig *config)
 
       worker->bus = self;
       worker->index = i;
+      atomic_init (&worker->cpu_now, -1);
       pthread_mutex_init (&worker->lock, NULL);
       ah_cond_init_monotonic (&worker->work_cond);
       ah_cond_init_monotonic (&worker->room_cond);
@@ -4556,6 +4596,7 @@ ah_bus_get_counters (AhBus         *self,
   ret_counters->requests = sums[AH_TALLY_REQUESTS];
   ret_counters->request_timeouts = sums[AH_TALLY_REQUEST_TIMEOUTS];
   ret_counters->retried = sums[AH_TALLY_RETRIED];
+  ret_counters->cpu_handoffs = sums[AH_TALLY_CPU_HANDOFFS];
   ret_counters->n_pinned = 0;
   for (guint w = 0; w < self->config.n_workers; w++)
     ret_counters->n_pinned += atomic_load (&self->workers[w]->pinned_now) ? 1 : 0;

@@ -11,11 +11,13 @@
  *
  * SPDX-License-Identifier: MIT
  */
+#define _GNU_SOURCE   /* sched_setaffinity */
 #include "ah-bus-private.h"
 #include "ah-message-private.h"
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -3054,6 +3056,71 @@ test_message_cache_reuse (void)
     ah__message_unref (g_ptr_array_index (messages, i));
 }
 
+/* ---- Workers sharing a CPU ------------------------------------------------ */
+
+typedef struct {
+  Agent *peer;
+  guint  remaining;    /* round trips still to start (the pinger's) */
+  guint  completed;
+} PingPong;
+
+static gboolean
+step_ping_pong (Agent           *agent,
+                AhBusCall       *call,
+                const AhMessage *message)
+{
+  PingPong *state = agent->data;
+  const char *subject = ah_message_get_subject (message);
+
+  if (strcmp (subject, "ping") == 0)
+    return ah_bus_call_send (call, state->peer->id, "pong", "", 0);
+  if (strcmp (subject, "pong") == 0)
+    state->completed++;
+  if (state->remaining > 0)
+    {
+      state->remaining--;
+      return ah_bus_call_send (call, state->peer->id, "ping", "", 0);
+    }
+  return TRUE;
+}
+
+static void
+test_workers_share_cpu (Fixture       *fixture,
+                        gconstpointer  user_data)
+{
+  const guint n_round_trips = 2000;
+  PingPong ping = { NULL, n_round_trips, 0 }, pong = { NULL, 0, 0 };
+  Agent *pinger = fixture_add_agent (fixture, step_ping_pong, &ping);
+  Agent *ponger = fixture_add_agent (fixture, step_ping_pong, &pong);
+  cpu_set_t allowed, one;
+  AhBusCounters counters;
+  int cpu = -1;
+
+  g_test_summary ("Two workers the scheduler keeps on one CPU still make progress, and a "
+                  "spinning worker hands its CPU to the other when that one waits for it");
+
+  ping.peer = ponger;
+  pong.peer = pinger;
+  /* The workers inherit the starting thread's CPUs: give them one. */
+  g_assert_cmpint (sched_getaffinity (0, sizeof allowed, &allowed), ==, 0);
+  for (int i = 0; i < CPU_SETSIZE && cpu < 0; i++)
+    if (CPU_ISSET (i, &allowed))
+      cpu = i;
+  CPU_ZERO (&one);
+  CPU_SET (cpu, &one);
+  g_assert_cmpint (sched_setaffinity (0, sizeof one, &one), ==, 0);
+  ah_bus_start (fixture->bus);
+  g_assert_cmpint (sched_setaffinity (0, sizeof allowed, &allowed), ==, 0);
+
+  send_to (fixture, pinger->id, "go", "");
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (ping.completed, ==, n_round_trips);
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.delivered, ==, 1 + 2 * n_round_trips);
+  g_assert_cmpuint (counters.cpu_handoffs, >, 0);
+}
+
 /* ---- Pinning -------------------------------------------------------------- */
 
 static void
@@ -3670,6 +3737,7 @@ main (int    argc,
   BUS_TEST ("/bus/route/outbox-no-route", &config_block_one_worker, test_route_outbox_no_route);
   BUS_TEST ("/bus/lane/wraparound", &config_batch_of_four, test_lane_wraparound);
   BUS_TEST ("/bus/lane/grow-by-run", &config_two_batch_of_four, test_lane_grow_by_run);
+  BUS_TEST ("/bus/worker/share-cpu", &config_two_workers, test_workers_share_cpu);
   BUS_TEST ("/bus/subject/interned", &config_block_two_workers, test_subject_interned);
   BUS_TEST ("/bus/subject/subscribed", &config_one_worker, test_subject_subscribed);
   BUS_TEST ("/bus/close/if-idle", &config_one_worker, test_close_if_idle);
