@@ -2891,18 +2891,33 @@ static const BenchStage3Case bench_stage3_cases[] = {
   { "task-execution-heavy", 1000, 2000, 25000, FALSE },
 };
 
-/* One round of a stage3 case: each agent gets its share of the messages
- * (to random agents) and of the tasks. */
-static gboolean
-bench_stage3_round (AhHost                *host,
-                    const BenchStage3Case *stage,
-                    const AhAgentId       *ids,
-                    guint64               *sent_per_agent,
-                    GRand                 *rand,
-                    guint                  payload,
-                    GError               **error)
+/* About how many messages and tasks a paced stage3 wave sets going: a
+ * publisher's batch. */
+#define BENCH_STAGE3_WAVE_OPS 256
+
+/* How many agents a paced wave of @stage sets going: at least one. */
+static guint
+bench_stage3_wave_agents (const BenchStage3Case *stage)
 {
-  for (guint i = 0; i < stage->agents; i++)
+  guint ops_per_agent = MAX (1u, (stage->messages + stage->tasks) / stage->agents);
+
+  return CLAMP (BENCH_STAGE3_WAVE_OPS / ops_per_agent, 1u, stage->agents);
+}
+
+/* Sets agents [first, first + n) going: each gets its share of the
+ * messages (to random agents) and of the tasks. */
+static gboolean
+bench_stage3_send (AhHost                *host,
+                   const BenchStage3Case *stage,
+                   const AhAgentId       *ids,
+                   guint                  first,
+                   guint                  n,
+                   guint64               *sent_per_agent,
+                   GRand                 *rand,
+                   guint                  payload,
+                   GError               **error)
+{
+  for (guint i = first; i < first + n; i++)
     {
       BenchPeerGo go = {
         .n_messages = stage->messages / stage->agents + (i < stage->messages % stage->agents),
@@ -2926,13 +2941,38 @@ bench_stage3_round (AhHost                *host,
   return TRUE;
 }
 
+/* One round of a stage3 case, every agent once: all at the same
+ * instant (@burst), or in waves of about BENCH_STAGE3_WAVE_OPS messages
+ * and tasks, each wave once the previous one is done. */
+static gboolean
+bench_stage3_round (AhHost                *host,
+                    const char            *scenario,
+                    const BenchStage3Case *stage,
+                    gboolean               burst,
+                    const AhAgentId       *ids,
+                    guint64               *sent_per_agent,
+                    GRand                 *rand,
+                    guint                  payload,
+                    GError               **error)
+{
+  guint wave = burst ? stage->agents : bench_stage3_wave_agents (stage);
+
+  for (guint first = 0; first < stage->agents; first += wave)
+    if (!bench_stage3_send (host, stage, ids, first, MIN (wave, stage->agents - first),
+                            sent_per_agent, rand, payload, error)
+        || !bench_wait_idle (host, scenario, error))
+      return FALSE;
+  return TRUE;
+}
+
 static BenchResult *
 bench_run_stage3_case (const BenchOptions    *options,
                        const BenchStage3Case *stage,
+                       gboolean               burst,
                        GError               **error)
 {
   g_autoptr(GString) yaml = bench_yaml_new ("stage3", options, options->workers);
-  g_autofree char *scenario = g_strdup_printf ("stage3-%s", stage->name);
+  g_autofree char *scenario = g_strdup_printf ("stage3-%s%s", stage->name, burst ? "-burst" : "");
   g_autofree AhAgentId *ids = g_new0 (AhAgentId, stage->agents);
   g_autofree guint64 *sent_per_agent = g_new0 (guint64, stage->agents);
   g_autofree guint64 *spawn_hist = g_new0 (guint64, BENCH_HIST_BUCKETS);
@@ -2965,8 +3005,8 @@ bench_run_stage3_case (const BenchOptions    *options,
   start_ns = bench_now_ns ();
   do
     {
-      if (!bench_stage3_round (host, stage, ids, sent_per_agent, rand, payload, error)
-          || !bench_wait_idle (host, scenario, error))
+      if (!bench_stage3_round (host, scenario, stage, burst, ids, sent_per_agent, rand, payload,
+                               error))
         goto out;
       messages += stage->messages;
       tasks += stage->tasks;
@@ -2995,6 +3035,7 @@ bench_run_stage3_case (const BenchOptions    *options,
     gdouble task_p95 = bench_hist_percentile_us (collector.hists[BENCH_HIST_TASK], 0.95);
 
     g_string_append_printf (result->extra_json,
+                            ", \"arrival\": \"%s\", \"wave_agents\": %u"
                             ", \"agents\": %u, \"agent_messages\": %" G_GUINT64_FORMAT
                             ", \"tasks\": %" G_GUINT64_FORMAT ", \"rounds\": %" G_GUINT64_FORMAT
                             ", \"spawn_p95_us\": %.3f, \"message_p95_us\": %.3f"
@@ -3002,14 +3043,17 @@ bench_run_stage3_case (const BenchOptions    *options,
                             ", \"peak_rss_bytes\": %" G_GUINT64_FORMAT ", \"peak_rss_scope\": \"%s\""
                             ", \"old_targets\": {\"spawn_p95_ms\": [80, 200], \"comms_p95_ms\": [3, 10]"
                             ", \"success_percent\": [80, 95]}",
+                            burst ? "burst" : "paced",
+                            burst ? stage->agents : bench_stage3_wave_agents (stage),
                             stage->agents, messages, tasks, rounds, spawn_p95, result->p95_us,
                             task_p95, success, peak_rss, peak_reset ? "scenario" : "process");
     g_string_append_printf (result->extra_text,
-                            "%u agents, %" G_GUINT64_FORMAT " msgs, %" G_GUINT64_FORMAT " tasks: "
+                            "%u agents, %" G_GUINT64_FORMAT " msgs, %" G_GUINT64_FORMAT " tasks, %s: "
                             "spawn p95 %.1f us, msg p95 %.1f us, task p95 %.1f us, "
                             "success %.2f%%, peak RSS %.0f MiB (old targets: spawn p95 "
                             "80-200 ms, comms p95 3-10 ms, success 80-95%%)",
-                            stage->agents, messages, tasks, spawn_p95, result->p95_us, task_p95,
+                            stage->agents, messages, tasks, burst ? "all at once" : "in waves",
+                            spawn_p95, result->p95_us, task_p95,
                             success, (gdouble) peak_rss / (1024.0 * 1024.0));
   }
 
@@ -3024,14 +3068,17 @@ bench_run_stage3 (const BenchOptions *options,
                   GPtrArray          *results,
                   GError            **error)
 {
-  for (gsize i = 0; i < G_N_ELEMENTS (bench_stage3_cases); i++)
-    {
-      BenchResult *result = bench_run_stage3_case (options, &bench_stage3_cases[i], error);
+  /* Paced first, then the same counts all at once. */
+  for (guint burst = 0; burst < 2; burst++)
+    for (gsize i = 0; i < G_N_ELEMENTS (bench_stage3_cases); i++)
+      {
+        BenchResult *result = bench_run_stage3_case (options, &bench_stage3_cases[i], burst,
+                                                     error);
 
-      if (result == NULL)
-        return FALSE;
-      g_ptr_array_add (results, result);
-    }
+        if (result == NULL)
+          return FALSE;
+        g_ptr_array_add (results, result);
+      }
   return TRUE;
 }
 
@@ -3092,13 +3139,13 @@ bench_print_results (GPtrArray          *results,
       return;
     }
 
-  g_print ("%-32s %12s %9s %14s %10s %10s %10s %6s  %s\n", "scenario", "messages", "seconds",
+  g_print ("%-38s %12s %9s %14s %10s %10s %10s %6s  %s\n", "scenario", "messages", "seconds",
            "msgs/s", "p50 us", "p99 us", "p99.9 us", "lost", "notes");
   for (guint i = 0; i < results->len; i++)
     {
       BenchResult *r = results->pdata[i];
 
-      g_print ("%-32s %12" G_GUINT64_FORMAT " %9.3f %14.0f %10.2f %10.2f %10.2f %6"
+      g_print ("%-38s %12" G_GUINT64_FORMAT " %9.3f %14.0f %10.2f %10.2f %10.2f %6"
                G_GUINT64_FORMAT "  %s\n",
                r->scenario, r->messages, r->seconds,
                r->seconds > 0 ? (gdouble) r->messages / r->seconds : 0.0,

@@ -110,7 +110,7 @@ assert_names (GPtrArray          *names,
 
 typedef struct {
   const char *scenario;
-  const char *expected[12];
+  const char *expected[16];
   const char *check_key;      /* a scenario-specific key that must be there */
 } ScenarioCase;
 
@@ -124,7 +124,11 @@ static const ScenarioCase scenario_cases[] = {
                 "spawn-batch-2000", "spawn-waves-10x200", "restart", "hold-20000", NULL }, "agents" },
   { "stage3", { "stage3-baseline", "stage3-high-concurrency", "stage3-peak-load",
                 "stage3-ultra-high-load", "stage3-sustained-load",
-                "stage3-communication-intensive", "stage3-task-execution-heavy", NULL },
+                "stage3-communication-intensive", "stage3-task-execution-heavy",
+                "stage3-baseline-burst", "stage3-high-concurrency-burst", "stage3-peak-load-burst",
+                "stage3-ultra-high-load-burst", "stage3-sustained-load-burst",
+                "stage3-communication-intensive-burst", "stage3-task-execution-heavy-burst",
+                NULL },
     "success_percent" },
 };
 
@@ -150,6 +154,23 @@ test_bench_scenario (gconstpointer data)
   lines = g_strsplit (run.out, "\n", -1);
   for (guint i = 1; i <= names->len; i++)
     g_assert_cmpfloat (json_number (lines[i], scenario->check_key), >=, 0);
+  /* stage3: each case runs paced, then all at once, with the same counts
+   * (one round each at --sustained-seconds 0), all of them arriving. */
+  if (g_str_equal (scenario->scenario, "stage3"))
+    for (guint i = 1; i <= names->len / 2; i++)
+      {
+        const char *paced = lines[i], *burst = lines[i + names->len / 2];
+
+        g_assert_nonnull (strstr (paced, "\"arrival\": \"paced\""));
+        g_assert_nonnull (strstr (burst, "\"arrival\": \"burst\""));
+        g_assert_cmpfloat (json_number (paced, "wave_agents"), <=, json_number (paced, "agents"));
+        g_assert_cmpfloat (json_number (burst, "wave_agents"), ==, json_number (burst, "agents"));
+        g_assert_cmpfloat (json_number (paced, "agent_messages"), ==,
+                           json_number (burst, "agent_messages"));
+        g_assert_cmpfloat (json_number (paced, "tasks"), ==, json_number (burst, "tasks"));
+        g_assert_cmpfloat (json_number (paced, "success_percent"), ==, 100);
+        g_assert_cmpfloat (json_number (burst, "success_percent"), ==, 100);
+      }
 }
 
 /* The flow scenarios move exactly what they were asked to: fanout's
