@@ -18,7 +18,8 @@ G_BEGIN_DECLS
  * __tls_get_addr(); initial-exec reads it at a fixed offset from the
  * thread pointer. The library is linked by the programs that use it, so
  * its TLS is allocated at start; a program that dlopen()s it still gets
- * these few words from glibc's reserve of static TLS. */
+ * these from glibc's reserve of static TLS (512 bytes by default; the
+ * bus uses about 230), so keep them few and small. */
 #define AH_THREAD_LOCAL __thread __attribute__ ((tls_model ("initial-exec")))
 
 /* Longest subject or pattern, in bytes, without the NUL. */

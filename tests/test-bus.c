@@ -3056,6 +3056,55 @@ test_message_cache_reuse (void)
     ah__message_unref (g_ptr_array_index (messages, i));
 }
 
+/* The interning thread's cache must tell buses apart, and subjects that
+ * share a cache slot. */
+static void
+test_subject_intern_cache (void)
+{
+  AhBus *first = ah_bus_new (NULL);
+  AhBus *second = ah_bus_new (NULL);
+  const AhSubject *handles[2][40];
+
+  g_test_summary ("Interning the same subjects on two buses, over and over, gives each "
+                  "bus its own handles, and always the same ones");
+
+  /* Each subject on one bus then at once on the other (a slot holding
+   * the first bus's entry), then all of them again (slots shared by
+   * several subjects). */
+  for (guint round = 0; round < 3; round++)
+    for (guint i = 0; i < G_N_ELEMENTS (handles[0]); i++)
+      for (guint b = 0; b < 2; b++)
+        {
+          g_autofree char *subject = g_strdup_printf ("cache.subject%u", i);
+          AhBus *bus = b == 0 ? first : second;
+          const AhSubject *handle = ah_bus_intern_subject (bus, subject, NULL);
+
+          g_assert_nonnull (handle);
+          g_assert_cmpstr (ah_subject_get_string (handle), ==, subject);
+          g_assert_true (ah_bus_intern_subject (bus, subject, NULL) == handle);
+          if (round == 0)
+            handles[b][i] = handle;
+          else
+            g_assert_true (handle == handles[b][i]);
+          if (b == 1)
+            g_assert_true (handle != handles[0][i]);
+        }
+  ah_bus_free (first);
+  ah_bus_free (second);
+
+  /* A new bus, maybe at a freed one's address, gets handles of its own. */
+  first = ah_bus_new (NULL);
+  for (guint i = 0; i < G_N_ELEMENTS (handles[0]); i++)
+    {
+      g_autofree char *subject = g_strdup_printf ("cache.subject%u", i);
+      const AhSubject *handle = ah_bus_intern_subject (first, subject, NULL);
+
+      g_assert_cmpstr (ah_subject_get_string (handle), ==, subject);
+      g_assert_true (ah_bus_intern_subject (first, subject, NULL) == handle);
+    }
+  ah_bus_free (first);
+}
+
 /* ---- Workers sharing a CPU ------------------------------------------------ */
 
 typedef struct {
@@ -3739,6 +3788,7 @@ main (int    argc,
   BUS_TEST ("/bus/lane/grow-by-run", &config_two_batch_of_four, test_lane_grow_by_run);
   BUS_TEST ("/bus/worker/share-cpu", &config_two_workers, test_workers_share_cpu);
   BUS_TEST ("/bus/subject/interned", &config_block_two_workers, test_subject_interned);
+  g_test_add_func ("/bus/subject/intern-cache", test_subject_intern_cache);
   BUS_TEST ("/bus/subject/subscribed", &config_one_worker, test_subject_subscribed);
   BUS_TEST ("/bus/close/if-idle", &config_one_worker, test_close_if_idle);
   BUS_TEST ("/bus/route/broadcast-shared", &config_two_workers, test_route_broadcast_shared);
