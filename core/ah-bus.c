@@ -967,13 +967,15 @@ ah_lane_pop (AhLane *lane)
 
 /* Moves every message of @lane to the end of @into. Returns how many. */
 static guint
-ah_lane_steal (AhLane    *lane,
-               GPtrArray *into)
+ah_lane_steal (AhLane     *lane,
+               GPtrArray **into)
 {
   guint n = lane->length;
 
+  if (n > 0 && *into == NULL)
+    *into = g_ptr_array_new ();
   while (lane->length > 0)
-    g_ptr_array_add (into, ah_lane_pop (lane));
+    g_ptr_array_add (*into, ah_lane_pop (lane));
   g_clear_pointer (&lane->items, g_free);
   lane->allocated = 0;
   return n;
@@ -1692,7 +1694,8 @@ ah_endpoint_drain (AhEndpoint         *endpoint,
 {
   AhWorker *worker = endpoint->worker;
   AhBus *self = endpoint->worker->bus;
-  g_autoptr(GPtrArray) queued = g_ptr_array_new ();
+  /* Made only if there is anything to steal: most endpoints close empty. */
+  g_autoptr(GPtrArray) queued = NULL;
   GArray *deferred;
   GPtrArray *blocked;
 
@@ -1704,10 +1707,10 @@ ah_endpoint_drain (AhEndpoint         *endpoint,
         pthread_cond_wait (&worker->state_cond, &worker->lock);
     }
   if (endpoint->system_lane != NULL)
-    ah_lane_steal (endpoint->system_lane, queued);
+    ah_lane_steal (endpoint->system_lane, &queued);
   /* Only what was queued: slots reserved by messages still on their way
    * are given back when those arrive and find the endpoint closed. */
-  atomic_fetch_sub (&endpoint->normal_used, ah_lane_steal (&endpoint->normal_lane, queued));
+  atomic_fetch_sub (&endpoint->normal_used, ah_lane_steal (&endpoint->normal_lane, &queued));
   deferred = g_steal_pointer (&endpoint->deferred);
   blocked = g_steal_pointer (&endpoint->blocked_senders);
   if (endpoint->state == AH_ENDPOINT_BLOCKED)
@@ -1716,7 +1719,7 @@ ah_endpoint_drain (AhEndpoint         *endpoint,
     pthread_cond_broadcast (&worker->room_cond);
   pthread_mutex_unlock (&worker->lock);
 
-  for (guint i = 0; i < queued->len; i++)
+  for (guint i = 0; queued != NULL && i < queued->len; i++)
     {
       AhMessage *message = g_ptr_array_index (queued, i);
 
