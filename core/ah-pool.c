@@ -945,10 +945,8 @@ pool_agents_go_live_announced (AhPool    *self,
 }
 
 static void
-start_chunk_run (gpointer data,
-                 gpointer user_data)
+start_chunk_run (StartChunk *chunk)
 {
-  StartChunk *chunk = data;
   StartShared *shared = chunk->shared;
   AhPool *self = chunk->pool;
   gint64 start = g_get_monotonic_time ();
@@ -1056,29 +1054,53 @@ start_chunk_size (guint n_agents)
   return MAX (AH_PREWARM_MIN_CHUNK, (n_agents + 2 * n_cpus - 1) / (2 * n_cpus));
 }
 
-/* Runs @chunks: on the calling thread when there is one, else on a
- * temporary thread pool, at least @min_threads wide (plugin inits may
- * wait on I/O, so pre-warm allows a thread per pool even on few cores). */
+/* The chunks of one pre-warm or batch, taken in order by whichever
+ * thread is free. */
+typedef struct {
+  GArray *chunks;
+  gint    next;       /* atomic: the next chunk to take */
+} StartQueue;
+
+static gpointer
+start_queue_drain (gpointer data)
+{
+  StartQueue *queue = data;
+
+  for (;;)
+    {
+      guint i = (guint) g_atomic_int_add (&queue->next, 1);
+
+      if (i >= queue->chunks->len)
+        return NULL;
+      start_chunk_run (&g_array_index (queue->chunks, StartChunk, i));
+    }
+}
+
+/* Runs @chunks on the calling thread and on temporary threads, at least
+ * @min_threads in all (plugin inits may wait on I/O, so pre-warm allows
+ * a thread per pool even on few cores). The calling thread takes chunks
+ * too rather than only waiting: one thread fewer to start and join, a
+ * tenth of a small pre-warm. A thread that cannot be started leaves its
+ * share to the others. */
 static void
 start_chunks_run (GArray *chunks,
                   guint   min_threads)
 {
-  GThreadPool *threads;
+  StartQueue queue = { chunks, 0 };
+  g_autofree GThread **threads = NULL;
   guint n_threads;
 
   if (chunks->len == 0)
     return;
-  if (chunks->len == 1)
-    {
-      start_chunk_run (&g_array_index (chunks, StartChunk, 0), NULL);
-      return;
-    }
   n_threads = MIN (chunks->len, MIN (AH_PREWARM_MAX_THREADS,
                                      MAX (min_threads, 2 * pool_n_cpus ())));
-  threads = g_thread_pool_new (start_chunk_run, NULL, (gint) n_threads, TRUE, NULL);
-  for (guint i = 0; i < chunks->len; i++)
-    g_thread_pool_push (threads, &g_array_index (chunks, StartChunk, i), NULL);
-  g_thread_pool_free (threads, FALSE, TRUE);
+  threads = g_new0 (GThread *, n_threads);
+  for (guint i = 1; i < n_threads; i++)
+    threads[i] = g_thread_try_new ("ah-prewarm", start_queue_drain, &queue, NULL);
+  start_queue_drain (&queue);
+  for (guint i = 1; i < n_threads; i++)
+    if (threads[i] != NULL)
+      g_thread_join (threads[i]);
 }
 
 gboolean
