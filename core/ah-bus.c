@@ -38,25 +38,31 @@
  * (ah_bus_hold: work the bus cannot see, such as a running offload).
  *
  * The hot path, batch by batch. A handler's publishes wait in its
- * worker's outbox, unrouted (under AH_OVERFLOW_BLOCK; under _FAIL each is
+ * worker's outbox (an array of the bus's own, appended inline),
+ * unrouted (under AH_OVERFLOW_BLOCK; under _FAIL each is
  * routed when made, to know whether a mailbox refused it). At the flush
  * (the handler returned, or publish_batch calls were made) the outbox is
  * routed under one read lock: one subject lookup per run of messages on
  * one subject, one clock read to stamp them, one accept for all. A queue
  * group takes a run in chunks (up to handler_batch messages per member,
  * no more than an even share per worker), so bursts arrive as full
- * handler batches. Delivery sorts the envelopes by worker, takes each
- * worker lock once and signals each worker at most once, and queues a
- * run to one endpoint with one room check. Reference counts move n at a
+ * handler batches. Delivery cuts the envelopes into runs (one
+ * endpoint each), sorts the runs by worker, takes each worker lock once
+ * (spinning briefly for it before sleeping: see ah_worker_lock) and
+ * signals each worker at most once, after unlocking, and queues a run to
+ * one endpoint with one room check. Reference counts move n at a
  * time, and a worker sums its releases of a message before applying
  * them, so a broadcast message's count does not bounce between cores
- * per recipient. Messages of up to 256 bytes come from per-thread block
- * caches (ah-message.c), not malloc.
+ * per recipient. Messages of up to 256 bytes come from per-thread
+ * magazines of blocks (ah-message.c), not malloc. A worker records the
+ * latency of a run of messages with one publish time in one step.
  *
  * Waking. A worker out of work spins on its run queue's length for
  * AH_WORKER_SPIN_NS, then parks on its condition variable; a publisher
- * signals a worker only when it made one of its endpoints runnable. No
- * thread polls on a timer: the request timer sleeps until its next
+ * signals a worker only when it made one of its endpoints runnable and
+ * the worker is parked. Unpinned, a spinning worker gives its CPU to
+ * another worker of the bus waiting for that CPU (see ah_worker_spin).
+ * No thread polls on a timer: the request timer sleeps until its next
  * deadline.
  *
  * Memory per endpoint matters (one per agent, millions of them): flags
