@@ -3596,18 +3596,25 @@ ah_bus_call_reply (AhBusCall       *call,
 
   self = call->bus;
   ah_bus_tally_add (self, AH_TALLY_PUBLISHED, 1);
+  /* The request's subject was checked when the request was made. */
   if (request->kind != AH_MESSAGE_REQUEST || request->reply_to == AH_AGENT_ID_NONE
-      || !ah_bus_check_message (request->subject, size, NULL))
+      || size > AH_BUS_MESSAGE_MAX_SIZE)
     {
       ah_bus_count_refused (self);
       return FALSE;
     }
 
-  reply = ah__message_new_unstamped (AH_MESSAGE_REPLY, AH_PRIORITY_NORMAL, request->subject, FALSE,
-                           call->endpoint->id, AH_AGENT_ID_NONE, request->correlation,
-                           data, size);
+  /* An interned subject is shared, not copied. */
+  reply = ah__message_new_unstamped (AH_MESSAGE_REPLY, AH_PRIORITY_NORMAL, request->subject,
+                                     ah__message_subject_is_interned (request),
+                                     call->endpoint->id, AH_AGENT_ID_NONE, request->correlation,
+                                     data, size);
   ah_bus_tap (self, reply, request->reply_to);
-  if (!ah_bus_request_is_pending (self, request->correlation))
+  /* Under AH_OVERFLOW_FAIL a late reply must not be refused as an
+   * overflow by the room check below; otherwise completing the request
+   * (further down) tells late replies apart, with one lookup fewer. */
+  if (self->config.overflow == AH_OVERFLOW_FAIL
+      && !ah_bus_request_is_pending (self, request->correlation))
     {
       ah_bus_accept_dead (self, reply, request->reply_to, AH_DEAD_LETTER_LATE_REPLY);
       return TRUE;
@@ -3616,9 +3623,12 @@ ah_bus_call_reply (AhBusCall       *call,
   requester = ah_bus_lookup_endpoint (self, request->reply_to);
   if (requester == NULL)
     {
-      /* Nobody is left to wait for it: the request ends here. */
-      ah_bus_request_complete (self, request->correlation);
-      ah_bus_accept_dead (self, reply, request->reply_to, AH_DEAD_LETTER_NO_AGENT);
+      /* Nobody is left to wait for it: the request ends here, unless it
+       * had ended already. */
+      gboolean was_pending = ah_bus_request_complete (self, request->correlation);
+
+      ah_bus_accept_dead (self, reply, request->reply_to,
+                          was_pending ? AH_DEAD_LETTER_NO_AGENT : AH_DEAD_LETTER_LATE_REPLY);
       return TRUE;
     }
 
@@ -3638,7 +3648,7 @@ ah_bus_call_reply (AhBusCall       *call,
     }
   if (!ah_bus_request_complete (self, request->correlation))
     {
-      /* The timeout won the race since the check above. */
+      /* Late: the timeout came first. */
       if (reserved)
         atomic_fetch_sub (&requester->normal_used, 1);
       ah_bus_dead_letter (self, reply, requester->id, AH_DEAD_LETTER_LATE_REPLY);

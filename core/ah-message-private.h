@@ -79,6 +79,9 @@ AhMessage *ah__message_new_unstamped (AhMessageKind kind, AhPriority priority,
                                       const char *subject, gboolean subject_is_interned,
                                       AhAgentId sender, AhAgentId reply_to,
                                       guint64 correlation, gconstpointer data, gsize size);
+/* Whether @message's subject is an interned one (owned by the bus,
+ * outliving every message) rather than its own copy. */
+gboolean   ah__message_subject_is_interned (const AhMessage *message);
 /* A new message with the same kind, subject, sender, payload and
  * publish time as @message, marked redelivered. */
 AhMessage *ah__message_copy_redelivered (const AhMessage *message);

@@ -323,6 +323,13 @@ ah__message_new_unstamped (AhMessageKind kind,
   return message;
 }
 
+gboolean
+ah__message_subject_is_interned (const AhMessage *message)
+{
+  /* A subject copied into the message lives right after the payload. */
+  return message->subject != message->data + message->size + 1;
+}
+
 AhMessage *
 ah__message_new (AhMessageKind kind,
                  AhPriority    priority,
@@ -443,12 +450,10 @@ ah_message_is_redelivered (const AhMessage *message)
 AhMessage *
 ah__message_copy_redelivered (const AhMessage *message)
 {
-  /* A subject copied into the message lives right after the payload;
-   * an interned one lives in the bus, which outlives every message. */
-  gboolean interned = message->subject != message->data + message->size + 1;
   AhMessage *copy = ah__message_new ((AhMessageKind) message->kind,
                                      (AhPriority) message->priority, message->subject,
-                                     interned, message->sender, message->reply_to,
+                                     ah__message_subject_is_interned (message),
+                                     message->sender, message->reply_to,
                                      message->correlation, message->data, message->size);
 
   copy->publish_time_ns = message->publish_time_ns;
