@@ -104,6 +104,14 @@ void        ah_bus_endpoints_new      (AhBus *self, AhEndpointFunc func,
                                        AhEndpoint **ret_endpoints);
 AhAgentId   ah_endpoint_get_id        (AhEndpoint *endpoint);
 gpointer    ah_endpoint_get_user_data (AhEndpoint *endpoint);
+/* Finds the endpoint registered as @id and, if its handler is @handler,
+ * returns @select (its user data, @data), called while the endpoint
+ * cannot be unregistered; NULL otherwise. The bus's id table is an
+ * index for whoever made the endpoints: pools find their agents by id
+ * through it. @select must not call into the bus. */
+typedef gpointer (*AhEndpointSelectFunc) (gpointer user_data, gpointer data);
+gpointer    ah_bus_endpoint_select    (AhBus *self, AhAgentId id, AhEndpointFunc handler,
+                                       AhEndpointSelectFunc select, gpointer data);
 /* Removes the endpoint from its groups, waits until its handler is not
  * running (unless called from that very handler: then the close
  * completes when the handler returns), dead-letters what is left in its

@@ -2443,6 +2443,28 @@ ah_bus_lookup_endpoint (AhBus     *self,
   return endpoint;
 }
 
+gpointer
+ah_bus_endpoint_select (AhBus                *self,
+                        AhAgentId             id,
+                        AhEndpointFunc        handler,
+                        AhEndpointSelectFunc  select,
+                        gpointer              data)
+{
+  AhEndpoint *endpoint;
+  gpointer selected = NULL;
+
+  g_return_val_if_fail (self != NULL, NULL);
+  g_return_val_if_fail (select != NULL, NULL);
+
+  /* Read-locked: unregistering an endpoint takes the write lock. */
+  pthread_rwlock_rdlock (&self->route_lock);
+  endpoint = ah_id_table_lookup (&self->endpoints, id);
+  if (endpoint != NULL && endpoint->func == handler)
+    selected = select (endpoint->user_data, data);
+  pthread_rwlock_unlock (&self->route_lock);
+  return selected;
+}
+
 static gboolean
 ah_bus_check_message (const char  *subject,
                       gsize        size,

@@ -75,19 +75,6 @@ enum {
   AGENT_DOOM_UNINITIALISED,   /* its restart's init failed: no finalize */
 };
 
-/* The live agents by id: an open-addressing table of slot indices (plus
- * one; 0 is empty) with linear probing, at most three quarters full.
- * 5 to 11 bytes per live agent where a GHashTable of ids took 40 to 80.
- * The id is read from the slot. Fibonacci hashing spreads the ids (one
- * counter's values) so evenly that probes stay short at that load.
- * Under the pool's lock. */
-typedef struct {
-  guint32  *buckets;
-  guint     mask;        /* buckets - 1, a power of two minus one */
-  guint     shift;       /* 64 - log2 (buckets) */
-  guint     n;
-} LiveIndex;
-
 /* The lifecycle events a pool announces. */
 typedef enum {
   AH_SUBJECT_AGENT_SPAWNED,
@@ -129,7 +116,6 @@ struct _AhPool {
   GPtrArray                 *extra;        /* (element-type AhAgent) */
   GArray                    *idle;         /* (element-type guint) idle slot indices, LIFO */
   GArray                    *holes;        /* (element-type guint) indices of freed slots */
-  LiveIndex                  live;         /* the READY slots, by id */
   guint                      n_active;     /* STARTING or READY: what pool_max bounds */
   guint64                    spawned;
   guint64                    terminated;
@@ -267,124 +253,37 @@ pool_agent_owns_state (AhAgent *agent)
              || state >= self->state_block + (gsize) self->type->pool_size * self->state_stride);
 }
 
-/* ---- the live index ------------------------------------------------------------ */
+/* ---- finding live agents -------------------------------------------------------- */
 
-static inline guint
-live_index_home (const LiveIndex *index,
-                 AhAgentId        id)
+static gpointer
+pool_agent_if_in_pool (gpointer user_data,
+                       gpointer data)
 {
-  /* Ids come from one counter, interleaved between pools: Fibonacci
-   * hashing (the product's top bits) spreads any such progression. */
-  return (guint) ((id * G_GUINT64_CONSTANT (0x9E3779B97F4A7C15)) >> index->shift);
+  AhAgent *agent = user_data;
+
+  return agent->pool == data ? agent : NULL;
 }
 
-static void
-live_index_init (LiveIndex *index,
-                 guint      capacity)
-{
-  guint size = 16, shift = 64 - 4;
-
-  while (size < capacity + capacity / 3 && size < (1u << 31))
-    {
-      size *= 2;
-      shift--;
-    }
-  index->buckets = g_new0 (guint32, size);
-  index->mask = size - 1;
-  index->shift = shift;
-  index->n = 0;
-}
-
-static void
-live_index_clear (LiveIndex *index)
-{
-  g_clear_pointer (&index->buckets, g_free);
-}
-
+/* The live (READY) agent @id of this pool, or NULL. The bus's id table
+ * is the index: every live agent has an endpoint registered under its
+ * id, whose user data is its slot. (A table of the pool's own cost a
+ * cache miss per agent going live: a third of a large pre-warm.) Lock
+ * held: a slot found this way cannot be freed before the lock is let go,
+ * as only pool_agent_release frees one, and it takes the lock first;
+ * its pool is read while the bus keeps the endpoint registered, so
+ * another pool's slot is never read after it is freed. */
 static AhAgent *
-pool_slot (AhPool  *self,
-           guint32  bucket)
+pool_find_live_locked (AhPool    *self,
+                       AhAgentId  id)
 {
-  return pool_slot_at (self, bucket - 1);
-}
+  AhAgent *agent;
 
-/* The bucket holding @id, or -1. Lock held. */
-static gint64
-live_index_find (AhPool   *self,
-                 AhAgentId id)
-{
-  LiveIndex *index = &self->live;
-
-  for (guint i = live_index_home (index, id);; i = (i + 1) & index->mask)
-    {
-      guint32 bucket = index->buckets[i];
-
-      if (bucket == 0)
-        return -1;
-      if (pool_slot (self, bucket)->id == id)
-        return i;
-    }
-}
-
-static void live_index_insert (AhPool *self, AhAgent *agent);
-
-static void
-live_index_grow (AhPool *self)
-{
-  LiveIndex old = self->live;
-
-  self->live.buckets = g_new0 (guint32, 2 * (old.mask + 1));
-  self->live.mask = 2 * old.mask + 1;
-  self->live.shift = old.shift - 1;
-  self->live.n = 0;
-  for (guint i = 0; i <= old.mask; i++)
-    if (old.buckets[i] != 0)
-      live_index_insert (self, pool_slot (self, old.buckets[i]));
-  g_free (old.buckets);
-}
-
-/* Lock held; @agent->id set and not in the index. */
-static void
-live_index_insert (AhPool  *self,
-                   AhAgent *agent)
-{
-  LiveIndex *index = &self->live;
-  guint i;
-
-  if (4 * (gsize) (index->n + 1) > 3 * ((gsize) index->mask + 1))
-    live_index_grow (self);
-  for (i = live_index_home (index, agent->id); index->buckets[i] != 0; i = (i + 1) & index->mask)
-    ;
-  index->buckets[i] = agent->index + 1;
-  index->n++;
-}
-
-/* Empties bucket @i, shifting back the entries after it that would no
- * longer be found (no tombstones). Lock held. */
-static void
-live_index_remove_at (AhPool *self,
-                      guint   i)
-{
-  LiveIndex *index = &self->live;
-  guint j = i;
-
-  index->buckets[i] = 0;
-  index->n--;
-  for (;;)
-    {
-      guint home;
-
-      j = (j + 1) & index->mask;
-      if (index->buckets[j] == 0)
-        return;
-      home = live_index_home (index, pool_slot (self, index->buckets[j])->id);
-      /* The entry at j stays if its home lies cyclically in (i, j]. */
-      if (i <= j ? (i < home && home <= j) : (i < home || home <= j))
-        continue;
-      index->buckets[i] = index->buckets[j];
-      index->buckets[j] = 0;
-      i = j;
-    }
+  if (id == AH_AGENT_ID_NONE)
+    return NULL;
+  agent = ah_bus_endpoint_select (self->bus, id, pool_agent_handle, pool_agent_if_in_pool, self);
+  if (agent == NULL || agent->id != id || agent->state != AH_SLOT_READY)
+    return NULL;
+  return agent;
 }
 
 /* ---- accessors -------------------------------------------------------------- */
@@ -585,7 +484,6 @@ ah_pool_new (AhBus                     *bus,
   /* A pre-warmed pool hands its block out at start: no idle list yet. */
   self->idle = g_array_sized_new (FALSE, FALSE, sizeof (guint), type->prewarm ? 0 : type->pool_size);
   self->holes = g_array_new (FALSE, FALSE, sizeof (guint));
-  live_index_init (&self->live, type->pool_size);
 
   /* Idle list in reverse so that spawns take slots 0, 1, 2... in order. */
   for (guint i = 0; i < type->pool_size; i++)
@@ -644,7 +542,6 @@ ah_pool_free (AhPool *self)
   g_ptr_array_unref (self->extra);
   g_array_unref (self->idle);
   g_array_unref (self->holes);
-  live_index_clear (&self->live);
   g_hash_table_unref (self->config);
   g_aligned_free (self->state_block);
   g_aligned_free (self->workers);
@@ -871,11 +768,11 @@ pool_agents_go_live (AhPool   *self,
       agents[i]->endpoint = endpoints[i];
       agents[i]->id = ah_endpoint_get_id (endpoints[i]);
       agents[i]->state = AH_SLOT_READY;
-      live_index_insert (self, agents[i]);
     }
   self->spawned += n_agents;
-  g_mutex_unlock (&self->lock);
+  /* Under the lock, so that under it n_live counts the READY slots. */
   __atomic_add_fetch (&self->n_live, n_agents, __ATOMIC_RELAXED);
+  g_mutex_unlock (&self->lock);
 }
 
 static void
@@ -1292,7 +1189,7 @@ ah_pool_owns (AhPool   *self,
   gboolean owns;
 
   g_mutex_lock (&self->lock);
-  owns = live_index_find (self, id) >= 0;
+  owns = pool_find_live_locked (self, id) != NULL;
   g_mutex_unlock (&self->lock);
 
   return owns;
@@ -1300,25 +1197,15 @@ ah_pool_owns (AhPool   *self,
 
 /* ---- stopping agents -------------------------------------------------------------- */
 
-/* Takes a live agent out of the live set and marks it STOPPING. Must be
- * called with the pool's lock held. */
-/* Marks a live agent, already out of the live set, STOPPING. Must be
- * called with the pool's lock held. */
-static void
-pool_agent_unlive_found_locked (AhPool  *self,
-                                AhAgent *agent)
-{
-  agent->state = AH_SLOT_STOPPING;
-  self->n_active--;
-  __atomic_sub_fetch (&self->n_live, 1, __ATOMIC_RELAXED);
-}
-
+/* Marks a live agent STOPPING: from then on it is not found by its id.
+ * Must be called with the pool's lock held. */
 static void
 pool_agent_unlive_locked (AhPool  *self,
                           AhAgent *agent)
 {
-  live_index_remove_at (self, (guint) live_index_find (self, agent->id));
-  pool_agent_unlive_found_locked (self, agent);
+  agent->state = AH_SLOT_STOPPING;
+  self->n_active--;
+  __atomic_sub_fetch (&self->n_live, 1, __ATOMIC_RELAXED);
 }
 
 /* The rest of stopping an agent once its endpoint is closed: finalize,
@@ -1365,19 +1252,14 @@ ah_pool_terminate (AhPool   *self,
                    GError  **error)
 {
   AhAgent *agent;
-  gint64 found;
 
   g_return_val_if_fail (self != NULL, FALSE);
 
   ah_pool_lock_lifecycle (self);
   g_mutex_lock (&self->lock);
-  found = live_index_find (self, id);
-  agent = found >= 0 ? pool_slot (self, self->live.buckets[found]) : NULL;
+  agent = pool_find_live_locked (self, id);
   if (agent != NULL)
-    {
-      live_index_remove_at (self, (guint) found);
-      pool_agent_unlive_found_locked (self, agent);
-    }
+    pool_agent_unlive_locked (self, agent);
   g_mutex_unlock (&self->lock);
 
   if (agent == NULL)
@@ -1453,14 +1335,12 @@ ah_pool_get_agent_info (AhPool      *self,
                         AhAgentInfo *ret_info)
 {
   AhAgent *agent;
-  gint64 found;
 
   if (id == AH_AGENT_ID_NONE)
     return FALSE;
 
   g_mutex_lock (&self->lock);
-  found = live_index_find (self, id);
-  agent = found >= 0 ? pool_slot (self, self->live.buckets[found]) : NULL;
+  agent = pool_find_live_locked (self, id);
   /* Not live: maybe the last agent of a slot now idle. Slow, but only
    * for an id that is gone. */
   for (guint i = 0; agent == NULL && i < pool_n_slots (self); i++)
@@ -1502,7 +1382,7 @@ ah_pool_get_stats (AhPool      *self,
   ret_stats->pool_max = self->type->pool_max;
 
   g_mutex_lock (&self->lock);
-  ret_stats->n_agents = self->live.n;
+  ret_stats->n_agents = __atomic_load_n (&self->n_live, __ATOMIC_RELAXED);
   ret_stats->n_idle = self->idle->len;
   ret_stats->spawned = self->spawned;
   ret_stats->terminated = self->terminated;
@@ -2053,7 +1933,7 @@ ah_pool_shrink (AhPool *self,
 
   ah_pool_lock_lifecycle (self);
   g_mutex_lock (&self->lock);
-  n_live = self->live.n;
+  n_live = __atomic_load_n (&self->n_live, __ATOMIC_RELAXED);
   excess = n_live > self->type->pool_min ? n_live - self->type->pool_min : 0;
   /* Newest slots first: the initial block's stay, warm. */
   for (guint i = pool_n_slots (self); i > 0 && excess > 0; i--)
