@@ -3105,6 +3105,54 @@ test_subject_intern_cache (void)
   ah_bus_free (first);
 }
 
+static gpointer
+select_if_data (gpointer user_data,
+                gpointer data)
+{
+  Agent *agent = user_data;
+
+  return agent->data == data ? agent : NULL;
+}
+
+static gboolean
+other_handle (AhBusCall               *call,
+              const AhMessage * const *messages,
+              guint                    n_messages,
+              gpointer                 user_data,
+              GError                 **error)
+{
+  return TRUE;
+}
+
+static void
+test_endpoint_select (Fixture       *fixture,
+                      gconstpointer  user_data)
+{
+  static int mark;
+  Agent *agent = fixture_add_agent (fixture, NULL, &mark);
+  Agent *unmarked = fixture_add_agent (fixture, NULL, NULL);
+  AhEndpoint *other = ah_bus_endpoint_new (fixture->bus, other_handle, agent);
+
+  g_test_summary ("ah_bus_endpoint_select finds an endpoint by id, with its handler and "
+                  "the caller's test on its user data, and nothing once it is closed");
+
+  g_assert_true (ah_bus_endpoint_select (fixture->bus, agent->id, agent_handle,
+                                         select_if_data, &mark) == agent);
+  /* The caller's test says no. */
+  g_assert_null (ah_bus_endpoint_select (fixture->bus, unmarked->id, agent_handle,
+                                         select_if_data, &mark));
+  /* Another handler: its user data is not looked at. */
+  g_assert_null (ah_bus_endpoint_select (fixture->bus, ah_endpoint_get_id (other), agent_handle,
+                                         select_if_data, &mark));
+  /* No such id. */
+  g_assert_null (ah_bus_endpoint_select (fixture->bus, 999999, agent_handle,
+                                         select_if_data, &mark));
+  ah_bus_endpoint_close (fixture->bus, agent->endpoint);
+  g_assert_null (ah_bus_endpoint_select (fixture->bus, agent->id, agent_handle,
+                                         select_if_data, &mark));
+  ah_bus_endpoint_close (fixture->bus, other);
+}
+
 /* ---- Workers sharing a CPU ------------------------------------------------ */
 
 typedef struct {
@@ -3787,6 +3835,7 @@ main (int    argc,
   BUS_TEST ("/bus/lane/wraparound", &config_batch_of_four, test_lane_wraparound);
   BUS_TEST ("/bus/lane/grow-by-run", &config_two_batch_of_four, test_lane_grow_by_run);
   BUS_TEST ("/bus/worker/share-cpu", &config_two_workers, test_workers_share_cpu);
+  BUS_TEST ("/bus/endpoint/select", &config_two_workers, test_endpoint_select);
   BUS_TEST ("/bus/subject/interned", &config_block_two_workers, test_subject_interned);
   g_test_add_func ("/bus/subject/intern-cache", test_subject_intern_cache);
   BUS_TEST ("/bus/subject/subscribed", &config_one_worker, test_subject_subscribed);
