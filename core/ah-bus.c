@@ -357,12 +357,30 @@ typedef struct {
 
 G_STATIC_ASSERT (G_STRUCT_OFFSET (AhSubjectEntry, subject) == G_STRUCT_OFFSET (AhSubject, subject));
 
-typedef struct {
-  guint64     correlation;
-  AhAgentId   requester;
-  const char *subject;         /* interned (the bus's), or @subject_copy */
-  char       *subject_copy;
-} AhPendingRequest;
+typedef struct _AhPendingRequest AhPendingRequest;
+struct _AhPendingRequest {
+  guint64           correlation;
+  AhAgentId         requester;
+  const char       *subject;         /* interned (the bus's), or @subject_copy */
+  char             *subject_copy;
+  AhPendingRequest *next_spare;      /* in the bus's spares, once done */
+};
+
+/* The request table's keys. Correlation ids are 64-bit: where pointers
+ * are too, an id is its own key (no key to follow, a direct hash);
+ * elsewhere the key points at the request's id. */
+#if GLIB_SIZEOF_VOID_P >= 8
+#define AH_REQUEST_KEY(correlation_ptr) GSIZE_TO_POINTER (*(correlation_ptr))
+#define AH_REQUEST_KEY_HASH             g_direct_hash
+#define AH_REQUEST_KEY_EQUAL            g_direct_equal
+#else
+#define AH_REQUEST_KEY(correlation_ptr) ((gpointer) (correlation_ptr))
+#define AH_REQUEST_KEY_HASH             g_int64_hash
+#define AH_REQUEST_KEY_EQUAL            g_int64_equal
+#endif
+
+/* Done requests the bus keeps for the next ones, at most this many. */
+#define AH_SPARE_REQUESTS_MAX 256
 
 typedef struct {
   gint64     deadline_ns;
@@ -442,7 +460,9 @@ struct _AhBus {
 
   pthread_mutex_t   requests_lock;
   pthread_cond_t    requests_cond;   /* an earlier deadline, or stop */
-  GHashTable       *requests;        /* &correlation -> AhPendingRequest */
+  GHashTable       *requests;        /* AH_REQUEST_KEY (&correlation) -> AhPendingRequest */
+  AhPendingRequest *spare_requests;  /* under requests_lock: done ones, for reuse */
+  guint             n_spare_requests;
   GArray           *deadlines;       /* (element-type AhDeadline) min-heap */
   gboolean          timer_stopping;
   gint64            timer_armed_ns;  /* the timer sleeps until then; G_MAXINT64: no deadline */
@@ -2773,6 +2793,23 @@ ah_pending_request_free (gpointer data)
   g_free (request);
 }
 
+/* A done request, out of the table: kept for the next one, or freed.
+ * requests_lock held. */
+static void
+ah_bus_request_recycle_locked (AhBus            *self,
+                               AhPendingRequest *request)
+{
+  if (self->n_spare_requests >= AH_SPARE_REQUESTS_MAX)
+    {
+      ah_pending_request_free (request);
+      return;
+    }
+  g_clear_pointer (&request->subject_copy, g_free);
+  request->next_spare = self->spare_requests;
+  self->spare_requests = request;
+  self->n_spare_requests++;
+}
+
 static void
 ah_deadline_heap_push (GArray     *heap,
                        AhDeadline  deadline)
@@ -2828,12 +2865,10 @@ ah_bus_request_register (AhBus      *self,
                          gboolean    subject_is_interned,
                          guint       timeout_ms)
 {
-  AhPendingRequest *request = g_new0 (AhPendingRequest, 1);
+  char *subject_copy = subject_is_interned ? NULL : g_strdup (subject);
+  AhPendingRequest *request;
   AhDeadline deadline;
 
-  request->correlation = correlation;
-  request->requester = requester;
-  request->subject = subject_is_interned ? subject : (request->subject_copy = g_strdup (subject));
   deadline.correlation = correlation;
   /* Timeouts are milliseconds: the coarse clock (a few ms of resolution,
    * a fraction of the fine clock's cost) places them, rounded up by its
@@ -2842,7 +2877,23 @@ ah_bus_request_register (AhBus      *self,
                          + (gint64) timeout_ms * G_GINT64_CONSTANT (1000000);
 
   pthread_mutex_lock (&self->requests_lock);
-  g_hash_table_insert (self->requests, &request->correlation, request);
+  /* A spare one: request after request, no malloc and free each. */
+  request = self->spare_requests;
+  if (request != NULL)
+    {
+      self->spare_requests = request->next_spare;
+      self->n_spare_requests--;
+    }
+  else
+    {
+      request = g_new (AhPendingRequest, 1);
+    }
+  request->correlation = correlation;
+  request->requester = requester;
+  request->subject_copy = subject_copy;
+  request->subject = subject_is_interned ? subject : subject_copy;
+  request->next_spare = NULL;
+  g_hash_table_insert (self->requests, AH_REQUEST_KEY (&request->correlation), request);
   atomic_fetch_add (&self->n_pending, 1);
   ah_deadline_heap_push (self->deadlines, deadline);
   /* The timer sleeps until the time it is armed for: wake it only if
@@ -2860,7 +2911,7 @@ ah_bus_request_is_pending (AhBus   *self,
   gboolean pending;
 
   pthread_mutex_lock (&self->requests_lock);
-  pending = g_hash_table_contains (self->requests, &correlation);
+  pending = g_hash_table_contains (self->requests, AH_REQUEST_KEY (&correlation));
   pthread_mutex_unlock (&self->requests_lock);
   return pending;
 }
@@ -2870,12 +2921,16 @@ static gboolean
 ah_bus_request_complete (AhBus   *self,
                          guint64  correlation)
 {
+  AhPendingRequest *request;
   gboolean found;
 
   pthread_mutex_lock (&self->requests_lock);
-  found = g_hash_table_remove (self->requests, &correlation);
+  request = g_hash_table_lookup (self->requests, AH_REQUEST_KEY (&correlation));
+  found = request != NULL;
   if (found)
     {
+      g_hash_table_steal (self->requests, AH_REQUEST_KEY (&correlation));
+      ah_bus_request_recycle_locked (self, request);
       atomic_fetch_sub (&self->n_pending, 1);
       /* Completed requests leave their deadlines in the heap, skipped when
        * they come up; with nothing pending they can all go at once. */
@@ -2956,10 +3011,10 @@ ah_bus_timer_main (gpointer data)
         }
 
       ah_deadline_heap_pop (self->deadlines);
-      request = g_hash_table_lookup (self->requests, &earliest.correlation);
+      request = g_hash_table_lookup (self->requests, AH_REQUEST_KEY (&earliest.correlation));
       if (request == NULL)
         continue;   /* replied to in time */
-      g_hash_table_steal (self->requests, &earliest.correlation);
+      g_hash_table_steal (self->requests, AH_REQUEST_KEY (&earliest.correlation));
       /* The TIMEOUT is accepted before the request stops pending, so the
        * bus never looks idle in between. */
       ah_bus_accept (self, 1);
@@ -4304,7 +4359,7 @@ ah_bus_new (const AhBusConfig *config)
   pthread_mutex_init (&self->requests_lock, NULL);
   ah_cond_init_monotonic (&self->requests_cond);
   self->timer_armed_ns = G_MAXINT64;
-  self->requests = g_hash_table_new_full (g_int64_hash, g_int64_equal, NULL,
+  self->requests = g_hash_table_new_full (AH_REQUEST_KEY_HASH, AH_REQUEST_KEY_EQUAL, NULL,
                                           ah_pending_request_free);
   self->deadlines = g_array_new (FALSE, FALSE, sizeof (AhDeadline));
 
@@ -4526,6 +4581,13 @@ ah_bus_free (AhBus *self)
   pthread_rwlock_destroy (&self->route_lock);
 
   g_hash_table_unref (self->requests);
+  while (self->spare_requests != NULL)
+    {
+      AhPendingRequest *spare = self->spare_requests;
+
+      self->spare_requests = spare->next_spare;
+      g_free (spare);
+    }
   g_array_unref (self->deadlines);
   pthread_mutex_destroy (&self->requests_lock);
   pthread_cond_destroy (&self->requests_cond);
