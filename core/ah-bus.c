@@ -3156,6 +3156,66 @@ typedef struct {
 
 #define AH_ROUTE_INLINE_GROUPS 16
 
+/* How much work each worker has, as a flush routes chunks of a queue
+ * group: endpoints on its run queue (each up to a handler batch), plus
+ * the chunks this flush gave it; a chunk goes to the member whose turn
+ * it is unless its worker has more to do than the least busy one. A
+ * flush from inside a handler (its outbox filled up) counts the
+ * publisher on its own worker too: it goes on publishing, as much work
+ * as publish_batch / handler_batch handler batches, so the chunks go to
+ * the other workers first rather than queue where the burst is made.
+ * (Plain round robin gave each worker an even share; with 1 publisher
+ * and 2 workers the publisher's worker was saturated while the other
+ * idled a third of the time: 25 -> 31 M msgs/s in bench throughput.) A
+ * flush after the handler returned leaves the worker free, and counts
+ * only run queues. Up to AH_LOADS_MAX workers; beyond, round robin. */
+#define AH_LOADS_MAX 64
+
+typedef struct {
+  guint n_workers;
+  guint min;
+  guint load[AH_LOADS_MAX];
+} AhWorkerLoads;
+
+static void
+ah_worker_loads_init (AhWorkerLoads *loads,
+                      AhBus         *self)
+{
+  guint own = self->config.publish_batch / MAX (self->config.handler_batch, 1u);
+
+  loads->n_workers = self->config.n_workers <= AH_LOADS_MAX ? self->config.n_workers : 1;
+  loads->min = G_MAXUINT;
+  for (guint w = 0; w < loads->n_workers; w++)
+    {
+      AhWorker *worker = self->workers[w];
+
+      loads->load[w] = atomic_load_explicit (&worker->n_scheduled, memory_order_relaxed)
+                       + (worker == ah_bus_current_worker && ah_bus_current_call != NULL
+                          ? MAX (own, 1u) : 0);
+      loads->min = MIN (loads->min, loads->load[w]);
+    }
+}
+
+/* Whether @member's worker has more to do than the least busy one. */
+static inline gboolean
+ah_worker_loads_skip (const AhWorkerLoads *loads,
+                      AhEndpoint          *member)
+{
+  return loads->load[member->worker->index] > loads->min;
+}
+
+static void
+ah_worker_loads_add (AhWorkerLoads *loads,
+                     AhEndpoint    *member)
+{
+  if (loads->n_workers <= 1)
+    return;
+  loads->load[member->worker->index]++;
+  loads->min = G_MAXUINT;
+  for (guint w = 0; w < loads->n_workers; w++)
+    loads->min = MIN (loads->min, loads->load[w]);
+}
+
 /* Routes the run @items[0..n_run) of messages on one subject to the
  * recipients of @targets, appending one envelope per recipient to
  * @routed, message after message. Returns how many envelopes; 0 means
@@ -3246,12 +3306,20 @@ ah_bus_route_run_locked (AhBus            *self,
     {
       GPtrArray *members = targets->groups[0]->members;
       AhEnvelope *out = ah_envelopes_extend (routed, n_run);
+      AhWorkerLoads loads;
 
+      ah_worker_loads_init (&loads, self);
       for (guint k = 0, turn = picks[0].base; k < n_run; turn++)
         {
           AhEndpoint *member = g_ptr_array_index (members, turn % members->len);
           guint n_chunk = MIN (chunk, n_run - k);
 
+          /* The member whose turn it is, or the next one on a worker
+           * with less to do. */
+          for (guint tries = 1; tries < loads.n_workers && ah_worker_loads_skip (&loads, member);
+               tries++)
+            member = g_ptr_array_index (members, ++turn % members->len);
+          ah_worker_loads_add (&loads, member);
           ah_endpoint_ref_n (member, n_chunk);
           for (guint end = k + n_chunk; k < end; k++, out++)
             {

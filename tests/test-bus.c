@@ -2825,6 +2825,52 @@ test_route_queue_chunks (Fixture       *fixture,
   g_assert_cmpuint (members[0]->id % 2, !=, members[1]->id % 2);
 }
 
+static const AhBusConfig config_publish_64 = {
+  .n_workers = 2, .publish_batch = 64, .handler_batch = 32, .overflow = AH_OVERFLOW_BLOCK };
+
+static void
+test_route_queue_off_publisher (Fixture       *fixture,
+                                gconstpointer  user_data)
+{
+  AhBusGroup *group = ah_bus_group_new (fixture->bus, "workers", AH_DELIVERY_QUEUE);
+  /* Exactly a publish batch: the outbox fills and is flushed from inside
+   * the handler, which is then still running. */
+  PublishRun run = { { "jobs.x", NULL }, 64 };
+  Agent *producer = fixture_add_agent (fixture, step_publish_run, &run);
+  g_autoptr(GError) error = NULL;
+  Agent *members[4];
+  guint on_producer_worker = 0, elsewhere = 0;
+
+  g_test_summary ("A flush from inside a publishing handler gives a queue group's chunks "
+                  "to workers other than the publisher's while they have less to do");
+
+  for (guint i = 0; i < G_N_ELEMENTS (members); i++)
+    {
+      members[i] = fixture_add_agent (fixture, NULL, NULL);
+      ah_bus_group_add (group, members[i]->endpoint);
+    }
+  g_assert_cmpuint (ah_bus_subscribe (fixture->bus, "jobs.*", group, &error), >, 0);
+  ah_bus_start (fixture->bus);
+  send_to (fixture, producer->id, "go", "");
+  fixture_wait_idle (fixture);
+
+  /* Ids go round robin over the workers: the producer's worker is the
+   * one of the members with the other parity. Its load counts the
+   * running publisher (64 / 32 = 2 handler batches), the other worker's
+   * is 0 and then 1 after the first chunk: both chunks go there. */
+  for (guint i = 0; i < G_N_ELEMENTS (members); i++)
+    {
+      g_autoptr(GArray) sequences = received_sequences (fixture, members[i]->id);
+
+      if (members[i]->id % 2 == producer->id % 2)
+        on_producer_worker += sequences->len;
+      else
+        elsewhere += sequences->len;
+    }
+  g_assert_cmpuint (on_producer_worker, ==, 0);
+  g_assert_cmpuint (elsewhere, ==, 64);
+}
+
 static void
 test_route_outbox_no_route (Fixture       *fixture,
                             gconstpointer  user_data)
@@ -3834,6 +3880,7 @@ main (int    argc,
   BUS_TEST ("/bus/route/outbox-no-route", &config_block_one_worker, test_route_outbox_no_route);
   BUS_TEST ("/bus/lane/wraparound", &config_batch_of_four, test_lane_wraparound);
   BUS_TEST ("/bus/lane/grow-by-run", &config_two_batch_of_four, test_lane_grow_by_run);
+  BUS_TEST ("/bus/route/queue-off-publisher", &config_publish_64, test_route_queue_off_publisher);
   BUS_TEST ("/bus/worker/share-cpu", &config_two_workers, test_workers_share_cpu);
   BUS_TEST ("/bus/endpoint/select", &config_two_workers, test_endpoint_select);
   BUS_TEST ("/bus/subject/interned", &config_block_two_workers, test_subject_interned);
