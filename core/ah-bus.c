@@ -46,7 +46,8 @@
  * one subject, one clock read to stamp them, one accept for all. A queue
  * group takes a run in chunks (up to handler_batch messages per member,
  * no more than an even share per worker), so bursts arrive as full
- * handler batches. Delivery cuts the envelopes into runs (one
+ * handler batches, each to the member whose turn it is unless its
+ * worker has more to do than another (see AhWorkerLoads). Delivery cuts the envelopes into runs (one
  * endpoint each), sorts the runs by worker, takes each worker lock once
  * (spinning briefly for it before sleeping: see ah_worker_lock) and
  * signals each worker at most once, after unlocking, and queues a run to
@@ -3226,7 +3227,8 @@ ah_worker_loads_add (AhWorkerLoads *loads,
  * even share per worker, so a burst fills whole handler batches (one
  * call for 32 messages instead of 32 calls) and a short run still
  * spreads over the workers. Members take turns chunk by chunk, with one
- * atomic step of the group's turn per run. */
+ * atomic step of the group's turn per run; a single queue group skips a
+ * member whose worker is busier than the least busy one. */
 static guint
 ah_bus_route_run_locked (AhBus            *self,
                          const AhTargets  *targets,
