@@ -3045,7 +3045,8 @@ ah_bus_timer_main (gpointer data)
  * time, perf). A hit is a hash and a string compare. A slot names its
  * bus by serial, not by address, so a freed bus's entries are never
  * taken for a new one's; an entry lives as long as its bus. */
-#define AH_INTERN_CACHE_SLOTS 8
+#define AH_INTERN_CACHE_BITS  3
+#define AH_INTERN_CACHE_SLOTS (1u << AH_INTERN_CACHE_BITS)
 
 typedef struct {
   guint64         bus_serial;
@@ -3068,7 +3069,11 @@ ah_bus_intern_subject (AhBus       *self,
   g_return_val_if_fail (subject != NULL, NULL);
 
   hash = g_str_hash (subject);
-  slot = &ah_intern_cache[hash % AH_INTERN_CACHE_SLOTS];
+  /* The slot from the hash's top bits, mixed (Fibonacci hashing): the
+   * low bits of g_str_hash() follow the last characters, and subjects
+   * that share a tail ("bench.collect", "bench.stop") shared a slot and
+   * evicted each other at every agent's init. */
+  slot = &ah_intern_cache[(hash * 2654435769u) >> (32 - AH_INTERN_CACHE_BITS)];
   if (slot->bus_serial == self->serial && slot->hash == hash
       && strcmp (slot->entry->subject, subject) == 0)
     return (const AhSubject *) slot->entry;
