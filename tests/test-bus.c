@@ -2777,14 +2777,30 @@ received_sequences (Fixture   *fixture,
 static const AhBusConfig config_block_two_workers = { .n_workers = 2,
                                                       .overflow = AH_OVERFLOW_BLOCK };
 
+/* A queue group "workers" of @n_members new agents, on "jobs.*". */
+static void
+add_queue_members (Fixture  *fixture,
+                   Agent   **members,
+                   guint     n_members)
+{
+  AhBusGroup *group = ah_bus_group_new (fixture->bus, "workers", AH_DELIVERY_QUEUE);
+  g_autoptr(GError) error = NULL;
+
+  for (guint i = 0; i < n_members; i++)
+    {
+      members[i] = fixture_add_agent (fixture, NULL, NULL);
+      ah_bus_group_add (group, members[i]->endpoint);
+    }
+  g_assert_cmpuint (ah_bus_subscribe (fixture->bus, "jobs.*", group, &error), >, 0);
+  g_assert_no_error (error);
+}
+
 static void
 test_route_queue_chunks (Fixture       *fixture,
                          gconstpointer  user_data)
 {
-  AhBusGroup *group = ah_bus_group_new (fixture->bus, "workers", AH_DELIVERY_QUEUE);
   PublishRun run = { { "jobs.x", NULL }, 64 };
   Agent *producer = fixture_add_agent (fixture, step_publish_run, &run);
-  g_autoptr(GError) error = NULL;
   Agent *members[4];
   guint expected[4] = { 32, 32, 2, 1 };
 
@@ -2792,12 +2808,7 @@ test_route_queue_chunks (Fixture       *fixture,
                   "burst fills whole handler batches, spread over the workers; a short "
                   "run is spread too; each member gets a contiguous, ordered share");
 
-  for (guint i = 0; i < G_N_ELEMENTS (members); i++)
-    {
-      members[i] = fixture_add_agent (fixture, NULL, NULL);
-      ah_bus_group_add (group, members[i]->endpoint);
-    }
-  g_assert_cmpuint (ah_bus_subscribe (fixture->bus, "jobs.*", group, &error), >, 0);
+  add_queue_members (fixture, members, G_N_ELEMENTS (members));
   ah_bus_start (fixture->bus);
 
   /* 64 messages, 2 workers, handler batches of 32: two chunks of 32. */
@@ -2832,24 +2843,17 @@ static void
 test_route_queue_off_publisher (Fixture       *fixture,
                                 gconstpointer  user_data)
 {
-  AhBusGroup *group = ah_bus_group_new (fixture->bus, "workers", AH_DELIVERY_QUEUE);
   /* Exactly a publish batch: the outbox fills and is flushed from inside
    * the handler, which is then still running. */
   PublishRun run = { { "jobs.x", NULL }, 64 };
   Agent *producer = fixture_add_agent (fixture, step_publish_run, &run);
-  g_autoptr(GError) error = NULL;
   Agent *members[4];
   guint on_producer_worker = 0, elsewhere = 0;
 
   g_test_summary ("A flush from inside a publishing handler gives a queue group's chunks "
                   "to workers other than the publisher's while they have less to do");
 
-  for (guint i = 0; i < G_N_ELEMENTS (members); i++)
-    {
-      members[i] = fixture_add_agent (fixture, NULL, NULL);
-      ah_bus_group_add (group, members[i]->endpoint);
-    }
-  g_assert_cmpuint (ah_bus_subscribe (fixture->bus, "jobs.*", group, &error), >, 0);
+  add_queue_members (fixture, members, G_N_ELEMENTS (members));
   ah_bus_start (fixture->bus);
   send_to (fixture, producer->id, "go", "");
   fixture_wait_idle (fixture);
