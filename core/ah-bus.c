@@ -1362,13 +1362,13 @@ static void
 ah_worker_unlock_and_wake (AhWorker *worker,
                            gboolean  wake)
 {
-  gboolean parked = worker->parked;
+  /* Not parked: it looks at its run queue before it parks. */
+  gboolean signal = wake && worker->parked;
 
-  if (wake && parked)
+  if (signal)
     ah_bus_woke_parked = TRUE;
   pthread_mutex_unlock (&worker->lock);
-  /* Not parked: it looks at its run queue before it parks. */
-  if (wake && parked)
+  if (signal)
     pthread_cond_signal (&worker->work_cond);
 }
 

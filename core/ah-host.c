@@ -444,6 +444,13 @@ ah_host_free (AhHost *self)
 
 /* ---- traffic from outside ------------------------------------------------ */
 
+/* Started and not asked to stop. Lock held. */
+static gboolean
+host_is_running_locked (AhHost *self)
+{
+  return self->state == HOST_STARTED && self->stop_reason == STOP_NONE;
+}
+
 static gboolean
 host_check_running (AhHost  *self,
                     GError **error)
@@ -451,7 +458,7 @@ host_check_running (AhHost  *self,
   gboolean running;
 
   g_mutex_lock (&self->lock);
-  running = self->state == HOST_STARTED && self->stop_reason == STOP_NONE;
+  running = host_is_running_locked (self);
   g_mutex_unlock (&self->lock);
 
   if (!running)
@@ -657,10 +664,10 @@ host_pause (AhHost *self,
   gboolean running;
 
   g_mutex_lock (&self->lock);
-  while (self->stop_reason == STOP_NONE && self->state == HOST_STARTED)
+  while (host_is_running_locked (self))
     if (!g_cond_wait_until (&self->cond, &self->lock, deadline))
       break;
-  running = self->stop_reason == STOP_NONE && self->state == HOST_STARTED;
+  running = host_is_running_locked (self);
   g_mutex_unlock (&self->lock);
 
   return running;
