@@ -1389,16 +1389,16 @@ ah_envelope_is_normal (const AhEnvelope *envelope)
 
 /* The runs of one delivery, in the order they are queued. */
 typedef struct {
-  AhRun *runs;
-  guint  n_runs;
-  AhRun  inline_runs[2 * AH_RUNS_INLINE];   /* a small delivery's, unsorted and sorted */
+  AhRun    *runs;
+  guint     n_runs;
+  gboolean  runs_on_heap;
+  AhRun     inline_runs[2 * AH_RUNS_INLINE];   /* a small delivery's, unsorted and sorted */
 } AhRunPlan;
 
 static void
 ah_run_plan_clear (AhRunPlan *plan)
 {
-  if (plan->runs != NULL && plan->runs != plan->inline_runs
-      && plan->runs != plan->inline_runs + AH_RUNS_INLINE)
+  if (plan->runs_on_heap)
     g_free (plan->runs);
 }
 
@@ -1441,6 +1441,7 @@ ah_bus_plan_runs (AhBus            *self,
     }
   plan->runs = runs;
   plan->n_runs = n_runs;
+  plan->runs_on_heap = !small;
   if (grouped || n_workers == 1)
     return;
 
