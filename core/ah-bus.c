@@ -77,6 +77,7 @@
 #define _GNU_SOURCE   /* pthread_setname_np, pthread_rwlockattr_setkind_np */
 
 #include "ah-bus-private.h"
+#include "ah-clock-private.h"
 #include "ah-message-private.h"
 
 #include <errno.h>
@@ -3135,7 +3136,7 @@ ah_bus_subject_is_subscribed (AhBus           *self,
 static gint64
 ah_bus_call_stamp_ns (AhBusCall *call)
 {
-  return call->end_ns != 0 ? call->end_ns : ah__monotonic_ns ();
+  return call->end_ns != 0 ? call->end_ns : ah__clock_ns ();
 }
 
 gint64
@@ -3151,7 +3152,7 @@ ah_bus_call_read_end_ns (AhBusCall *call)
 {
   g_return_val_if_fail (call != NULL, 0);
 
-  call->end_ns = ah__monotonic_ns ();
+  call->end_ns = ah__clock_ns ();
   return call->end_ns;
 }
 
@@ -4081,7 +4082,7 @@ ah_worker_call (AhWorker    *worker,
                 guint        n)
 {
   AhBus *self = worker->bus;
-  gint64 start = ah__monotonic_ns ();
+  gint64 start = ah__clock_ns ();
   AhBusCall call = { self, worker, endpoint, 0, 0, 0, start, 0, batch, n, 0 };
   g_autoptr(GError) error = NULL;
   gboolean handled;

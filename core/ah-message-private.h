@@ -42,7 +42,7 @@ struct _AhMessage {
   AhAgentId      sender;
   AhAgentId      reply_to;          /* REQUEST: the requester; else NONE */
   guint64        correlation;       /* 0 unless a request kind */
-  gint64         publish_time_ns;   /* CLOCK_MONOTONIC */
+  gint64         publish_time_ns;   /* ah__clock_ns() */
   char           data[];
 };
 

@@ -3,6 +3,7 @@
  * SPDX-License-Identifier: MIT
  */
 #include "ah-message-private.h"
+#include "ah-clock-private.h"
 
 #include <pthread.h>
 #include <string.h>
@@ -346,7 +347,7 @@ ah__message_new (AhMessageKind kind,
 
   /* Last, so the latency measured covers only the time on the bus. */
   if (message != NULL)
-    message->publish_time_ns = ah__monotonic_ns ();
+    message->publish_time_ns = ah__clock_ns ();
   return message;
 }
 
