@@ -177,6 +177,10 @@ gboolean    ah_bus_call_reply         (AhBusCall *call, const AhMessage *request
                                        gconstpointer data, gsize size);
 guint64     ah_bus_call_request       (AhBusCall *call, const char *subject,
                                        gconstpointer data, gsize size, guint timeout_ms);
+/* ah_bus_call_request() through an interned subject: no check of the
+ * subject and no lookup of its string. */
+guint64     ah_bus_call_request_interned (AhBusCall *call, const AhSubject *subject,
+                                          gconstpointer data, gsize size, guint timeout_ms);
 /* For a supervisor, from an endpoint func about to return FALSE: asks
  * the bus to deliver @message (one of the failing batch's messages)
  * once more instead of dead-lettering it with the batch. It goes to

@@ -2415,6 +2415,25 @@ ah_bus_route_subject (AhBus        *self,
   return interned;
 }
 
+/* ah_bus_route_subject() for an interned subject: its entry is at hand,
+ * so no hash of the string and no lookup, unless subscriptions changed
+ * since it was resolved. */
+static const char *
+ah_bus_route_entry (AhBus          *self,
+                    AhSubjectEntry *entry,
+                    AhRecipients   *recipients)
+{
+  pthread_rwlock_rdlock (&self->route_lock);
+  if (G_LIKELY (entry->targets != NULL && entry->generation == self->generation))
+    {
+      ah_targets_pick_unlocked (entry->targets, recipients);
+      pthread_rwlock_unlock (&self->route_lock);
+      return entry->subject;
+    }
+  pthread_rwlock_unlock (&self->route_lock);
+  return ah_bus_route_subject (self, entry->subject, recipients);
+}
+
 /* Resolves @subject into the subject cache, unless the cache is full.
  * Returns its up-to-date entry, or NULL. Must be called with route_lock
  * held for writing. */
@@ -3818,35 +3837,27 @@ ah_bus_call_reply (AhBusCall       *call,
   return TRUE;
 }
 
-guint64
-ah_bus_call_request (AhBusCall    *call,
-                     const char   *subject,
-                     gconstpointer data,
-                     gsize         size,
-                     guint         timeout_ms)
+/* A request on @subject (valid), through its interned @entry if the
+ * caller has it. */
+static guint64
+ah_bus_call_request_routed (AhBusCall      *call,
+                            const char     *subject,
+                            AhSubjectEntry *entry,
+                            gconstpointer   data,
+                            gsize           size,
+                            guint           timeout_ms)
 {
   g_auto(AhRecipients) recipients = { 0 };
-  AhBus *self;
+  AhBus *self = call->bus;
   AhAgentId requester;
   const char *interned;
   AhMessage *message;
   guint64 correlation;
 
-  g_return_val_if_fail (call != NULL, 0);
-  g_return_val_if_fail (subject != NULL, 0);
-  g_return_val_if_fail (data != NULL || size == 0, 0);
-
-  self = call->bus;
-  ah_bus_tally_add (self, AH_TALLY_PUBLISHED, 1);
-  if (!ah_bus_check_message (subject, size, NULL))
-    {
-      ah_bus_count_refused (self);
-      return 0;
-    }
-
   correlation = ah_bus_new_correlation (self);
   requester = call->endpoint->id;
-  interned = ah_bus_route_subject (self, subject, &recipients);
+  interned = entry != NULL ? ah_bus_route_entry (self, entry, &recipients)
+                           : ah_bus_route_subject (self, subject, &recipients);
   message = ah__message_new_unstamped (AH_MESSAGE_REQUEST, AH_PRIORITY_NORMAL,
                                        interned != NULL ? interned : subject, interned != NULL,
                                        requester, requester, correlation, data, size);
@@ -3878,6 +3889,45 @@ ah_bus_call_request (AhBusCall    *call,
   ah_bus_tally_add (self, AH_TALLY_REQUESTS, 1);
   ah_bus_call_count (call);
   return correlation;
+}
+
+guint64
+ah_bus_call_request (AhBusCall    *call,
+                     const char   *subject,
+                     gconstpointer data,
+                     gsize         size,
+                     guint         timeout_ms)
+{
+  g_return_val_if_fail (call != NULL, 0);
+  g_return_val_if_fail (subject != NULL, 0);
+  g_return_val_if_fail (data != NULL || size == 0, 0);
+
+  ah_bus_tally_add (call->bus, AH_TALLY_PUBLISHED, 1);
+  if (!ah_bus_check_message (subject, size, NULL))
+    {
+      ah_bus_count_refused (call->bus);
+      return 0;
+    }
+  return ah_bus_call_request_routed (call, subject, NULL, data, size, timeout_ms);
+}
+
+guint64
+ah_bus_call_request_interned (AhBusCall       *call,
+                              const AhSubject *subject,
+                              gconstpointer    data,
+                              gsize            size,
+                              guint            timeout_ms)
+{
+  g_return_val_if_fail (call != NULL, 0);
+  g_return_val_if_fail (subject != NULL, 0);
+  g_return_val_if_fail (data != NULL || size == 0, 0);
+
+  if (size > AH_BUS_MESSAGE_MAX_SIZE)
+    return ah_bus_call_request (call, subject->subject, data, size, timeout_ms);
+  /* Checked when interned. */
+  ah_bus_tally_add (call->bus, AH_TALLY_PUBLISHED, 1);
+  return ah_bus_call_request_routed (call, subject->subject, (AhSubjectEntry *) subject,
+                                     data, size, timeout_ms);
 }
 
 AhEndpoint *

@@ -15,7 +15,7 @@
  * anchor of its own: a (counter, CLOCK_MONOTONIC) pair and a rate. The
  * rate is measured between consecutive anchors; the anchor is taken
  * again once its span is used up, the span doubling from about a
- * millisecond to about a second. The error is then the error of the
+ * millisecond to about a tenth of a second. The error is then the error of the
  * rate over one span: tens of nanoseconds, plus whatever NTP changes in
  * CLOCK_MONOTONIC's rate within the span. A rate that moves by more
  * than 0.4% from one anchor to the next (a suspend, a migration to
@@ -36,9 +36,11 @@
 
 AhClock ah__clock;
 
-/* Ticks: about a millisecond and about a second at 2-4 GHz. */
+/* Ticks: about a millisecond and about a tenth of a second at 2-4 GHz.
+ * The longest span bounds what a change of CLOCK_MONOTONIC's rate (NTP
+ * slews it by up to 500 ppm) costs before the next anchor sees it. */
 #define AH_CLOCK_FIRST_SPAN (G_GUINT64_CONSTANT (1) << 22)
-#define AH_CLOCK_MAX_SPAN   (G_GUINT64_CONSTANT (1) << 31)
+#define AH_CLOCK_MAX_SPAN   (G_GUINT64_CONSTANT (1) << 28)
 
 /* Held by the one thread taking a new anchor; others read the real clock
  * meanwhile rather than wait. */

@@ -7,6 +7,7 @@
  *
  * SPDX-License-Identifier: MIT
  */
+#include "ah-clock-private.h"
 #include "ah-pool-private.h"
 
 #include <errno.h>
@@ -113,6 +114,28 @@ ah_publish_interned (AhContext       *ctx,
   g_return_val_if_fail (data != NULL || size == 0, FALSE);
 
   return ah_bus_call_publish_interned (ctx->call, subject, data, size);
+}
+
+guint64
+ah_request_interned (AhContext       *ctx,
+                     const AhSubject *subject,
+                     gconstpointer    data,
+                     gsize            size,
+                     guint            timeout_ms)
+{
+  g_return_val_if_fail (ctx != NULL, 0);
+  g_return_val_if_fail (ctx->call != NULL, 0);
+  g_return_val_if_fail (subject != NULL, 0);
+  g_return_val_if_fail (data != NULL || size == 0, 0);
+  g_return_val_if_fail (timeout_ms > 0, 0);
+
+  return ah_bus_call_request_interned (ctx->call, subject, data, size, timeout_ms);
+}
+
+gint64
+ah_monotonic_ns (void)
+{
+  return ah__clock_ns ();
 }
 
 AhAgentId

@@ -971,6 +971,7 @@ typedef struct {
   guint64  correlation;    /* what ah_bus_call_request returned; under the fixture lock */
   guint    n_requests;
   AhMessage *kept;         /* a request the responder holds on to */
+  const AhSubject *interned;  /* requests go to it, if set, instead of svc.echo */
 } RequestPlan;
 
 static gboolean
@@ -983,8 +984,9 @@ step_requester (Agent           *agent,
   if (ah_message_get_kind (message) == AH_MESSAGE_DIRECT
       && strcmp (ah_message_get_subject (message), "go") == 0)
     {
-      guint64 correlation = ah_bus_call_request (call, "svc.echo", "question", 8,
-                                                 plan->timeout_ms);
+      guint64 correlation = plan->interned != NULL
+          ? ah_bus_call_request_interned (call, plan->interned, "question", 8, plan->timeout_ms)
+          : ah_bus_call_request (call, "svc.echo", "question", 8, plan->timeout_ms);
 
       g_assert_cmpuint (correlation, !=, 0);
       pthread_mutex_lock (&agent->fixture->lock);
@@ -1137,6 +1139,56 @@ test_request_no_responders (Fixture       *fixture,
   dead = g_ptr_array_index (fixture->dead, 0);
   g_assert_cmpint (dead->reason, ==, AH_DEAD_LETTER_NO_ROUTE);
   g_assert_cmpint (dead->kind, ==, AH_MESSAGE_REQUEST);
+}
+
+/* Through a handle interned before anyone subscribed: the entry's
+ * routes are out of date by the time of the request, and the request
+ * must still find the responder that subscribed since. */
+static void
+test_request_interned (Fixture       *fixture,
+                       gconstpointer  user_data)
+{
+  RequestPlan plan = { .timeout_ms = 60000, .n_replies = 1 };
+  RequestPlan nobody = { .timeout_ms = 60000 };
+  g_autoptr(GError) error = NULL;
+  Agent *requester, *responder, *lonely;
+  AhBusCounters counters;
+  Received *request, *reply, *outcome;
+
+  g_test_summary ("ah_bus_call_request_interned routes as ah_bus_call_request does: a reply "
+                  "through a handle interned before the subscription, NO_RESPONDERS "
+                  "through one nobody subscribes to");
+
+  plan.interned = ah_bus_intern_subject (fixture->bus, "svc.echo", &error);
+  g_assert_no_error (error);
+  nobody.interned = ah_bus_intern_subject (fixture->bus, "svc.nobody", &error);
+  g_assert_no_error (error);
+  requester = fixture_add_agent (fixture, step_requester, &plan);
+  responder = fixture_add_subscriber (fixture, "svc.echo", step_responder, &plan);
+  lonely = fixture_add_agent (fixture, step_requester, &nobody);
+
+  ah_bus_start (fixture->bus);
+  send_to (fixture, requester->id, "go", "");
+  send_to (fixture, lonely->id, "go", "");
+  fixture_wait_idle (fixture);
+
+  request = get_received (fixture, responder->id, AH_MESSAGE_REQUEST);
+  g_assert_cmpuint (request->sender, ==, requester->id);
+  g_assert_cmpuint (request->correlation, ==, plan.correlation);
+  g_assert_cmpstr (request->subject, ==, "svc.echo");
+  reply = get_received (fixture, requester->id, AH_MESSAGE_REPLY);
+  g_assert_cmpuint (reply->correlation, ==, plan.correlation);
+  g_assert_cmpmem (g_bytes_get_data (reply->payload, NULL), g_bytes_get_size (reply->payload),
+                   "answer", 6);
+  outcome = get_received (fixture, lonely->id, AH_MESSAGE_NO_RESPONDERS);
+  g_assert_cmpuint (outcome->correlation, ==, nobody.correlation);
+  g_assert_cmpstr (outcome->subject, ==, "svc.nobody");
+
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.requests, ==, 2);
+  g_assert_cmpuint (counters.request_timeouts, ==, 0);
+  g_assert_cmpuint (counters.dead_lettered, ==, 1);   /* the request to nobody */
+  g_assert_true (ah_bus_is_idle (fixture->bus));
 }
 
 static gboolean
@@ -3903,6 +3955,7 @@ main (int    argc,
   BUS_TEST ("/bus/request/timeout", &config_two_workers, test_request_timeout);
   BUS_TEST ("/bus/request/pending", &config_two_workers, test_request_pending_blocks_idle);
   BUS_TEST ("/bus/request/no-responders", &config_one_worker, test_request_no_responders);
+  BUS_TEST ("/bus/request/interned", &config_one_worker, test_request_interned);
   BUS_TEST ("/bus/request/late-reply", &config_two_workers, test_request_late_reply);
   BUS_TEST ("/bus/request/reply-refused", &config_fail_tiny, test_request_reply_refused);
   BUS_TEST ("/bus/order/per-sender", &config_order_fail, test_order_per_sender);

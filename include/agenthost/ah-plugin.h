@@ -21,7 +21,7 @@ G_BEGIN_DECLS
  * too (it may rely on fields this host does not know); one built against
  * an older minor is accepted and the fields it lacks read as unset. */
 #define AH_PLUGIN_ABI_MAJOR 1
-#define AH_PLUGIN_ABI_MINOR 1
+#define AH_PLUGIN_ABI_MINOR 2
 #define AH_PLUGIN_ABI_VERSION ((guint32) ((AH_PLUGIN_ABI_MAJOR << 16) | AH_PLUGIN_ABI_MINOR))
 #define AH_PLUGIN_ABI_VERSION_MAJOR(v) ((guint32) (v) >> 16)
 #define AH_PLUGIN_ABI_VERSION_MINOR(v) ((guint32) (v) & 0xffff)
@@ -246,6 +246,11 @@ AH_API const char   *ah_subject_get_string       (const AhSubject *subject);
  * subject on the way. */
 AH_API gboolean      ah_publish_interned         (AhContext *ctx, const AhSubject *subject,
                                                   gconstpointer data, gsize size);
+/* (ABI 1.2) ah_request() through a handle: no check of the subject and
+ * no lookup of its string on the way. */
+AH_API guint64       ah_request_interned         (AhContext *ctx, const AhSubject *subject,
+                                                  gconstpointer data, gsize size,
+                                                  guint timeout_ms);
 
 /* ---- The context: what an agent can do ------------------------------ */
 
@@ -284,6 +289,19 @@ AH_API guint         ah_context_get_pool_size    (AhContext *ctx);
 /* Asks the host to stop the run with @exit_code once the messages now in
  * flight are handled. */
 AH_API void          ah_context_request_stop     (AhContext *ctx, int exit_code);
+
+/* ---- Time (ABI 1.2) ------------------------------------------------- */
+
+/* CLOCK_MONOTONIC in nanoseconds, read the way the host reads it to stamp
+ * messages and time handlers: where the CPU's time-stamp counter is
+ * invariant and the kernel keeps time with it, the counter converted by
+ * the host (about 10 ns here, where clock_gettime() costs about 25),
+ * else clock_gettime() itself. It keeps within tens of nanoseconds of
+ * clock_gettime (CLOCK_MONOTONIC) (a change of rate that NTP makes shows
+ * as an error of up to a few microseconds for a tenth of a second), so
+ * two reads on different threads can come out of order by that much:
+ * clamp a difference at 0. Any thread, any hook. */
+AH_API gint64        ah_monotonic_ns             (void);
 
 /* ---- Blocking work: offload to the host's I/O threads (ABI 1.1) ----- */
 
