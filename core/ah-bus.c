@@ -2947,11 +2947,11 @@ ah_bus_request_complete (AhBus   *self,
   gboolean found;
 
   pthread_mutex_lock (&self->requests_lock);
-  request = g_hash_table_lookup (self->requests, AH_REQUEST_KEY (&correlation));
-  found = request != NULL;
+  /* One probe of the table finds and removes it. */
+  found = g_hash_table_steal_extended (self->requests, AH_REQUEST_KEY (&correlation),
+                                       NULL, (gpointer *) &request);
   if (found)
     {
-      g_hash_table_steal (self->requests, AH_REQUEST_KEY (&correlation));
       ah_bus_request_recycle_locked (self, request);
       atomic_fetch_sub (&self->n_pending, 1);
       /* Completed requests leave their deadlines in the heap, skipped when
