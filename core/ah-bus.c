@@ -1521,15 +1521,20 @@ typedef struct {
  * In AH_DELIVER_DEFER mode, from the first envelope that meets a full
  * mailbox on, every envelope is appended to @deferred instead: that
  * keeps the sender's order to every recipient, and the sender retries
- * when the full mailbox's consumer makes room. */
-static void
-ah_bus_deliver (AhBus           *self,
-                AhEnvelope      *envelopes,
-                guint            n_deliveries,
-                AhDeliverMode    mode,
-                AhEndpoint      *sender,
-                GArray          *deferred,
-                AhDeliverResult *ret_result)
+ * when the full mailbox's consumer makes room.
+ *
+ * @keep_locked, if not NULL, is the calling worker: when the last lock
+ * the delivery took is its own and nothing was dead-lettered, it is
+ * kept, and TRUE returned (see ah_worker_call()). */
+static gboolean
+ah_bus_deliver_full (AhBus           *self,
+                     AhEnvelope      *envelopes,
+                     guint            n_deliveries,
+                     AhDeliverMode    mode,
+                     AhEndpoint      *sender,
+                     GArray          *deferred,
+                     AhDeliverResult *ret_result,
+                     AhWorker        *keep_locked)
 {
   AhRunPlan plan;
   g_autoptr(GArray) dead = NULL;
@@ -1544,7 +1549,7 @@ ah_bus_deliver (AhBus           *self,
     {
       if (ret_result != NULL)
         *ret_result = result;
-      return;
+      return FALSE;
     }
 
   ah_bus_plan_runs (self, envelopes, n_deliveries, &plan);
@@ -1646,6 +1651,13 @@ ah_bus_deliver (AhBus           *self,
   ah_run_plan_clear (&plan);
   if (unref_to != NULL)
     ah_endpoint_unref_n (unref_to, n_unref);
+  /* The caller's own worker is awake: nothing to signal. */
+  if (locked != NULL && locked == keep_locked && dead == NULL)
+    {
+      if (ret_result != NULL)
+        *ret_result = result;
+      return TRUE;
+    }
   if (locked != NULL)
     ah_worker_unlock_and_wake (locked, wake);
 
@@ -1662,6 +1674,19 @@ ah_bus_deliver (AhBus           *self,
 
   if (ret_result != NULL)
     *ret_result = result;
+  return FALSE;
+}
+
+static void
+ah_bus_deliver (AhBus           *self,
+                AhEnvelope      *envelopes,
+                guint            n_deliveries,
+                AhDeliverMode    mode,
+                AhEndpoint      *sender,
+                GArray          *deferred,
+                AhDeliverResult *ret_result)
+{
+  ah_bus_deliver_full (self, envelopes, n_deliveries, mode, sender, deferred, ret_result, NULL);
 }
 
 /* A sender blocked on a full mailbox gets another chance: put it back on
@@ -3505,16 +3530,39 @@ ah_bus_call_route (AhBusCall *call)
     }
 }
 
+static void ah_worker_release_message (AhWorker *worker, AhMessage *message);
+
+/* A handler call's batch is done with: counted, settled, released. */
 static void
-ah_bus_call_flush (AhBusCall *call)
+ah_bus_call_settle_batch (AhBusCall *call)
+{
+  ah_bus_tally_add (call->bus, AH_TALLY_BATCHES, 1);
+  ah_bus_settle (call->bus, AH_TALLY_DELIVERED, call->n_batch);
+  for (guint i = 0; i < call->n_batch; i++)
+    ah_worker_release_message (call->worker, call->batch[i]);
+}
+
+/* Delivers what the call's outbox holds. With @ending (the end of a
+ * handler call that succeeded, on its worker), also settles the call's
+ * batch between routing and delivery, and returns TRUE if the worker's
+ * own lock was the last one the delivery took and is still held. */
+static gboolean
+ah_bus_call_flush_full (AhBusCall *call,
+                        gboolean   ending)
 {
   AhBus *self = call->bus;
   AhEndpoint *endpoint = call->endpoint;
   AhEnvelopes *outbox = &call->worker->outbox;
+  AhWorker *own = ending ? call->worker : NULL;
+  gboolean locked = FALSE;
 
   call->n_outbox_calls = 0;
   if (outbox->len == 0)
-    return;
+    {
+      if (ending)
+        ah_bus_call_settle_batch (call);
+      return FALSE;
+    }
   if (call->n_unaccepted > 0)
     {
       ah_bus_accept (self, call->n_unaccepted);
@@ -3537,14 +3585,16 @@ ah_bus_call_flush (AhBusCall *call)
             message->publish_time_ns = now;
         }
     }
+  if (ending)
+    ah_bus_call_settle_batch (call);
   /* Routing swapped the outbox for its routed envelopes. */
   if (outbox->len == 0)
-    return;
+    return FALSE;
 
   if (self->config.overflow == AH_OVERFLOW_FAIL)
     {
-      ah_bus_deliver (self, outbox->items, outbox->len,
-                      AH_DELIVER_RESERVED, endpoint, NULL, NULL);
+      locked = ah_bus_deliver_full (self, outbox->items, outbox->len,
+                                    AH_DELIVER_RESERVED, endpoint, NULL, NULL, own);
     }
   else
     {
@@ -3554,10 +3604,17 @@ ah_bus_call_flush (AhBusCall *call)
       if (endpoint->deferred->len > 0)
         g_array_append_vals (endpoint->deferred, outbox->items, outbox->len);
       else
-        ah_bus_deliver (self, outbox->items, outbox->len,
-                        AH_DELIVER_DEFER, endpoint, endpoint->deferred, NULL);
+        locked = ah_bus_deliver_full (self, outbox->items, outbox->len,
+                                      AH_DELIVER_DEFER, endpoint, endpoint->deferred, NULL, own);
     }
   outbox->len = 0;
+  return locked;
+}
+
+static void
+ah_bus_call_flush (AhBusCall *call)
+{
+  ah_bus_call_flush_full (call, FALSE);
 }
 
 /* Counts one publish/send/request/reply call in the outbox and flushes
@@ -4125,7 +4182,7 @@ ah_worker_flush_releases (AhWorker *worker)
       }
 }
 
-static void
+static gboolean
 ah_worker_call (AhWorker    *worker,
                 AhEndpoint  *endpoint,
                 AhMessage  **batch,
@@ -4156,6 +4213,17 @@ ah_worker_call (AhWorker    *worker,
                             endpoint->user_data, &error);
   ah_bus_current_call = NULL;
 
+  if (G_LIKELY (handled && call.n_retries == 0))
+    {
+      /* The flush settles the batch once what the handler published is
+       * routed and accepted (so in_flight cannot touch 0 while its
+       * consequences are still on their way), and delivers last: when
+       * its last message went to an agent of this worker (one agent
+       * answering another), it keeps the worker's lock for the next
+       * turn, a lock and an unlock fewer. */
+      return ah_bus_call_flush_full (&call, TRUE);
+    }
+
   /* What the handler published was accepted, even if it then failed.
    * The flush comes before the batch settles, so in_flight cannot touch
    * 0 while its consequences are still on their way. */
@@ -4175,6 +4243,7 @@ ah_worker_call (AhWorker    *worker,
 
   for (guint i = 0; i < n; i++)
     ah_worker_release_message (worker, batch[i]);
+  return FALSE;
 }
 
 /* The worker thread takes its own lock through this, and keeps the
@@ -4201,6 +4270,7 @@ ah_worker_run (AhWorker   *worker,
   guint n = 0, n_normal = 0;
   gboolean keep_reference = FALSE;
   gboolean closes_itself = FALSE;
+  gboolean locked = FALSE;
 
   if (endpoint->deferred != NULL && endpoint->deferred->len > 0)
     {
@@ -4233,9 +4303,10 @@ ah_worker_run (AhWorker   *worker,
 
   ah_endpoint_wake_all_blocked (woken);
   if (n > 0)
-    ah_worker_call (worker, endpoint, worker->batch, n);
+    locked = ah_worker_call (worker, endpoint, worker->batch, n);
 
-  ah_worker_lock_self (worker);
+  if (!locked)
+    ah_worker_lock_self (worker);
   if (endpoint->closing)
     {
       /* Closed from another thread meanwhile. */
