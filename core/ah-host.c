@@ -71,6 +71,7 @@ struct _AhHost {
   GCond        cond;              /* stop requested, idle, or the run ended */
   HostState    state;
   StopReason   stop_reason;
+  gint         running;           /* (atomic) host_is_running_locked(), for checks without @lock */
   char        *stop_detail;       /* why, beyond the reason; may be NULL */
   int          exit_code;
   gdouble      prewarm_ms;
@@ -163,6 +164,22 @@ host_on_idle (gpointer user_data)
   g_mutex_unlock (&self->lock);
 }
 
+/* Started and not asked to stop. Lock held. */
+static gboolean
+host_is_running_locked (AhHost *self)
+{
+  return self->state == HOST_STARTED && self->stop_reason == STOP_NONE;
+}
+
+/* After each change of the state or the stop reason, under the lock: the
+ * calls from outside (spawn, publish) check it without taking the lock,
+ * which was a lock and an unlock per ah_host_spawn(). */
+static void
+host_note_running_locked (AhHost *self)
+{
+  g_atomic_int_set (&self->running, host_is_running_locked (self));
+}
+
 /* Records the first stop request (@detail, taken over, says more than
  * the reason); later ones change nothing. */
 static void
@@ -177,6 +194,7 @@ host_request_stop_full (AhHost     *self,
       self->stop_reason = reason;
       self->exit_code = exit_code;
       self->stop_detail = g_steal_pointer (&detail);
+      host_note_running_locked (self);
     }
   g_cond_broadcast (&self->cond);
   g_mutex_unlock (&self->lock);
@@ -310,6 +328,7 @@ ah_host_start (AhHost  *self,
 
   g_mutex_lock (&self->lock);
   self->state = HOST_STARTED;
+  host_note_running_locked (self);
   self->run_start_us = g_get_monotonic_time ();
   g_mutex_unlock (&self->lock);
   ah_bus_start (self->bus);
@@ -333,6 +352,7 @@ host_stop (AhHost *self)
       return;
     }
   self->state = HOST_STOPPING;
+  host_note_running_locked (self);
   g_mutex_unlock (&self->lock);
 
   /* No reload starts from here on (they check the state), and one under
@@ -357,6 +377,7 @@ host_stop (AhHost *self)
   g_mutex_lock (&self->lock);
   self->run_end_us = g_get_monotonic_time ();
   self->state = HOST_STOPPED;
+  host_note_running_locked (self);
   g_cond_broadcast (&self->cond);
   g_mutex_unlock (&self->lock);
 }
@@ -386,6 +407,7 @@ ah_host_run (AhHost *self)
                && self->stop_reason == STOP_NONE)
         self->stop_reason = STOP_TIMEOUT;
     }
+  host_note_running_locked (self);
   g_mutex_unlock (&self->lock);
 
   g_debug ("stopping: %s", stop_reason_names[self->stop_reason]);
@@ -444,22 +466,11 @@ ah_host_free (AhHost *self)
 
 /* ---- traffic from outside ------------------------------------------------ */
 
-/* Started and not asked to stop. Lock held. */
-static gboolean
-host_is_running_locked (AhHost *self)
-{
-  return self->state == HOST_STARTED && self->stop_reason == STOP_NONE;
-}
-
 static gboolean
 host_check_running (AhHost  *self,
                     GError **error)
 {
-  gboolean running;
-
-  g_mutex_lock (&self->lock);
-  running = host_is_running_locked (self);
-  g_mutex_unlock (&self->lock);
+  gboolean running = g_atomic_int_get (&self->running);
 
   if (!running)
     g_set_error_literal (error, AH_HOST_ERROR, AH_HOST_ERROR_STATE,
