@@ -2132,7 +2132,7 @@ bench_run_flow (const BenchOptions *options,
   publisher_config = g_strdup_printf ("role: publisher, subject: bench.flow, messages: %"
                                       G_GUINT64_FORMAT ", batch: %d, payload: %d",
                                       per_publisher, options->batch, options->payload);
-  sink_config = g_strdup_printf ("role: sink, streams: %u, expect: %s", n_publishers,
+  sink_config = g_strdup_printf ("role: sink, subject: bench.flow, streams: %u, expect: %s", n_publishers,
                                  broadcast || n_sinks == 1 ? "every" : "share");
   sink_subscribe = g_strdup_printf ("{subject: bench.flow, delivery: %s}",
                                     broadcast ? "broadcast" : "queue");
@@ -2219,7 +2219,7 @@ bench_run_rtt_case (const BenchOptions *options,
       bench_append_type (yaml, "loadpub", 1, TRUE,
                          "{subject: bench.loadstart, delivery: broadcast}", load_config);
       bench_append_type (yaml, "loadsink", 1, TRUE, "bench.load",
-                         "role: sink, streams: 1, expect: every");
+                         "role: sink, subject: bench.load, streams: 1, expect: every");
       n_agents += 2;
     }
 
