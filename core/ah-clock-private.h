@@ -38,6 +38,17 @@ typedef struct {
 extern AhClock ah__clock;
 
 gint64 ah__clock_ns_slow    (void);
+/* After a span of @elapsed ticks that measured the rate @measured (32.32
+ * ns per tick), with @mult the rate in use (0 before the first) and
+ * @last_measured the previous span's: the rate to go on with, and in
+ * @ret_span for how many ticks. Exposed for the tests. */
+guint64 ah__clock_choose_rate (guint64 mult, guint64 last_measured, guint64 measured,
+                               guint64 elapsed, guint64 *ret_span);
+/* Ticks: about a millisecond and about a tenth of a second at 2-4 GHz.
+ * The longest span bounds what a change of CLOCK_MONOTONIC's rate (NTP
+ * slews it by up to 500 ppm) costs before the next anchor sees it. */
+#define AH_CLOCK_FIRST_SPAN (G_GUINT64_CONSTANT (1) << 22)
+#define AH_CLOCK_MAX_SPAN   (G_GUINT64_CONSTANT (1) << 28)
 /* Which source ah__clock_ns() reads, deciding it on the first call. */
 AhClockSource ah__clock_get_source (void);
 

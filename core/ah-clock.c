@@ -18,8 +18,9 @@
  * millisecond to about a tenth of a second. The error is then the error of the
  * rate over one span: tens of nanoseconds, plus whatever NTP changes in
  * CLOCK_MONOTONIC's rate within the span. A rate that moves by more
- * than 0.4% from one anchor to the next (a suspend, a migration to
- * another host) starts over from the shortest span. Until the first rate
+ * than 0.4% from one anchor to the next (a span across a suspend, a
+ * migration to another host) is not taken until a second short span
+ * measures it again, and the spans start over from the shortest. Until the first rate
  * is known, and everywhere else, it is clock_gettime().
  *
  * AGENTHOST_CLOCK=monotonic forces clock_gettime(), to rule the counter
@@ -36,17 +37,41 @@
 
 AhClock ah__clock;
 
-/* Ticks: about a millisecond and about a tenth of a second at 2-4 GHz.
- * The longest span bounds what a change of CLOCK_MONOTONIC's rate (NTP
- * slews it by up to 500 ppm) costs before the next anchor sees it. */
-#define AH_CLOCK_FIRST_SPAN (G_GUINT64_CONSTANT (1) << 22)
-#define AH_CLOCK_MAX_SPAN   (G_GUINT64_CONSTANT (1) << 28)
+/* Within 0.4% of each other. */
+static gboolean
+ah_clock_rates_agree (guint64 a,
+                      guint64 b)
+{
+  guint64 margin = b / 256;
 
+  return a <= b + margin && a + margin >= b;
+}
+
+guint64
+ah__clock_choose_rate (guint64  mult,
+                       guint64  last_measured,
+                       guint64  measured,
+                       guint64  elapsed,
+                       guint64 *ret_span)
+{
+  if (mult == 0 || ah_clock_rates_agree (measured, mult))
+    {
+      *ret_span = MIN (MAX (elapsed, AH_CLOCK_FIRST_SPAN) * 2, AH_CLOCK_MAX_SPAN);
+      return measured;
+    }
+  /* A span that took in a suspend (the counter ran on, the clock did
+   * not) measures nonsense once; a host whose counter really changed
+   * rate measures the same new rate twice. Until then the known rate
+   * goes on, over short spans. */
+  *ret_span = AH_CLOCK_FIRST_SPAN;
+  return ah_clock_rates_agree (measured, last_measured) ? measured : mult;
+}
+
+#if AH_CLOCK_HAVE_TSC
 /* Held by the one thread taking a new anchor; others read the real clock
  * meanwhile rather than wait. */
 static _Atomic int ah_clock_anchoring;
 
-#if AH_CLOCK_HAVE_TSC
 static gboolean
 ah_clock_tsc_is_usable (void)
 {
@@ -110,6 +135,10 @@ ah_clock_publish (guint64 base_tsc,
   atomic_store_explicit (&ah__clock.seq, seq + 2, memory_order_release);
 }
 
+/* The rate of the last span, known only to the thread holding
+ * ah_clock_anchoring. */
+static guint64 ah_clock_last_measured;
+
 /* Takes a new anchor if the current one's span (or, before the first
  * rate, the first span) has passed, and returns CLOCK_MONOTONIC. */
 static gint64
@@ -119,7 +148,7 @@ ah_clock_reanchor (void)
   gint64 base_ns = atomic_load_explicit (&ah__clock.base_ns, memory_order_relaxed);
   guint64 mult = atomic_load_explicit (&ah__clock.mult, memory_order_relaxed);
   guint64 span = atomic_load_explicit (&ah__clock.span, memory_order_relaxed);
-  guint64 tsc, elapsed, new_mult, new_span;
+  guint64 tsc, elapsed, measured;
   gint64 ns;
 
   tsc = __rdtsc ();
@@ -131,21 +160,36 @@ ah_clock_reanchor (void)
   if (atomic_exchange_explicit (&ah_clock_anchoring, 1, memory_order_acquire) != 0)
     return ah__monotonic_ns ();
 
+  /* Again, now that no other thread can write them: another one may have
+   * taken an anchor since they were read (then none is due: a rate over
+   * a short time is a poor one), and a pair of them read across its
+   * writes would give a wrong rate. */
+  base_tsc = atomic_load_explicit (&ah__clock.base_tsc, memory_order_relaxed);
+  base_ns = atomic_load_explicit (&ah__clock.base_ns, memory_order_relaxed);
+  mult = atomic_load_explicit (&ah__clock.mult, memory_order_relaxed);
+  span = atomic_load_explicit (&ah__clock.span, memory_order_relaxed);
   ah_clock_read_pair (&tsc, &ns);
   elapsed = tsc - base_tsc;
-  if (elapsed == 0 || elapsed > G_MAXINT64 || ns <= base_ns)
+  if (elapsed < MAX (span, AH_CLOCK_FIRST_SPAN) || elapsed > G_MAXINT64)
     {
-      /* Cannot happen with an invariant counter; start over. */
+      atomic_store_explicit (&ah_clock_anchoring, 0, memory_order_release);
+      return ns;
+    }
+  if (ns <= base_ns)
+    {
+      /* Cannot happen while both run; start over. */
       ah_clock_publish (tsc, ns, 0, 0);
     }
   else
     {
-      new_mult = (guint64) (((unsigned __int128) (ns - base_ns) << 32) / elapsed);
-      if (mult != 0 && (new_mult > mult + mult / 256 || new_mult < mult - mult / 256))
-        new_span = AH_CLOCK_FIRST_SPAN;
-      else
-        new_span = MIN (MAX (elapsed, AH_CLOCK_FIRST_SPAN) * 2, AH_CLOCK_MAX_SPAN);
+      guint64 new_span;
+      guint64 new_mult;
+
+      measured = (guint64) (((unsigned __int128) (ns - base_ns) << 32) / elapsed);
+      new_mult = ah__clock_choose_rate (mult, ah_clock_last_measured, measured, elapsed,
+                                        &new_span);
       ah_clock_publish (tsc, ns, new_mult, new_span);
+      ah_clock_last_measured = measured;
     }
   atomic_store_explicit (&ah_clock_anchoring, 0, memory_order_release);
   return ns;

@@ -1,5 +1,6 @@
 /* The stamping clock (core/ah-clock.c): ah__clock_ns() keeps to
- * CLOCK_MONOTONIC across its anchors, from several threads at once, and
+ * CLOCK_MONOTONIC across its anchors, from several threads at once, a
+ * span across a suspend does not spoil the rate, and
  * AGENTHOST_CLOCK=monotonic turns the counter off.
  *
  * SPDX-License-Identifier: MIT
@@ -112,6 +113,36 @@ test_clock_source (void)
     }
 }
 
+/* The rate decisions, on made-up spans: 0.4 ns per tick is 2.5 GHz. */
+static void
+test_clock_choose_rate (void)
+{
+  guint64 rate = (guint64) (0.4 * 4294967296.0);
+  guint64 slower = rate / 2;    /* a span across a suspend */
+  guint64 span;
+
+  /* The first rate: taken, the span twice what it measured. */
+  g_assert_cmpuint (ah__clock_choose_rate (0, 0, rate, AH_CLOCK_FIRST_SPAN, &span), ==, rate);
+  g_assert_cmpuint (span, ==, 2 * AH_CLOCK_FIRST_SPAN);
+  /* Agreeing (within 0.4%): taken, the span doubling up to the longest. */
+  g_assert_cmpuint (ah__clock_choose_rate (rate, rate, rate + rate / 1000, 8 * AH_CLOCK_FIRST_SPAN,
+                                           &span), ==, rate + rate / 1000);
+  g_assert_cmpuint (span, ==, 16 * AH_CLOCK_FIRST_SPAN);
+  g_assert_cmpuint (ah__clock_choose_rate (rate, rate, rate, AH_CLOCK_MAX_SPAN, &span), ==, rate);
+  g_assert_cmpuint (span, ==, AH_CLOCK_MAX_SPAN);
+  /* One span far off: the known rate goes on, over the shortest span. */
+  g_assert_cmpuint (ah__clock_choose_rate (rate, rate, slower, AH_CLOCK_MAX_SPAN, &span), ==, rate);
+  g_assert_cmpuint (span, ==, AH_CLOCK_FIRST_SPAN);
+  /* The same new rate twice: taken, still over the shortest span. */
+  g_assert_cmpuint (ah__clock_choose_rate (rate, slower, slower, AH_CLOCK_FIRST_SPAN, &span), ==,
+                    slower);
+  g_assert_cmpuint (span, ==, AH_CLOCK_FIRST_SPAN);
+  /* ... and then agreeing with itself: the spans grow again. */
+  g_assert_cmpuint (ah__clock_choose_rate (slower, slower, slower, AH_CLOCK_FIRST_SPAN, &span), ==,
+                    slower);
+  g_assert_cmpuint (span, ==, 2 * AH_CLOCK_FIRST_SPAN);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -122,6 +153,7 @@ main (int argc, char **argv)
   g_test_add_func ("/clock/threads", test_clock_threads);
   g_test_add_func ("/clock/tracks-monotonic", test_clock_tracks_monotonic);
   g_test_add_func ("/clock/source", test_clock_source);
+  g_test_add_func ("/clock/choose-rate", test_clock_choose_rate);
 
   return g_test_run ();
 }
