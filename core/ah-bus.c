@@ -359,34 +359,24 @@ typedef struct {
 
 G_STATIC_ASSERT (G_STRUCT_OFFSET (AhSubjectEntry, subject) == G_STRUCT_OFFSET (AhSubject, subject));
 
-typedef struct _AhPendingRequest AhPendingRequest;
-struct _AhPendingRequest {
-  guint64           correlation;
-  AhAgentId         requester;
-  const char       *subject;         /* interned (the bus's), or @subject_copy */
-  char             *subject_copy;
-  AhPendingRequest *next_spare;      /* in the bus's spares, once done */
-};
-
-/* The request table's keys. Correlation ids are 64-bit: where pointers
- * are too, an id is its own key (no key to follow, a direct hash);
- * elsewhere the key points at the request's id. */
-#if GLIB_SIZEOF_VOID_P >= 8
-#define AH_REQUEST_KEY(correlation_ptr) GSIZE_TO_POINTER (*(correlation_ptr))
-#define AH_REQUEST_KEY_HASH             g_direct_hash
-#define AH_REQUEST_KEY_EQUAL            g_direct_equal
-#else
-#define AH_REQUEST_KEY(correlation_ptr) ((gpointer) (correlation_ptr))
-#define AH_REQUEST_KEY_HASH             g_int64_hash
-#define AH_REQUEST_KEY_EQUAL            g_int64_equal
-#endif
-
-/* Done requests the bus keeps for the next ones, at most this many. */
-#define AH_SPARE_REQUESTS_MAX 256
+/* A pending request, in the bus's table of them: a request message
+ * carries its place (AhMessage.request_slot), so the reply completes it
+ * without a lookup, and the table needs no hash. A free slot has
+ * correlation 0 and is on the free list. (A GHashTable keyed by the id,
+ * with its insert and its removal, was a fifth of a round trip between
+ * two agents of one worker.) */
+typedef struct {
+  guint64     correlation;       /* 0: free */
+  AhAgentId   requester;
+  const char *subject;           /* interned (the bus's), or @subject_copy */
+  char       *subject_copy;
+  guint32     next_free;         /* the next free slot, plus one; 0 ends the list */
+} AhPendingRequest;
 
 typedef struct {
   gint64     deadline_ns;
   guint64    correlation;
+  guint32    slot;            /* in the request table, plus one */
 } AhDeadline;
 
 struct _AhWorker {
@@ -462,9 +452,8 @@ struct _AhBus {
 
   pthread_mutex_t   requests_lock;
   pthread_cond_t    requests_cond;   /* an earlier deadline, or stop */
-  GHashTable       *requests;        /* AH_REQUEST_KEY (&correlation) -> AhPendingRequest */
-  AhPendingRequest *spare_requests;  /* under requests_lock: done ones, for reuse */
-  guint             n_spare_requests;
+  GArray           *requests;        /* (element-type AhPendingRequest) pending and free slots */
+  guint32           free_request;    /* the first free slot, plus one; 0: none */
   GArray           *deadlines;       /* (element-type AhDeadline) min-heap */
   gboolean          timer_stopping;
   gint64            timer_armed_ns;  /* the timer sleeps until then; G_MAXINT64: no deadline */
@@ -2831,30 +2820,37 @@ ah_bus_send_full (AhBus         *self,
 
 /* ---- Request bookkeeping ------------------------------------------------------------------ */
 
-static void
-ah_pending_request_free (gpointer data)
+/* Frees @slot (plus one) for the next request, and hands back its
+ * subject copy for the caller to free once the lock is released.
+ * requests_lock held. */
+static char *
+ah_bus_request_free_slot_locked (AhBus   *self,
+                                 guint32  slot)
 {
-  AhPendingRequest *request = data;
+  AhPendingRequest *request = &g_array_index (self->requests, AhPendingRequest, slot - 1);
+  char *subject_copy = g_steal_pointer (&request->subject_copy);
 
-  g_free (request->subject_copy);
-  g_free (request);
+  request->correlation = 0;
+  request->subject = NULL;
+  request->next_free = self->free_request;
+  self->free_request = slot;
+  return subject_copy;
 }
 
-/* A done request, out of the table: kept for the next one, or freed.
+/* The pending request @correlation in @slot (plus one), or NULL if it is
+ * not pending any more (completed, timed out, or never registered).
  * requests_lock held. */
-static void
-ah_bus_request_recycle_locked (AhBus            *self,
-                               AhPendingRequest *request)
+static AhPendingRequest *
+ah_bus_request_find_locked (AhBus   *self,
+                            guint64  correlation,
+                            guint32  slot)
 {
-  if (self->n_spare_requests >= AH_SPARE_REQUESTS_MAX)
-    {
-      ah_pending_request_free (request);
-      return;
-    }
-  g_clear_pointer (&request->subject_copy, g_free);
-  request->next_spare = self->spare_requests;
-  self->spare_requests = request;
-  self->n_spare_requests++;
+  AhPendingRequest *request;
+
+  if (slot == 0 || slot > self->requests->len)
+    return NULL;
+  request = &g_array_index (self->requests, AhPendingRequest, slot - 1);
+  return request->correlation == correlation ? request : NULL;
 }
 
 static void
@@ -2904,7 +2900,8 @@ ah_deadline_heap_pop (GArray *heap)
     }
 }
 
-static void
+/* Registers the request @correlation and returns its slot, plus one. */
+static guint32
 ah_bus_request_register (AhBus      *self,
                          guint64     correlation,
                          AhAgentId   requester,
@@ -2915,6 +2912,7 @@ ah_bus_request_register (AhBus      *self,
   char *subject_copy = subject_is_interned ? NULL : g_strdup (subject);
   AhPendingRequest *request;
   AhDeadline deadline;
+  guint32 slot;
 
   deadline.correlation = correlation;
   /* Timeouts are milliseconds: the coarse clock (a few ms of resolution,
@@ -2924,23 +2922,25 @@ ah_bus_request_register (AhBus      *self,
                          + (gint64) timeout_ms * G_GINT64_CONSTANT (1000000);
 
   pthread_mutex_lock (&self->requests_lock);
-  /* A spare one: request after request, no malloc and free each. */
-  request = self->spare_requests;
-  if (request != NULL)
+  /* Free slots are reused last freed first: request after request, the
+   * same warm slot and no malloc. */
+  slot = self->free_request;
+  if (slot != 0)
     {
-      self->spare_requests = request->next_spare;
-      self->n_spare_requests--;
+      self->free_request = g_array_index (self->requests, AhPendingRequest, slot - 1).next_free;
     }
   else
     {
-      request = g_new (AhPendingRequest, 1);
+      g_array_set_size (self->requests, self->requests->len + 1);
+      slot = self->requests->len;
     }
+  request = &g_array_index (self->requests, AhPendingRequest, slot - 1);
   request->correlation = correlation;
   request->requester = requester;
   request->subject_copy = subject_copy;
   request->subject = subject_is_interned ? subject : subject_copy;
-  request->next_spare = NULL;
-  g_hash_table_insert (self->requests, AH_REQUEST_KEY (&request->correlation), request);
+  request->next_free = 0;
+  deadline.slot = slot;
   atomic_fetch_add (&self->n_pending, 1);
   ah_deadline_heap_push (self->deadlines, deadline);
   /* The timer sleeps until the time it is armed for: wake it only if
@@ -2949,42 +2949,44 @@ ah_bus_request_register (AhBus      *self,
   if (deadline.deadline_ns < self->timer_armed_ns)
     pthread_cond_signal (&self->requests_cond);
   pthread_mutex_unlock (&self->requests_lock);
+  return slot;
 }
 
 static gboolean
 ah_bus_request_is_pending (AhBus   *self,
-                           guint64  correlation)
+                           guint64  correlation,
+                           guint32  slot)
 {
   gboolean pending;
 
   pthread_mutex_lock (&self->requests_lock);
-  pending = g_hash_table_contains (self->requests, AH_REQUEST_KEY (&correlation));
+  pending = ah_bus_request_find_locked (self, correlation, slot) != NULL;
   pthread_mutex_unlock (&self->requests_lock);
   return pending;
 }
 
-/* Completes the request: TRUE if it was still pending. */
+/* Completes the request @correlation in @slot (plus one): TRUE if it was
+ * still pending. */
 static gboolean
 ah_bus_request_complete (AhBus   *self,
-                         guint64  correlation)
+                         guint64  correlation,
+                         guint32  slot)
 {
-  AhPendingRequest *request;
+  char *subject_copy = NULL;
   gboolean found;
 
   pthread_mutex_lock (&self->requests_lock);
-  /* One probe of the table finds and removes it. */
-  found = g_hash_table_steal_extended (self->requests, AH_REQUEST_KEY (&correlation),
-                                       NULL, (gpointer *) &request);
+  found = ah_bus_request_find_locked (self, correlation, slot) != NULL;
   if (found)
     {
-      ah_bus_request_recycle_locked (self, request);
-      atomic_fetch_sub (&self->n_pending, 1);
+      subject_copy = ah_bus_request_free_slot_locked (self, slot);
       /* Completed requests leave their deadlines in the heap, skipped when
        * they come up; with nothing pending they can all go at once. */
-      if (g_hash_table_size (self->requests) == 0)
+      if (atomic_fetch_sub (&self->n_pending, 1) == 1)
         g_array_set_size (self->deadlines, 0);
     }
   pthread_mutex_unlock (&self->requests_lock);
+  g_free (subject_copy);
 
   if (found && ah_bus_is_idle_now (self))
     ah_bus_notify_idle (self);
@@ -2992,19 +2994,21 @@ ah_bus_request_complete (AhBus   *self,
 }
 
 static void
-ah_bus_send_timeout (AhBus            *self,
-                     AhPendingRequest *request)
+ah_bus_send_timeout (AhBus      *self,
+                     guint64     correlation,
+                     AhAgentId   requester,
+                     const char *subject)
 {
-  AhMessage *message = ah__message_new (AH_MESSAGE_TIMEOUT, AH_PRIORITY_SYSTEM, request->subject,
+  AhMessage *message = ah__message_new (AH_MESSAGE_TIMEOUT, AH_PRIORITY_SYSTEM, subject,
                                         FALSE, AH_AGENT_ID_NONE, AH_AGENT_ID_NONE,
-                                        request->correlation, NULL, 0);
+                                        correlation, NULL, 0);
   AhEnvelope envelope;
 
   envelope.message = message;
-  envelope.to = ah_bus_lookup_endpoint (self, request->requester);
+  envelope.to = ah_bus_lookup_endpoint (self, requester);
   if (envelope.to == NULL)
     {
-      ah_bus_dead_letter (self, message, request->requester, AH_DEAD_LETTER_NO_AGENT);
+      ah_bus_dead_letter (self, message, requester, AH_DEAD_LETTER_NO_AGENT);
       ah__message_unref (message);
       return;
     }
@@ -3025,6 +3029,8 @@ ah_bus_timer_main (gpointer data)
     {
       AhDeadline earliest;
       AhPendingRequest *request;
+      AhAgentId requester;
+      char *subject;
 
       if (self->deadlines->len == 0)
         {
@@ -3058,10 +3064,14 @@ ah_bus_timer_main (gpointer data)
         }
 
       ah_deadline_heap_pop (self->deadlines);
-      request = g_hash_table_lookup (self->requests, AH_REQUEST_KEY (&earliest.correlation));
+      request = ah_bus_request_find_locked (self, earliest.correlation, earliest.slot);
       if (request == NULL)
         continue;   /* replied to in time */
-      g_hash_table_steal (self->requests, AH_REQUEST_KEY (&earliest.correlation));
+      /* The subject is copied: the slot may be reused as soon as the
+       * lock is released. An interned one lives as long as the bus. */
+      subject = g_strdup (request->subject);
+      requester = request->requester;
+      g_free (ah_bus_request_free_slot_locked (self, earliest.slot));
       /* The TIMEOUT is accepted before the request stops pending, so the
        * bus never looks idle in between. */
       ah_bus_accept (self, 1);
@@ -3069,8 +3079,8 @@ ah_bus_timer_main (gpointer data)
       ah_bus_tally_add (self, AH_TALLY_REQUEST_TIMEOUTS, 1);
       pthread_mutex_unlock (&self->requests_lock);
 
-      ah_bus_send_timeout (self, request);
-      ah_pending_request_free (request);
+      ah_bus_send_timeout (self, earliest.correlation, requester, subject);
+      g_free (subject);
 
       pthread_mutex_lock (&self->requests_lock);
     }
@@ -3844,7 +3854,7 @@ ah_bus_call_reply (AhBusCall       *call,
    * overflow by the room check below; otherwise completing the request
    * (further down) tells late replies apart, with one lookup fewer. */
   if (self->config.overflow == AH_OVERFLOW_FAIL
-      && !ah_bus_request_is_pending (self, request->correlation))
+      && !ah_bus_request_is_pending (self, request->correlation, request->request_slot))
     {
       ah_bus_accept_dead (self, reply, request->reply_to, AH_DEAD_LETTER_LATE_REPLY);
       return TRUE;
@@ -3855,7 +3865,8 @@ ah_bus_call_reply (AhBusCall       *call,
     {
       /* Nobody is left to wait for it: the request ends here, unless it
        * had ended already. */
-      gboolean was_pending = ah_bus_request_complete (self, request->correlation);
+      gboolean was_pending = ah_bus_request_complete (self, request->correlation,
+                                                      request->request_slot);
 
       ah_bus_accept_dead (self, reply, request->reply_to,
                           was_pending ? AH_DEAD_LETTER_NO_AGENT : AH_DEAD_LETTER_LATE_REPLY);
@@ -3876,7 +3887,7 @@ ah_bus_call_reply (AhBusCall       *call,
         }
       reserved = TRUE;
     }
-  if (!ah_bus_request_complete (self, request->correlation))
+  if (!ah_bus_request_complete (self, request->correlation, request->request_slot))
     {
       /* Late: the timeout came first. */
       if (reserved)
@@ -3910,14 +3921,23 @@ ah_bus_call_request_routed (AhBusCall      *call,
   const char *interned;
   AhMessage *message;
   guint64 correlation;
+  guint32 slot = 0;
 
   correlation = ah_bus_new_correlation (self);
   requester = call->endpoint->id;
   interned = entry != NULL ? ah_bus_route_entry (self, entry, &recipients)
                            : ah_bus_route_subject (self, subject, &recipients);
+  /* Registered before the message is made, so that it carries its slot
+   * from the start, and before the outbox can flush, so that no reply
+   * can beat it. */
+  if (recipients.len > 0)
+    slot = ah_bus_request_register (self, correlation, requester,
+                                    interned != NULL ? interned : subject, interned != NULL,
+                                    timeout_ms);
   message = ah__message_new_unstamped (AH_MESSAGE_REQUEST, AH_PRIORITY_NORMAL,
                                        interned != NULL ? interned : subject, interned != NULL,
                                        requester, requester, correlation, data, size);
+  message->request_slot = slot;
   ah_bus_tap (self, message, AH_AGENT_ID_NONE);
 
   if (recipients.len == 0)
@@ -3938,11 +3958,11 @@ ah_bus_call_request_routed (AhBusCall      *call,
   /* Refused by every recipient (full mailboxes under AH_OVERFLOW_FAIL):
    * no request exists, so nothing may ever come back for it. */
   if (ah_bus_call_queue (call, message, &recipients) == 0)
-    return 0;
+    {
+      ah_bus_request_complete (self, correlation, slot);
+      return 0;
+    }
 
-  /* Registered before the outbox can flush, so no reply can beat it. */
-  ah_bus_request_register (self, correlation, requester, interned != NULL ? interned : subject,
-                           interned != NULL, timeout_ms);
   ah_bus_tally_add (self, AH_TALLY_REQUESTS, 1);
   ah_bus_call_count (call);
   return correlation;
@@ -4557,8 +4577,7 @@ ah_bus_new (const AhBusConfig *config)
   pthread_mutex_init (&self->requests_lock, NULL);
   ah_cond_init_monotonic (&self->requests_cond);
   self->timer_armed_ns = G_MAXINT64;
-  self->requests = g_hash_table_new_full (AH_REQUEST_KEY_HASH, AH_REQUEST_KEY_EQUAL, NULL,
-                                          ah_pending_request_free);
+  self->requests = g_array_new (FALSE, TRUE, sizeof (AhPendingRequest));
   self->deadlines = g_array_new (FALSE, FALSE, sizeof (AhDeadline));
 
   pthread_mutex_init (&self->idle_lock, NULL);
@@ -4708,7 +4727,9 @@ ah_bus_stop (AhBus  *self,
 
   /* Pending requests are cancelled: no outcome will come for them. */
   pthread_mutex_lock (&self->requests_lock);
-  g_hash_table_remove_all (self->requests);
+  for (guint i = 0; i < self->requests->len; i++)
+    if (g_array_index (self->requests, AhPendingRequest, i).correlation != 0)
+      g_free (ah_bus_request_free_slot_locked (self, i + 1));
   g_array_set_size (self->deadlines, 0);
   atomic_store (&self->n_pending, 0);
   pthread_mutex_unlock (&self->requests_lock);
@@ -4778,14 +4799,9 @@ ah_bus_free (AhBus *self)
   ah_arena_clear (&self->arena);
   pthread_rwlock_destroy (&self->route_lock);
 
-  g_hash_table_unref (self->requests);
-  while (self->spare_requests != NULL)
-    {
-      AhPendingRequest *spare = self->spare_requests;
-
-      self->spare_requests = spare->next_spare;
-      g_free (spare);
-    }
+  for (guint i = 0; i < self->requests->len; i++)
+    g_free (g_array_index (self->requests, AhPendingRequest, i).subject_copy);
+  g_array_unref (self->requests);
   g_array_unref (self->deadlines);
   pthread_mutex_destroy (&self->requests_lock);
   pthread_cond_destroy (&self->requests_cond);

@@ -36,6 +36,10 @@ struct _AhMessage {
   guint8         priority;          /* AhPriority */
   guint8         redelivered;       /* a failed batch's message, delivered again */
   guint8         cached;            /* a block of the message cache, not g_malloc'd */
+  /* REQUEST: its pending request's place in the bus's table, plus one
+   * (0: none), so that a reply finds it without a lookup. Set by the
+   * bus before anyone else sees the message. */
+  guint32        request_slot;
   /* Interned (owned by the bus, outliving every message) or pointing
    * into @data after the payload. */
   const char    *subject;

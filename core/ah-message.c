@@ -303,6 +303,7 @@ ah__message_new_unstamped (AhMessageKind kind,
   atomic_init (&message->ref_count, 1);
   message->kind = (guint8) kind;
   message->redelivered = FALSE;
+  message->request_slot = 0;
   message->priority = (guint8) priority;
   message->sender = sender;
   message->reply_to = reply_to;
@@ -458,6 +459,7 @@ ah__message_copy_redelivered (const AhMessage *message)
                                      message->correlation, message->data, message->size);
 
   copy->publish_time_ns = message->publish_time_ns;
+  copy->request_slot = message->request_slot;
   copy->redelivered = TRUE;
   return copy;
 }

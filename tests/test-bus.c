@@ -1235,6 +1235,89 @@ test_request_late_reply (Fixture       *fixture,
   g_assert_null (after.kept);
 }
 
+/* The requester of /bus/request/slot-reused: a first request that
+ * times out, then a second one, which takes the first one's place in the
+ * bus's table of pending requests. */
+typedef struct {
+  guint64    first;
+  guint64    second;
+  AhMessage *kept;     /* the first request, held by the responder */
+} SlotPlan;
+
+static gboolean
+step_slot_requester (Agent           *agent,
+                     AhBusCall       *call,
+                     const AhMessage *message)
+{
+  SlotPlan *plan = agent->data;
+  AhMessageKind kind = ah_message_get_kind (message);
+
+  if (kind == AH_MESSAGE_DIRECT)
+    plan->first = ah_bus_call_request (call, "svc.slot", "first", 5, 20);
+  else if (kind == AH_MESSAGE_TIMEOUT)
+    plan->second = ah_bus_call_request (call, "svc.slot", "second", 6, 60000);
+  return TRUE;
+}
+
+static gboolean
+step_slot_responder (Agent           *agent,
+                     AhBusCall       *call,
+                     const AhMessage *message)
+{
+  SlotPlan *plan = agent->data;
+  gsize size;
+  const char *data = ah_message_get_data (message, &size);
+
+  if (ah_message_get_kind (message) != AH_MESSAGE_REQUEST)
+    return TRUE;
+  if (size == 5)
+    {
+      plan->kept = ah__message_ref ((AhMessage *) message);
+      return TRUE;
+    }
+  g_assert_cmpmem (data, size, "second", 6);
+  /* The first request's reply, late, while the second one holds its
+   * place: it must not complete the second. */
+  g_assert_true (ah_bus_call_reply (call, plan->kept, "late", 4));
+  g_clear_pointer (&plan->kept, ah__message_unref);
+  g_assert_true (ah_bus_call_reply (call, message, "answer", 6));
+  return TRUE;
+}
+
+static void
+test_request_slot_reused (Fixture       *fixture,
+                          gconstpointer  user_data)
+{
+  SlotPlan plan = { 0 };
+  Agent *requester = fixture_add_agent (fixture, step_slot_requester, &plan);
+  AhBusCounters counters;
+  Received *reply;
+
+  g_test_summary ("A late reply to a request whose place a newer request took is "
+                  "dead-lettered as late and leaves the newer one pending");
+
+  fixture_add_subscriber (fixture, "svc.slot", step_slot_responder, &plan);
+  ah_bus_start (fixture->bus);
+  send_to (fixture, requester->id, "go", "");
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (plan.first, !=, 0);
+  g_assert_cmpuint (plan.second, !=, 0);
+  g_assert_cmpuint (count_received (fixture, requester->id, AH_MESSAGE_TIMEOUT), ==, 1);
+  g_assert_cmpuint (get_received (fixture, requester->id, AH_MESSAGE_TIMEOUT)->correlation, ==,
+                    plan.first);
+  g_assert_cmpuint (count_received (fixture, requester->id, AH_MESSAGE_REPLY), ==, 1);
+  reply = get_received (fixture, requester->id, AH_MESSAGE_REPLY);
+  g_assert_cmpuint (reply->correlation, ==, plan.second);
+  g_assert_cmpmem (g_bytes_get_data (reply->payload, NULL), g_bytes_get_size (reply->payload),
+                   "answer", 6);
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_LATE_REPLY), ==, 1);
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.requests, ==, 2);
+  g_assert_cmpuint (counters.request_timeouts, ==, 1);
+  g_assert_null (plan.kept);
+}
+
 static gboolean
 step_fill_then_reply (Agent           *agent,
                       AhBusCall       *call,
@@ -3956,6 +4039,7 @@ main (int    argc,
   BUS_TEST ("/bus/request/pending", &config_two_workers, test_request_pending_blocks_idle);
   BUS_TEST ("/bus/request/no-responders", &config_one_worker, test_request_no_responders);
   BUS_TEST ("/bus/request/interned", &config_one_worker, test_request_interned);
+  BUS_TEST ("/bus/request/slot-reused", &config_one_worker, test_request_slot_reused);
   BUS_TEST ("/bus/request/late-reply", &config_two_workers, test_request_late_reply);
   BUS_TEST ("/bus/request/reply-refused", &config_fail_tiny, test_request_reply_refused);
   BUS_TEST ("/bus/order/per-sender", &config_order_fail, test_order_per_sender);
