@@ -575,6 +575,19 @@ bench_report (AhContext  *ctx,
   return ah_publish (ctx, "bench.report", buffer, size);
 }
 
+/* A responder answers a request with its own payload. */
+static gboolean
+bench_respond (AhContext       *ctx,
+               BenchState      *self,
+               const AhMessage *request)
+{
+  gsize size;
+  gconstpointer data = ah_message_get_data (request, &size);
+
+  self->handled++;
+  return ah_reply (ctx, request, data, size);
+}
+
 static gboolean
 bench_handle_one (AhContext       *ctx,
                   BenchState      *self,
@@ -592,6 +605,15 @@ bench_handle_one (AhContext       *ctx,
       return TRUE;
     }
   kind = ah_message_get_kind (message);
+  /* Likewise a round trip's messages: the control subjects come as
+   * plain publishes, never as requests or replies. */
+  if (self->role == BENCH_ROLE_REQUESTER && kind == AH_MESSAGE_REPLY)
+    {
+      bench_requester_handle (ctx, self, message, now_ns);
+      return TRUE;
+    }
+  if (self->role == BENCH_ROLE_RESPONDER && kind == AH_MESSAGE_REQUEST)
+    return bench_respond (ctx, self, message);
   if (ah_message_has_subject (message, self->on_collect))
     {
       bench_record_latency_flush (self);
@@ -623,13 +645,7 @@ bench_handle_one (AhContext       *ctx,
       return TRUE;
     case BENCH_ROLE_RESPONDER:
       if (kind == AH_MESSAGE_REQUEST)
-        {
-          gsize size;
-          gconstpointer data = ah_message_get_data (message, &size);
-
-          self->handled++;
-          return ah_reply (ctx, message, data, size);
-        }
+        return bench_respond (ctx, self, message);
       return TRUE;
     case BENCH_ROLE_PEER:
       if (kind == AH_MESSAGE_REQUEST)
