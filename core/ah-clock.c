@@ -139,42 +139,48 @@ ah_clock_publish (guint64 base_tsc,
  * ah_clock_anchoring. */
 static guint64 ah_clock_last_measured;
 
+/* Whether the counter reading @tsc is past the current anchor's span (or,
+ * before the first rate, the first span), and not behind the anchor (a
+ * CPU whose counter lags a little: the difference wraps). The anchor's
+ * counter goes to @ret_base_tsc. */
+static gboolean
+ah_clock_anchor_is_due (guint64  tsc,
+                        guint64 *ret_base_tsc)
+{
+  guint64 base_tsc = atomic_load_explicit (&ah__clock.base_tsc, memory_order_relaxed);
+  guint64 span = atomic_load_explicit (&ah__clock.span, memory_order_relaxed);
+  guint64 elapsed = tsc - base_tsc;
+
+  if (ret_base_tsc != NULL)
+    *ret_base_tsc = base_tsc;
+  return elapsed >= MAX (span, AH_CLOCK_FIRST_SPAN) && elapsed <= G_MAXINT64;
+}
+
 /* Takes a new anchor if the current one's span (or, before the first
  * rate, the first span) has passed, and returns CLOCK_MONOTONIC. */
 static gint64
 ah_clock_reanchor (void)
 {
-  guint64 base_tsc = atomic_load_explicit (&ah__clock.base_tsc, memory_order_relaxed);
-  gint64 base_ns = atomic_load_explicit (&ah__clock.base_ns, memory_order_relaxed);
-  guint64 mult = atomic_load_explicit (&ah__clock.mult, memory_order_relaxed);
-  guint64 span = atomic_load_explicit (&ah__clock.span, memory_order_relaxed);
-  guint64 tsc, elapsed, measured;
-  gint64 ns;
+  guint64 base_tsc, mult, tsc, elapsed, measured;
+  gint64 base_ns, ns;
 
-  tsc = __rdtsc ();
-  elapsed = tsc - base_tsc;
-  /* Not due, or this CPU's counter is behind the anchor (the
-   * difference wrapped). */
-  if (elapsed < MAX (span, AH_CLOCK_FIRST_SPAN) || elapsed > G_MAXINT64)
-    return ah__monotonic_ns ();
-  if (atomic_exchange_explicit (&ah_clock_anchoring, 1, memory_order_acquire) != 0)
+  if (!ah_clock_anchor_is_due (__rdtsc (), NULL)
+      || atomic_exchange_explicit (&ah_clock_anchoring, 1, memory_order_acquire) != 0)
     return ah__monotonic_ns ();
 
   /* Again, now that no other thread can write them: another one may have
    * taken an anchor since they were read (then none is due: a rate over
    * a short time is a poor one), and a pair of them read across its
    * writes would give a wrong rate. */
-  base_tsc = atomic_load_explicit (&ah__clock.base_tsc, memory_order_relaxed);
   base_ns = atomic_load_explicit (&ah__clock.base_ns, memory_order_relaxed);
   mult = atomic_load_explicit (&ah__clock.mult, memory_order_relaxed);
-  span = atomic_load_explicit (&ah__clock.span, memory_order_relaxed);
   ah_clock_read_pair (&tsc, &ns);
-  elapsed = tsc - base_tsc;
-  if (elapsed < MAX (span, AH_CLOCK_FIRST_SPAN) || elapsed > G_MAXINT64)
+  if (!ah_clock_anchor_is_due (tsc, &base_tsc))
     {
       atomic_store_explicit (&ah_clock_anchoring, 0, memory_order_release);
       return ns;
     }
+  elapsed = tsc - base_tsc;
   if (ns <= base_ns)
     {
       /* Cannot happen while both run; start over. */
