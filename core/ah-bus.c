@@ -3030,7 +3030,8 @@ ah_bus_timer_main (gpointer data)
       AhDeadline earliest;
       AhPendingRequest *request;
       AhAgentId requester;
-      char *subject;
+      const char *subject;
+      char *subject_copy;
 
       if (self->deadlines->len == 0)
         {
@@ -3067,11 +3068,12 @@ ah_bus_timer_main (gpointer data)
       request = ah_bus_request_find_locked (self, earliest.correlation, earliest.slot);
       if (request == NULL)
         continue;   /* replied to in time */
-      /* The subject is copied: the slot may be reused as soon as the
-       * lock is released. An interned one lives as long as the bus. */
-      subject = g_strdup (request->subject);
+      /* The slot may be reused as soon as the lock is released: its
+       * subject copy is taken over, and an interned subject lives as
+       * long as the bus. */
+      subject = request->subject;
       requester = request->requester;
-      g_free (ah_bus_request_free_slot_locked (self, earliest.slot));
+      subject_copy = ah_bus_request_free_slot_locked (self, earliest.slot);
       /* The TIMEOUT is accepted before the request stops pending, so the
        * bus never looks idle in between. */
       ah_bus_accept (self, 1);
@@ -3080,7 +3082,7 @@ ah_bus_timer_main (gpointer data)
       pthread_mutex_unlock (&self->requests_lock);
 
       ah_bus_send_timeout (self, earliest.correlation, requester, subject);
-      g_free (subject);
+      g_free (subject_copy);
 
       pthread_mutex_lock (&self->requests_lock);
     }
