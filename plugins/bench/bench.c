@@ -99,8 +99,8 @@ static const AhConfigKey bench_config_schema[] = {
 };
 
 /* The host's clock: the one it stamps messages with, and cheaper than
- * clock_gettime() where it reads the TSC; a round trip reads it three
- * times. */
+ * clock_gettime() where it reads the TSC; a round trip reads it twice
+ * (the request's stamp, the reply's batch), a sink once a batch. */
 static guint64
 bench_now_ns (void)
 {
