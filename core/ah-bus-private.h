@@ -37,6 +37,8 @@ typedef struct {
   /* Times a spinning worker gave its CPU to another worker waiting for
    * it (unpinned workers the scheduler put on one CPU). */
   guint64 cpu_handoffs;
+  /* Endpoints a worker out of work took from another's run queue. */
+  guint64 steals;
   gdouble latency_p50_us, latency_p95_us, latency_p99_us, latency_p999_us, latency_max_us;
   /* The longest any worker waited for its own lock (held by a publisher,
    * a pause...): how long the bus held a worker up. */

@@ -1,14 +1,20 @@
 /* The event bus: routing, mailboxes, workers, request/reply, counters.
  *
  * Threads. n_workers worker threads; each endpoint belongs to one worker
- * (round robin at creation), so one endpoint's handler never runs on two
- * threads at once. A worker's mutex guards its run queue and the
- * mailboxes of all its endpoints. Locks are pthread ones, not GMutex:
- * ThreadSanitizer cannot see GLib's futex mutex (STYLE.md, section 8).
+ * at a time (round robin at creation), so one endpoint's handler never
+ * runs on two threads at once. A worker's mutex guards its run queue and
+ * the mailboxes of all its endpoints. A worker that runs out of work
+ * takes a scheduled endpoint from the run queue of one that has several
+ * waiting (ah_worker_steal): the endpoint moves with its mailbox, under
+ * both workers' locks, so anyone holding the lock of an endpoint's
+ * worker knows it stays there (ah_endpoint_lock_worker). Locks are
+ * pthread ones, not GMutex: ThreadSanitizer cannot see GLib's futex
+ * mutex (STYLE.md, section 8).
  *
  * Lock order. route_lock (subjects, trie, subscriptions, groups, the id
- * table) is never held while a worker lock is taken, and no two worker
- * locks are ever held at once; requests_lock, idle_lock and
+ * table) is never held while a worker lock is taken, and two worker
+ * locks are held at once only by a stealing worker, lower index first;
+ * requests_lock, idle_lock and
  * dead_letter_lock are leaves. So the bus cannot deadlock on its own
  * locks. What it can do, like every system of bounded mailboxes, is
  * stall under AH_OVERFLOW_BLOCK when agents fill each other's mailboxes
@@ -118,6 +124,7 @@ typedef enum {
   AH_TALLY_REQUEST_TIMEOUTS,
   AH_TALLY_RETRIED,
   AH_TALLY_CPU_HANDOFFS,
+  AH_TALLY_STEALS,
   AH_TALLY_N_FIELDS
 } AhTallyField;
 
@@ -287,7 +294,9 @@ struct _AhEndpoint {
   AhAgentId       id;
   AhEndpointFunc  func;
   gpointer        user_data;
-  AhWorker       *worker;
+  /* Changed only with the locks of the old and the new worker held (a
+   * steal); read without them to know which lock to take. */
+  AhWorker *_Atomic worker;
   atomic_int      ref_count;
   /* Normal messages queued plus, under AH_OVERFLOW_FAIL, slots reserved
    * by routed messages not yet queued. Changed under the worker lock,
@@ -462,6 +471,10 @@ struct _AhBus {
   atomic_uint       n_held;          /* ah_bus_hold() calls not yet released */
 
   _Atomic gint64    in_flight;
+  /* Bumped by every steal before the endpoint changes worker, so that a
+   * delivery that read several endpoints' workers can tell whether one
+   * moved meanwhile (ah_bus_plan_runs). */
+  atomic_uint       steal_epoch;
   pthread_mutex_t   idle_lock;
   pthread_cond_t    idle_cond;
   AhBusIdleFunc     idle_func;       /* under idle_lock */
@@ -1362,11 +1375,39 @@ ah_worker_unlock_and_wake (AhWorker *worker,
     pthread_cond_signal (&worker->work_cond);
 }
 
+/* Locks the worker @endpoint belongs to, and returns it. An endpoint
+ * changes worker only with both workers' locks held, so once the lock of
+ * the worker it belongs to is held it stays there; a steal between
+ * reading its worker and taking that lock shows as a changed worker,
+ * and the lock is taken again. */
+static AhWorker *
+ah_endpoint_lock_worker (AhEndpoint *endpoint)
+{
+  AhWorker *worker = atomic_load_explicit (&endpoint->worker, memory_order_acquire);
+
+  for (;;)
+    {
+      AhWorker *now;
+
+      ah_worker_lock (worker);
+      now = atomic_load_explicit (&endpoint->worker, memory_order_relaxed);
+      if (now == worker)
+        return worker;
+      pthread_mutex_unlock (&worker->lock);
+      worker = now;
+    }
+}
+
 /* Consecutive envelopes to one endpoint: @n > 1 only when all of them
  * carry normal-priority messages, which can be queued in one step. */
 typedef struct {
   guint start;
   guint n;
+  /* The index of the worker its endpoint was on when planned, read once:
+   * a steal may move the endpoint meanwhile, and the counting sort must
+   * see the same worker in both its passes (a count that changed between
+   * them delivered one run twice and another never). */
+  guint worker;
 } AhRun;
 
 static inline gboolean
@@ -1411,21 +1452,25 @@ ah_bus_plan_runs (AhBus            *self,
   guint *starts;
   gboolean grouped = TRUE;
   guint last_worker = 0;
+  guint epoch = atomic_load_explicit (&self->steal_epoch, memory_order_acquire);
 
   for (guint i = 0; i < n_deliveries;)
     {
       AhEndpoint *to = envelopes[i].to;
       guint n = 1;
+      guint worker_index;
 
       if (ah_envelope_is_normal (&envelopes[i]))
         while (i + n < n_deliveries && envelopes[i + n].to == to
                && ah_envelope_is_normal (&envelopes[i + n]))
           n++;
-      if (n_runs > 0 && to->worker->index < last_worker)
+      worker_index = atomic_load_explicit (&to->worker, memory_order_relaxed)->index;
+      if (n_runs > 0 && worker_index < last_worker)
         grouped = FALSE;
-      last_worker = to->worker->index;
+      last_worker = worker_index;
       runs[n_runs].start = i;
       runs[n_runs].n = n;
+      runs[n_runs].worker = worker_index;
       n_runs++;
       i += n;
     }
@@ -1434,15 +1479,21 @@ ah_bus_plan_runs (AhBus            *self,
   plan->runs_on_heap = !small;
   if (grouped || n_workers == 1)
     return;
+  /* An endpoint stolen while the runs were read may show on two workers,
+   * and sorting its runs apart could reorder its messages. Such a plan
+   * stays unsorted: the same deliveries, only more lock changes. */
+  atomic_thread_fence (memory_order_acquire);
+  if (atomic_load_explicit (&self->steal_epoch, memory_order_relaxed) != epoch)
+    return;
 
   starts = g_new0 (guint, n_workers + 1);
   sorted = small ? plan->inline_runs + AH_RUNS_INLINE : g_new (AhRun, n_runs);
   for (guint r = 0; r < n_runs; r++)
-    starts[envelopes[runs[r].start].to->worker->index + 1]++;
+    starts[runs[r].worker + 1]++;
   for (guint w = 0; w < n_workers; w++)
     starts[w + 1] += starts[w];
   for (guint r = 0; r < n_runs; r++)
-    sorted[starts[envelopes[runs[r].start].to->worker->index]++] = runs[r];
+    sorted[starts[runs[r].worker]++] = runs[r];
   g_free (starts);
   if (!small)
     g_free (runs);
@@ -1555,7 +1606,9 @@ ah_bus_deliver_full (AhBus           *self,
           continue;
         }
 
-      if (to->worker != locked)
+      /* Checked again once locked: a worker stealing @to needs the lock
+       * of the one it takes it from. */
+      while (to->worker != locked)
         {
           if (locked != NULL)
             ah_worker_unlock_and_wake (locked, wake);
@@ -1684,11 +1737,10 @@ ah_bus_deliver (AhBus           *self,
 static void
 ah_endpoint_wake_blocked (AhEndpoint *sender)
 {
-  AhWorker *worker = sender->worker;
+  AhWorker *worker = ah_endpoint_lock_worker (sender);
   gboolean reference_kept = FALSE;
   gboolean signal = FALSE;
 
-  pthread_mutex_lock (&worker->lock);
   if (!sender->closing && !worker->drained)
     {
       if (sender->state == AH_ENDPOINT_BLOCKED && sender->paused)
@@ -1735,14 +1787,13 @@ ah_endpoint_drain (AhEndpoint         *endpoint,
                    AhDeadLetterReason  reason,
                    gboolean            wake_senders)
 {
-  AhWorker *worker = endpoint->worker;
   AhBus *self = endpoint->worker->bus;
   /* Made only if there is anything to steal: most endpoints close empty. */
   g_autoptr(GPtrArray) queued = NULL;
   GArray *deferred;
   GPtrArray *blocked;
+  AhWorker *worker = ah_endpoint_lock_worker (endpoint);
 
-  pthread_mutex_lock (&worker->lock);
   if (mark_closing)
     {
       endpoint->closing = TRUE;
@@ -1970,8 +2021,7 @@ ah_bus_endpoint_close_if_idle (AhBus      *self,
   g_return_val_if_fail (ah_bus_current_call == NULL || ah_bus_current_call->endpoint != endpoint,
                         FALSE);
 
-  worker = endpoint->worker;
-  pthread_mutex_lock (&worker->lock);
+  worker = ah_endpoint_lock_worker (endpoint);
   /* Every message routed to it and not yet queued holds a reference:
    * with only its creator's left, nothing is on its way. A scheduled or
    * running endpoint holds its run queue's. */
@@ -2012,11 +2062,10 @@ ah_bus_endpoint_pause (AhBus      *self,
   g_return_if_fail (endpoint->worker->bus == self);
   g_return_if_fail (ah_bus_worker_for_thread (self) == NULL);
 
-  worker = endpoint->worker;
   /* A close from another thread may drop every other reference while
    * this waits. */
   ah_endpoint_ref (endpoint);
-  pthread_mutex_lock (&worker->lock);
+  worker = ah_endpoint_lock_worker (endpoint);
   /* A scheduled endpoint stays on its run queue (the queue is singly
    * linked: taking it out of the middle would cost a walk, under the
    * worker's lock, per endpoint of a type being reloaded); the worker
@@ -2043,8 +2092,7 @@ ah_bus_endpoint_resume (AhBus      *self,
   g_return_if_fail (endpoint != NULL);
   g_return_if_fail (endpoint->worker->bus == self);
 
-  worker = endpoint->worker;
-  pthread_mutex_lock (&worker->lock);
+  worker = ah_endpoint_lock_worker (endpoint);
   if (endpoint->paused)
     {
       endpoint->paused = FALSE;
@@ -4365,6 +4413,74 @@ ah_worker_run (AhWorker   *worker,
     }
 }
 
+/* Whether @endpoint, scheduled on its worker's run queue, may move to
+ * another worker: nobody waits on its worker's conditions for it (a
+ * closer, a pauser, a publisher waiting for room, senders blocked on its
+ * mailbox) and it has nothing of its own waiting to be queued. Both
+ * workers' locks held. */
+static gboolean
+ah_endpoint_can_move (const AhEndpoint *endpoint)
+{
+  return endpoint->state == AH_ENDPOINT_SCHEDULED && !endpoint->closing && !endpoint->paused
+         && endpoint->room_waiters == 0 && endpoint->blocked_senders == NULL
+         && (endpoint->deferred == NULL || endpoint->deferred->len == 0);
+}
+
+/* A worker out of work takes the second endpoint of another worker's run
+ * queue (the first is that worker's next turn), mailbox and all, and
+ * runs it itself from then on. Endpoints are given to workers round
+ * robin when they are made, and one worker can end up with the heavy
+ * ones: in bench fanout the publisher's worker was busy all the time
+ * while the other idled a fifth of it. Taking work only when idle, and
+ * only from a queue that holds more than the victim's next turn, moves
+ * an endpoint towards the worker with time to spare, and never back and
+ * forth between busy ones. Only the second entry is looked at, so a
+ * steal costs the same with ten thousand endpoints queued. Called
+ * without locks; TRUE if the thief's run queue got an endpoint. */
+static gboolean
+ah_worker_steal (AhWorker *thief)
+{
+  AhBus *self = thief->bus;
+  guint n_workers = self->config.n_workers;
+
+  for (guint k = 1; k < n_workers; k++)
+    {
+      AhWorker *victim = self->workers[(thief->index + k) % n_workers];
+      AhWorker *first = thief->index < victim->index ? thief : victim;
+      AhWorker *second = first == thief ? victim : thief;
+      AhEndpoint *taken = NULL;
+
+      if (atomic_load_explicit (&victim->n_scheduled, memory_order_relaxed) < 2)
+        continue;
+      ah_worker_lock (first);
+      ah_worker_lock (second);
+      if (!thief->stopping && !thief->drained && !victim->stopping && !victim->drained
+          && thief->run_head == NULL && victim->run_head != NULL
+          && victim->run_head->run_next != NULL
+          && ah_endpoint_can_move (victim->run_head->run_next))
+        {
+          taken = victim->run_head->run_next;
+          victim->run_head->run_next = taken->run_next;
+          if (victim->run_tail == taken)
+            victim->run_tail = victim->run_head;
+          atomic_fetch_sub_explicit (&victim->n_scheduled, 1, memory_order_relaxed);
+          /* Its run queue reference moves with it. The epoch goes first:
+           * whoever reads the new worker then reads the new epoch. */
+          atomic_fetch_add_explicit (&self->steal_epoch, 1, memory_order_seq_cst);
+          atomic_store_explicit (&taken->worker, thief, memory_order_release);
+          ah_worker_push_locked (thief, taken);
+        }
+      pthread_mutex_unlock (&second->lock);
+      pthread_mutex_unlock (&first->lock);
+      if (taken != NULL)
+        {
+          ah_bus_tally_add (self, AH_TALLY_STEALS, 1);
+          return TRUE;
+        }
+    }
+  return FALSE;
+}
+
 /* Before parking, a worker out of work watches its run queue for a
  * short while: under steady load the next message comes within
  * microseconds, and seeing it here costs a cache miss where a sleep
@@ -4423,6 +4539,10 @@ ah_worker_spin (AhWorker *worker)
           cpu = sched_getcpu ();
         }
       if ((i & 63) == 0 && ah__monotonic_ns () >= until)
+        return;
+      /* Work waiting on another worker's run queue behind its next turn
+       * is taken over (ah_worker_steal) rather than waited out. */
+      if ((i & 15) == 1 && ah_worker_steal (worker))
         return;
       /* See above: a worker this one woke from its sleep may be queued
        * on this CPU. One yield hands it the CPU if so, and returns at
@@ -4983,6 +5103,7 @@ ah_bus_get_counters (AhBus         *self,
   ret_counters->request_timeouts = sums[AH_TALLY_REQUEST_TIMEOUTS];
   ret_counters->retried = sums[AH_TALLY_RETRIED];
   ret_counters->cpu_handoffs = sums[AH_TALLY_CPU_HANDOFFS];
+  ret_counters->steals = sums[AH_TALLY_STEALS];
   ret_counters->n_pinned = 0;
   for (guint w = 0; w < self->config.n_workers; w++)
     ret_counters->n_pinned += atomic_load (&self->workers[w]->pinned_now) ? 1 : 0;

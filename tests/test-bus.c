@@ -3403,6 +3403,129 @@ test_workers_share_cpu (Fixture       *fixture,
   g_assert_cmpuint (counters.cpu_handoffs, >, 0);
 }
 
+/* ---- Work stealing ------------------------------------------------------- */
+
+#define STEAL_N_BUSY 8
+
+/* An endpoint whose handler takes a while, so its worker's run queue
+ * stays long. Its fields are touched only by its handler, one call at a
+ * time (in_handler checks that), whichever worker runs it. */
+typedef struct {
+  AhEndpoint  *endpoint;
+  AhAgentId    tick_to;
+  atomic_int   in_handler;
+  atomic_uint  workers_seen;    /* a bit per worker its handler ran on */
+  guint64      next_sequence;
+  guint        n_received;
+  gboolean     overlapped;
+  gboolean     out_of_order;
+} Busy;
+
+static gboolean
+busy_handle (AhBusCall               *call,
+             const AhMessage * const *messages,
+             guint                    n_messages,
+             gpointer                 user_data,
+             GError                 **error)
+{
+  Busy *busy = user_data;
+  gint64 until = g_get_monotonic_time () + 20;
+
+  if (atomic_exchange (&busy->in_handler, 1) != 0)
+    busy->overlapped = TRUE;
+  atomic_fetch_or (&busy->workers_seen, 1u << ah_bus_call_get_worker (call));
+  for (guint i = 0; i < n_messages; i++)
+    {
+      gsize size;
+      const guint64 *sequence = ah_message_get_data (messages[i], &size);
+
+      g_assert_cmpuint (size, ==, sizeof *sequence);
+      if (*sequence != busy->next_sequence)
+        busy->out_of_order = TRUE;
+      busy->next_sequence = *sequence + 1;
+      busy->n_received++;
+    }
+  while (g_get_monotonic_time () < until)
+    ;
+  /* Keeps the other worker coming back to spin, which is when it looks
+   * for work to take. */
+  g_assert_true (ah_bus_call_send (call, busy->tick_to, "tick", NULL, 0));
+  atomic_store (&busy->in_handler, 0);
+  return TRUE;
+}
+
+static gboolean
+tick_handle (AhBusCall               *call,
+             const AhMessage * const *messages,
+             guint                    n_messages,
+             gpointer                 user_data,
+             GError                 **error)
+{
+  return TRUE;
+}
+
+static const AhBusConfig config_steal_roomy = {
+  .n_workers = 2, .mailbox_capacity = 100000, .overflow = AH_OVERFLOW_FAIL };
+static const AhBusConfig config_steal_block = {
+  .n_workers = 2, .mailbox_capacity = 8, .handler_batch = 4, .overflow = AH_OVERFLOW_BLOCK };
+
+static void
+test_steal_under_load (Fixture       *fixture,
+                       gconstpointer  user_data)
+{
+  const guint64 n_messages = 3000;
+  Busy busy[STEAL_N_BUSY] = { 0 };
+  AhBusGroup *group = ah_bus_group_new (fixture->bus, "load", AH_DELIVERY_BROADCAST);
+  g_autoptr(GPtrArray) ticks = g_ptr_array_new ();
+  g_autoptr(GError) error = NULL;
+  AhBusCounters counters;
+  guint n_moved = 0;
+
+  g_test_summary ("A worker out of work takes endpoints waiting on the other's run queue: "
+                  "each still runs on one worker at a time, gets every message, in order, "
+                  "and the account balances");
+
+  /* Endpoints go to workers round robin: every busy endpoint starts on
+   * worker 0, every tick endpoint on worker 1. */
+  for (guint i = 0; i < STEAL_N_BUSY; i++)
+    {
+      busy[i].endpoint = ah_bus_endpoint_new (fixture->bus, busy_handle, &busy[i]);
+      g_ptr_array_add (ticks, ah_bus_endpoint_new (fixture->bus, tick_handle, NULL));
+      busy[i].tick_to = ah_endpoint_get_id (g_ptr_array_index (ticks, 0));
+      ah_bus_group_add (group, busy[i].endpoint);
+    }
+  g_assert_cmpuint (ah_bus_subscribe (fixture->bus, "load", group, &error), >, 0);
+  g_assert_no_error (error);
+  ah_bus_start (fixture->bus);
+
+  for (guint64 sequence = 0; sequence < n_messages; sequence++)
+    {
+      g_assert_true (ah_bus_publish (fixture->bus, AH_AGENT_ID_NONE, "load", &sequence,
+                                     sizeof sequence, AH_PRIORITY_NORMAL, &error));
+      g_assert_no_error (error);
+    }
+  fixture_wait_idle (fixture);
+
+  for (guint i = 0; i < STEAL_N_BUSY; i++)
+    {
+      g_assert_cmpuint (busy[i].n_received, ==, n_messages);
+      g_assert_false (busy[i].out_of_order);
+      g_assert_false (busy[i].overlapped);
+      if (atomic_load (&busy[i].workers_seen) == 0x3)
+        n_moved++;
+    }
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.steals, >, 0);
+  g_assert_cmpuint (n_moved, >, 0);
+  g_assert_cmpuint (counters.delivered, >=, STEAL_N_BUSY * n_messages);
+
+  for (guint i = 0; i < STEAL_N_BUSY; i++)
+    {
+      ah_bus_endpoint_close (fixture->bus, busy[i].endpoint);
+      ah_bus_endpoint_close (fixture->bus, g_ptr_array_index (ticks, i));
+    }
+}
+
 /* ---- Pinning -------------------------------------------------------------- */
 
 static void
@@ -4021,6 +4144,8 @@ main (int    argc,
   BUS_TEST ("/bus/lane/grow-by-run", &config_two_batch_of_four, test_lane_grow_by_run);
   BUS_TEST ("/bus/route/queue-off-publisher", &config_publish_64, test_route_queue_off_publisher);
   BUS_TEST ("/bus/worker/share-cpu", &config_two_workers, test_workers_share_cpu);
+  BUS_TEST ("/bus/worker/steal", &config_steal_roomy, test_steal_under_load);
+  BUS_TEST ("/bus/worker/steal-backpressure", &config_steal_block, test_steal_under_load);
   BUS_TEST ("/bus/endpoint/select", &config_two_workers, test_endpoint_select);
   BUS_TEST ("/bus/subject/interned", &config_block_two_workers, test_subject_interned);
   g_test_add_func ("/bus/subject/intern-cache", test_subject_intern_cache);
