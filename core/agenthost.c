@@ -1816,6 +1816,7 @@ typedef struct {
   guint64  tail_missing;
   GArray  *streams;        /* BenchStreamReport, summed over sinks */
   guint64  thread_ids[BENCH_ROLE_IDLE + 1];
+  guint64  moves[BENCH_ROLE_IDLE + 1];
   guint64  hists[BENCH_N_HISTS][BENCH_HIST_BUCKETS];
 } BenchCollector;
 
@@ -1837,6 +1838,18 @@ bench_result_new (const char *scenario)
   result->extra_json = g_string_new (NULL);
   result->extra_text = g_string_new (NULL);
   return result;
+}
+
+/* How many agents the bus moved between workers during the scenario:
+ * what a figure owes to the workers sharing out the agents. */
+static void
+bench_result_add_steals (BenchResult *result,
+                         AhHost      *host)
+{
+  AhHostStats stats;
+
+  ah_host_get_stats (host, &stats);
+  g_string_append_printf (result->extra_json, ", \"steals\": %" G_GUINT64_FORMAT, stats.steals);
 }
 
 static void
@@ -1899,6 +1912,7 @@ bench_collector_on_report (const AhMessage *message,
   collector->state_size = report.state_size;
   if (report.thread_id != 0)
     collector->thread_ids[report.role] = report.thread_id;
+  collector->moves[report.role] += report.moves;
   for (guint h = 0; h < report.n_hists; h++)
     for (guint b = 0; b < BENCH_HIST_BUCKETS; b++)
       {
@@ -2169,6 +2183,7 @@ bench_run_flow (const BenchOptions *options,
   g_string_append_printf (result->extra_text, "%u pub -> %u sink%s (%s)",
                           n_publishers, n_sinks, n_sinks > 1 ? "s" : "",
                           broadcast ? "broadcast" : "queue");
+  bench_result_add_steals (result, host);
 
 out:
   g_clear_pointer (&host, ah_host_free);
@@ -2288,20 +2303,27 @@ bench_run_rtt_case (const BenchOptions *options,
   result->lost = collector.failures + collector.anomalies + collector.gaps
     + (rounds - MIN (rounds, collector.completed));
   bench_result_set_percentiles (result, collector.hists[BENCH_HIST_LATENCY]);
+  bench_result_add_steals (result, host);
   {
+    /* Where the two agents ran last, and how often either moved (a
+     * worker out of work may take one over): a pair that moved onto one
+     * worker says so. */
     gboolean same = collector.thread_ids[BENCH_ROLE_REQUESTER]
       == collector.thread_ids[BENCH_ROLE_RESPONDER];
+    guint64 moves = collector.moves[BENCH_ROLE_REQUESTER] + collector.moves[BENCH_ROLE_RESPONDER];
 
     g_string_append_printf (result->extra_json,
                             ", \"round_trips\": %" G_GUINT64_FORMAT ", \"workers\": %d"
-                            ", \"same_thread\": %s, \"load\": %s, \"from_idle\": %s",
-                            collector.completed, workers, same ? "true" : "false",
+                            ", \"same_thread\": %s, \"moves\": %" G_GUINT64_FORMAT
+                            ", \"load\": %s, \"from_idle\": %s",
+                            collector.completed, workers, same ? "true" : "false", moves,
                             load ? "true" : "false", idle ? "true" : "false");
     if (load)
       g_string_append_printf (result->extra_json, ", \"load_messages\": %" G_GUINT64_FORMAT,
                               collector.handled - collector.completed - collector.failures);
-    g_string_append_printf (result->extra_text, "%s thread%s%s", same ? "same" : "two",
-                            same ? "" : "s", load ? ", under load" : idle ? ", from idle" : "");
+    g_string_append_printf (result->extra_text, "%s thread%s%s%s", same ? "same" : "two",
+                            same ? "" : "s", moves > 0 ? " (moved)" : "",
+                            load ? ", under load" : idle ? ", from idle" : "");
   }
 
 out:
@@ -3037,6 +3059,7 @@ bench_run_stage3_case (const BenchOptions    *options,
   bench_result_set_percentiles (result, collector.hists[BENCH_HIST_LATENCY]);
   success = 100.0 * (gdouble) (MIN (messages, collector.completed) + MIN (tasks, collector.tasks_ok))
     / (gdouble) (messages + tasks);
+  bench_result_add_steals (result, host);
   {
     gdouble spawn_p95 = bench_hist_percentile_us (spawn_hist, 0.95);
     gdouble task_p95 = bench_hist_percentile_us (collector.hists[BENCH_HIST_TASK], 0.95);

@@ -852,6 +852,7 @@ ah_host_get_stats (AhHost      *self,
   ret_stats->latency_max_us = counters.latency_max_us;
   ret_stats->latency_p999_us = counters.latency_p999_us;
   ret_stats->worker_stall_max_us = counters.worker_stall_max_us;
+  ret_stats->steals = counters.steals;
   ret_stats->n_workers = counters.n_workers;
   ret_stats->n_types = self->n_pools;
   ret_stats->prewarm_ms = self->prewarm_ms;
@@ -1040,6 +1041,7 @@ ah_host_format_summary_json (AhHost *self)
   json_append_double (out, stats.latency_max_us);
   g_string_append (out, "},\n  \"worker_stall_max_us\": ");
   json_append_double (out, stats.worker_stall_max_us);
+  g_string_append_printf (out, ",\n  \"steals\": %" G_GUINT64_FORMAT, stats.steals);
   g_string_append (out, ",\n  \"reloads\": {\"done\": ");
   g_string_append_printf (out, "%u, \"failed\": %u", stats.reloads, stats.reload_failures);
   g_string_append_printf (out, "},\n  \"requests\": {\"total\": %" G_GUINT64_FORMAT

@@ -100,8 +100,11 @@ typedef struct {
    * thread (a publisher, a reload pausing an agent): how long the bus
    * held a worker up. */
   gdouble worker_stall_max_us;
+  /* Agents a bus worker out of work took over from a busier one, to run
+   * from then on. */
+  guint64 steals;
   /*< private >*/
-  guint64 reserved[6];
+  guint64 reserved[5];
 } AhHostStats;
 
 typedef struct {

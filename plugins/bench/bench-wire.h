@@ -88,7 +88,7 @@ typedef struct {
   guint32 n_streams;
   guint32 state_size; /* sizeof the plugin's agent state */
   guint32 n_hists;    /* 0 (nothing recorded) or BENCH_N_HISTS */
-  guint32 reserved;
+  guint32 moves;      /* handler calls on another thread than the call before */
 } BenchReport;
 
 typedef enum {

@@ -29,8 +29,7 @@
 #include "bench-wire.h"
 
 #include <string.h>
-#include <sys/syscall.h>
-#include <unistd.h>
+#include <pthread.h>
 
 #define BENCH_TASK_TIMEOUT_MS 10000
 
@@ -60,6 +59,7 @@ typedef struct {
    * same latency (one publisher batch, one handler batch) */
   guint64      run_ns;
   guint32      run_count;
+  guint32      moves;         /* batches run on another thread than the one before */
   BenchStream *streams;
   guint        n_streams;
   GHashTable  *senders;       /* peer: sender id -> one past its last seq */
@@ -532,6 +532,16 @@ bench_peer_reply (BenchState      *self,
   self->tasks_ok++;
 }
 
+/* Which thread runs the caller: pthread_self() reads the thread pointer,
+ * no system call. (Not a cached gettid() in thread-local storage: a
+ * plugin using TLS cannot be unloaded cleanly, and `agenthost lint`
+ * says so.) */
+static inline guint64
+bench_thread_id (void)
+{
+  return (guint64) pthread_self ();
+}
+
 static gboolean
 bench_report (AhContext  *ctx,
               BenchState *self)
@@ -545,6 +555,7 @@ bench_report (AhContext  *ctx,
     .magic = BENCH_REPORT_MAGIC,
     .role = self->role,
     .thread_id = self->thread_id,
+    .moves = self->moves,
     .handled = self->handled,
     .anomalies = self->anomalies,
     .gaps = self->gaps,
@@ -678,10 +689,16 @@ bench_handle_batch (AhContext               *ctx,
   guint64 now_ns = self->role == BENCH_ROLE_SINK || self->role == BENCH_ROLE_REQUESTER
                    || self->role == BENCH_ROLE_PEER ? bench_now_ns () : 0;
 
-  /* An agent stays on one worker thread, so one system call per agent
-   * says which; one per batch would cost more than the batch. */
-  if (self->thread_id == 0)
-    self->thread_id = (guint64) syscall (SYS_gettid);
+  guint64 thread_id = bench_thread_id ();
+
+  /* Workers share out agents (work stealing): each batch says where it
+   * ran, so the rtt cases can tell whether their two agents stayed apart. */
+  if (G_UNLIKELY (self->thread_id != thread_id))
+    {
+      if (self->thread_id != 0)
+        self->moves++;
+      self->thread_id = thread_id;
+    }
   if (G_UNLIKELY (self->on_collect == NULL))
     bench_intern_control (ctx, self);
   for (guint i = 0; i < n_messages; i++)
