@@ -157,6 +157,8 @@ typedef struct _AhWorker AhWorker;
  * applies them in one step, when the slot is needed for another message
  * or before the worker runs out of work. */
 #define AH_WORKER_UNREF_SLOTS 64
+/* Correlation ids a worker takes from the bus at a time. */
+#define AH_WORKER_CORRELATION_BLOCK 256
 
 typedef struct {
   AhMessage *message;
@@ -421,6 +423,8 @@ struct _AhWorker {
   AhMessage     **batch;        /* handler_batch slots */
   AhEndpoint    **retry_to;     /* handler_batch slots: ah_bus_call_retry's choices */
   AhPendingUnref  unrefs[AH_WORKER_UNREF_SLOTS];
+  guint64         correlation_next;  /* the ids of its block not handed out yet */
+  guint64         correlation_end;
   /* Written by the worker thread only, read by anyone. */
   AhTally         tally;
   /* Messages this worker settled and has not yet taken off the bus's
@@ -2445,7 +2449,13 @@ ah_targets_pick_unlocked (const AhTargets *targets,
 
       if (n_members == 0)
         continue;
-      if (group->delivery == AH_DELIVERY_QUEUE)
+      /* A group of one (a pool of one responder, a direct subscription)
+       * needs no turn: no shared counter to step, no division. */
+      if (n_members == 1)
+        {
+          ah_recipients_add (recipients, ah_endpoint_ref (g_ptr_array_index (group->members, 0)));
+        }
+      else if (group->delivery == AH_DELIVERY_QUEUE)
         {
           guint turn = atomic_fetch_add_explicit (&group->next_member, 1, memory_order_relaxed);
 
@@ -5197,10 +5207,28 @@ ah_bus_release (AhBus *self)
 guint64
 ah_bus_new_correlation (AhBus *self)
 {
+  AhWorker *worker;
   guint64 correlation;
 
   g_return_val_if_fail (self != NULL, 0);
 
+  worker = ah_bus_worker_for_thread (self);
+  if (worker != NULL)
+    {
+      /* A worker takes ids in blocks: the bus's counter is a word every
+       * requester writes, and between workers on two cores each step
+       * moved its cache line. Ids stay unique, not in order across
+       * workers. */
+      if (worker->correlation_next == worker->correlation_end)
+        {
+          worker->correlation_next = atomic_fetch_add (&self->next_correlation,
+                                                       AH_WORKER_CORRELATION_BLOCK);
+          worker->correlation_end = worker->correlation_next + AH_WORKER_CORRELATION_BLOCK;
+        }
+      correlation = worker->correlation_next++;
+      if (G_LIKELY (correlation != 0))
+        return correlation;
+    }
   /* 0 means "no correlation"; skipping it matters only after 2^64 ids. */
   do
     correlation = atomic_fetch_add (&self->next_correlation, 1);

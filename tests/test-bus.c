@@ -830,6 +830,7 @@ test_route_observer (Fixture       *fixture,
 }
 
 static const AhBusConfig config_roomy = { .n_workers = 1, .mailbox_capacity = 100000 };
+static const AhBusConfig config_roomy_two = { .n_workers = 2, .mailbox_capacity = 100000 };
 
 typedef struct {
   guint n_received;
@@ -2392,6 +2393,71 @@ test_correlation_unique (Fixture       *fixture,
   g_assert_cmpuint (plan.correlation, >, before);
   g_assert_cmpuint (plan.correlation, <, after);
   g_assert_false (g_hash_table_contains (seen, &plan.correlation));
+}
+
+/* Correlation ids seen by the test and its requesters: under the
+ * fixture lock. */
+typedef struct {
+  GHashTable *seen;
+  gboolean    duplicate;
+  gboolean    zero;
+} CorrelationLog;
+
+static void
+correlation_log_add (Fixture        *fixture,
+                     CorrelationLog *log,
+                     guint64         correlation)
+{
+  pthread_mutex_lock (&fixture->lock);
+  if (correlation == 0)
+    log->zero = TRUE;
+  else if (!g_hash_table_add (log->seen, g_memdup2 (&correlation, sizeof correlation)))
+    log->duplicate = TRUE;
+  pthread_mutex_unlock (&fixture->lock);
+}
+
+static gboolean
+step_request_logged (Agent           *agent,
+                     AhBusCall       *call,
+                     const AhMessage *message)
+{
+  if (ah_message_get_kind (message) == AH_MESSAGE_DIRECT)
+    correlation_log_add (agent->fixture, agent->data,
+                         ah_bus_call_request (call, "svc.echo", "question", 8, 60000));
+  return TRUE;
+}
+
+static void
+test_request_correlation_unique (Fixture       *fixture,
+                                 gconstpointer  user_data)
+{
+  const guint n_requesters = 4, n_each = 600;
+  RequestPlan plan = { .timeout_ms = 60000, .n_replies = 1 };
+  CorrelationLog log = { g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, NULL) };
+  guint n_external = 0;
+
+  g_test_summary ("Correlation ids stay unique and non-zero when workers take them in "
+                  "blocks while other threads take them one by one");
+
+  for (guint i = 0; i < n_requesters; i++)
+    fixture_add_agent (fixture, step_request_logged, &log);
+  fixture_add_subscriber (fixture, "svc.echo", step_responder, &plan);
+  ah_bus_start (fixture->bus);
+  for (guint n = 0; n < n_each; n++)
+    {
+      for (guint i = 0; i < n_requesters; i++)
+        send_to (fixture, ((Agent *) g_ptr_array_index (fixture->agents, i))->id, "go", "");
+      correlation_log_add (fixture, &log, ah_bus_new_correlation (fixture->bus));
+      n_external++;
+    }
+  fixture_wait_idle (fixture);
+
+  g_assert_false (log.zero);
+  g_assert_false (log.duplicate);
+  g_assert_cmpuint (g_hash_table_size (log.seen), ==, n_requesters * n_each + n_external);
+  g_assert_cmpuint (count_received (fixture, ((Agent *) g_ptr_array_index (fixture->agents, 0))->id,
+                                    AH_MESSAGE_REPLY), ==, n_each);
+  g_hash_table_unref (log.seen);
 }
 
 static void
@@ -4163,6 +4229,7 @@ main (int    argc,
   BUS_TEST ("/bus/request/timeout", &config_two_workers, test_request_timeout);
   BUS_TEST ("/bus/request/pending", &config_two_workers, test_request_pending_blocks_idle);
   BUS_TEST ("/bus/request/no-responders", &config_one_worker, test_request_no_responders);
+  BUS_TEST ("/bus/request/correlation-unique", &config_roomy_two, test_request_correlation_unique);
   BUS_TEST ("/bus/request/interned", &config_one_worker, test_request_interned);
   BUS_TEST ("/bus/request/slot-reused", &config_one_worker, test_request_slot_reused);
   BUS_TEST ("/bus/request/late-reply", &config_two_workers, test_request_late_reply);
