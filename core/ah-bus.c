@@ -5,22 +5,23 @@
  * runs on two threads at once. A worker's mutex guards its run queue and
  * the mailboxes of all its endpoints. A worker that runs out of work
  * takes a scheduled endpoint from the run queue of one that has several
- * waiting (ah_worker_steal): the endpoint moves with its mailbox, under
- * both workers' locks, so anyone holding the lock of an endpoint's
- * worker knows it stays there (ah_endpoint_lock_worker). Locks are
- * pthread ones, not GMutex: ThreadSanitizer cannot see GLib's futex
- * mutex (STYLE.md, section 8).
+ * waiting (ah_worker_steal), and a parked worker is woken to do so when
+ * a run queue gets a second endpoint (ah_worker_push_locked). The
+ * endpoint moves with its mailbox, under both workers' locks, so anyone
+ * holding the lock of an endpoint's worker knows it stays there
+ * (ah_endpoint_lock_worker). Locks are pthread ones, not GMutex:
+ * ThreadSanitizer cannot see GLib's futex mutex (STYLE.md, section 8).
  *
  * Lock order. route_lock (subjects, trie, subscriptions, groups, the id
  * table) is never held while a worker lock is taken, and two worker
  * locks are held at once only by a stealing worker, lower index first;
- * requests_lock, idle_lock and
- * dead_letter_lock are leaves. So the bus cannot deadlock on its own
- * locks. What it can do, like every system of bounded mailboxes, is
- * stall under AH_OVERFLOW_BLOCK when agents fill each other's mailboxes
- * in a cycle: A waits for room at B while B waits for room at A, and
- * neither handler runs again. The one cycle the bus breaks itself is an
- * endpoint sending to its own full mailbox (see ah_endpoint_enqueue_locked).
+ * requests_lock, idle_lock and dead_letter_lock are leaves. So the bus
+ * cannot deadlock on its own locks. What it can do, like every system of
+ * bounded mailboxes, is stall under AH_OVERFLOW_BLOCK when agents fill
+ * each other's mailboxes in a cycle: A waits for room at B while B
+ * waits for room at A, and neither handler runs again. The one cycle the
+ * bus breaks itself is an endpoint sending to its own full mailbox (see
+ * ah_endpoint_enqueue_locked).
  *
  * Endpoint life. An endpoint is refcounted: its creator holds one
  * reference (dropped by ah_bus_endpoint_close or ah_bus_free), a run
@@ -414,6 +415,7 @@ struct _AhWorker {
   gboolean        stopping;     /* under @lock */
   gboolean        pinned;       /* its thread runs on one CPU of its own */
   gboolean        parked;       /* under @lock: asleep on work_cond */
+  atomic_bool     parked_hint;  /* @parked, for other workers to read without @lock */
   int             cpu;          /* which, when pinned */
   atomic_bool     pinned_now;   /* @pinned, once its thread knows: for readers */
   gboolean        drained;      /* under @lock: the bus stopped, nothing more is queued */
@@ -479,6 +481,7 @@ struct _AhBus {
   atomic_uint       n_pending;
   atomic_uint       n_held;          /* ah_bus_hold() calls not yet released */
 
+  atomic_uint       n_parked;        /* workers asleep on their work_cond */
   _Atomic gint64    in_flight;
   /* Bumped by every steal before the endpoint changes worker, so that a
    * delivery that read several endpoints' workers can tell whether one
@@ -1190,6 +1193,8 @@ ah_endpoint_get_user_data (AhEndpoint *endpoint)
   return endpoint->user_data;
 }
 
+static void ah_bus_wake_thief (AhBus *self, AhWorker *busy);
+
 static void
 ah_worker_push_locked (AhWorker   *worker,
                        AhEndpoint *endpoint)
@@ -1200,7 +1205,15 @@ ah_worker_push_locked (AhWorker   *worker,
   else
     worker->run_head = endpoint;
   worker->run_tail = endpoint;
-  atomic_fetch_add_explicit (&worker->n_scheduled, 1, memory_order_release);
+  /* A second endpoint waiting while another worker sleeps: wake that
+   * one, so it can take one over (ah_worker_steal). Only when the queue
+   * reaches two, so a worker with a long queue wakes nobody per push. A
+   * worker that only spins finds such work by itself; one that parked
+   * would otherwise never see it, and two busy agents given to one
+   * worker would share one CPU while the other slept. */
+  if (atomic_fetch_add_explicit (&worker->n_scheduled, 1, memory_order_release) == 1
+      && atomic_load_explicit (&worker->bus->n_parked, memory_order_relaxed) > 0)
+    ah_bus_wake_thief (worker->bus, worker);
 }
 
 static AhEndpoint *
@@ -4461,6 +4474,27 @@ ah_worker_run (AhWorker   *worker,
     }
 }
 
+/* Wakes one parked worker other than @busy: it then spins, and takes
+ * work from @busy's run queue if there still is some to take. A hint:
+ * the parked flag is read without that worker's lock, and a wake-up it
+ * misses costs a steal that does not happen, nothing else. Called with
+ * @busy's lock held; the other worker's lock is not taken. */
+static void
+ah_bus_wake_thief (AhBus    *self,
+                   AhWorker *busy)
+{
+  for (guint k = 1; k < self->config.n_workers; k++)
+    {
+      AhWorker *other = self->workers[(busy->index + k) % self->config.n_workers];
+
+      if (atomic_load_explicit (&other->parked_hint, memory_order_relaxed))
+        {
+          pthread_cond_signal (&other->work_cond);
+          return;
+        }
+    }
+}
+
 /* Whether @endpoint, scheduled on its worker's run queue, may move to
  * another worker: nobody waits on its worker's conditions for it (a
  * closer, a pauser, a publisher waiting for room, senders blocked on its
@@ -4641,12 +4675,21 @@ ah_worker_main (gpointer data)
           ah_worker_spin (worker);
           ah_worker_lock_self (worker);
         }
-      while (worker->run_head == NULL && !worker->stopping)
+      if (worker->run_head == NULL && !worker->stopping)
         {
           worker->parked = TRUE;
           atomic_store_explicit (&worker->cpu_now, -1, memory_order_relaxed);
+          atomic_store_explicit (&worker->parked_hint, TRUE, memory_order_relaxed);
+          atomic_fetch_add (&worker->bus->n_parked, 1);
           pthread_cond_wait (&worker->work_cond, &worker->lock);
+          atomic_fetch_sub (&worker->bus->n_parked, 1);
+          atomic_store_explicit (&worker->parked_hint, FALSE, memory_order_relaxed);
           worker->parked = FALSE;
+          /* Woken with nothing of its own to run: another worker has
+           * more waiting than it can run (ah_worker_push_locked), or a
+           * spurious wake-up. Either way it spins again, which is when
+           * it looks for work to take, before it parks. */
+          continue;
         }
       if (worker->stopping)
         break;

@@ -3616,6 +3616,75 @@ test_steal_under_load (Fixture       *fixture,
     }
 }
 
+/* A worker that parked is woken to take work: two busy endpoints given
+ * to one worker, nothing for the other. Without the wake-up the other
+ * would sleep through it all. */
+static void
+test_steal_wakes_parked (Fixture       *fixture,
+                         gconstpointer  user_data)
+{
+  Busy busy[2] = { 0 };
+  AhEndpoint *idle, *idle_too, *tick;
+  AhBusCounters counters = { 0 };
+  atomic_int held_once = 1;   /* no call holds its worker here */
+  guint64 sequence = 0;
+  guint n_moved = 0;
+
+  g_test_summary ("A worker asleep with nothing to do is woken when another worker gets a "
+                  "second endpoint waiting, and takes one over");
+
+  /* Round robin: the busy endpoints and @tick on worker 0, the idle
+   * ones on worker 1, which never gets a message: the busy ones tick an
+   * endpoint of their own worker. */
+  busy[0].endpoint = ah_bus_endpoint_new (fixture->bus, busy_handle, &busy[0]);
+  idle = ah_bus_endpoint_new (fixture->bus, tick_handle, NULL);
+  busy[1].endpoint = ah_bus_endpoint_new (fixture->bus, busy_handle, &busy[1]);
+  idle_too = ah_bus_endpoint_new (fixture->bus, tick_handle, NULL);
+  tick = ah_bus_endpoint_new (fixture->bus, tick_handle, NULL);
+  for (guint i = 0; i < 2; i++)
+    {
+      busy[i].held_once = &held_once;
+      busy[i].tick_to = ah_endpoint_get_id (tick);
+    }
+  ah_bus_start (fixture->bus);
+
+  /* Bounded at 5 s of sending; the steal count then fails the test. */
+  for (guint round = 0; round < 50000 && counters.steals == 0; round++)
+    {
+      for (guint i = 0; i < 2; i++)
+        {
+          g_autoptr(GError) error = NULL;
+
+          g_assert_true (ah_bus_send (fixture->bus, AH_AGENT_ID_NONE,
+                                      ah_endpoint_get_id (busy[i].endpoint), "load", &sequence,
+                                      sizeof sequence, AH_PRIORITY_NORMAL, &error));
+          g_assert_no_error (error);
+        }
+      sequence++;
+      g_usleep (100);
+      ah_bus_get_counters (fixture->bus, &counters);
+    }
+  fixture_wait_idle (fixture);
+
+  for (guint i = 0; i < 2; i++)
+    {
+      g_assert_cmpuint (busy[i].n_received, ==, sequence);
+      g_assert_false (busy[i].out_of_order);
+      g_assert_false (busy[i].overlapped);
+      if ((atomic_load (&busy[i].workers_seen) & 0x2) != 0)
+        n_moved++;
+    }
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.steals, >, 0);
+  g_assert_cmpuint (n_moved, >, 0);
+
+  ah_bus_endpoint_close (fixture->bus, busy[0].endpoint);
+  ah_bus_endpoint_close (fixture->bus, busy[1].endpoint);
+  ah_bus_endpoint_close (fixture->bus, idle);
+  ah_bus_endpoint_close (fixture->bus, idle_too);
+  ah_bus_endpoint_close (fixture->bus, tick);
+}
+
 /* ---- Pinning -------------------------------------------------------------- */
 
 static void
@@ -4236,6 +4305,7 @@ main (int    argc,
   BUS_TEST ("/bus/worker/share-cpu", &config_two_workers, test_workers_share_cpu);
   BUS_TEST ("/bus/worker/steal", &config_steal_roomy, test_steal_under_load);
   BUS_TEST ("/bus/worker/steal-backpressure", &config_steal_block, test_steal_under_load);
+  BUS_TEST ("/bus/worker/steal-wakes-parked", &config_two_workers, test_steal_wakes_parked);
   BUS_TEST ("/bus/endpoint/select", &config_two_workers, test_endpoint_select);
   BUS_TEST ("/bus/subject/interned", &config_block_two_workers, test_subject_interned);
   g_test_add_func ("/bus/subject/intern-cache", test_subject_intern_cache);
