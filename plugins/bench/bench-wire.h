@@ -77,6 +77,7 @@ typedef struct {
   guint32 magic;
   guint32 role;
   guint64 thread_id;  /* the worker thread of its last handler call */
+  guint64 first_thread_id;  /* ... and of its first */
   guint64 handled;    /* data messages, replies or requests it handled */
   guint64 anomalies;  /* duplicated or reordered sequence numbers, short payloads */
   guint64 gaps;       /* sequence numbers skipped ("every" sinks) */

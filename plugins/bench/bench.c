@@ -66,6 +66,7 @@ typedef struct {
   guint64      next_seq;
   guint64      pending_seq;
   guint64      thread_id;
+  guint64      first_thread_id;
   guint64      handled;
   guint64      anomalies;
   guint64      gaps;
@@ -555,6 +556,7 @@ bench_report (AhContext  *ctx,
     .magic = BENCH_REPORT_MAGIC,
     .role = self->role,
     .thread_id = self->thread_id,
+    .first_thread_id = self->first_thread_id,
     .moves = self->moves,
     .handled = self->handled,
     .anomalies = self->anomalies,
@@ -697,6 +699,8 @@ bench_handle_batch (AhContext               *ctx,
     {
       if (self->thread_id != 0)
         self->moves++;
+      else
+        self->first_thread_id = thread_id;
       self->thread_id = thread_id;
     }
   if (G_UNLIKELY (self->on_collect == NULL))
