@@ -535,8 +535,8 @@ bench_peer_reply (BenchState      *self,
 
 /* Which thread runs the caller: pthread_self() reads the thread pointer,
  * no system call. (Not a cached gettid() in thread-local storage: a
- * plugin using TLS cannot be unloaded cleanly, and `agenthost lint`
- * says so.) */
+ * plugin using TLS cannot be unloaded cleanly, and `agenthost inspect`
+ * warns about it.) */
 static inline guint64
 bench_thread_id (void)
 {
@@ -649,16 +649,15 @@ bench_handle_one (AhContext       *ctx,
       bench_sink_handle (self, message, now_ns);
       return TRUE;
     case BENCH_ROLE_REQUESTER:
-      if (kind == AH_MESSAGE_REPLY || kind == AH_MESSAGE_TIMEOUT
-          || kind == AH_MESSAGE_NO_RESPONDERS)
+      /* Replies were handled above. */
+      if (kind == AH_MESSAGE_TIMEOUT || kind == AH_MESSAGE_NO_RESPONDERS)
         bench_requester_handle (ctx, self, message, now_ns);
       else if (ah_message_has_subject (message, self->on_start)
           || ah_message_has_subject (message, self->on_go))
         return bench_request_next (ctx, self);
       return TRUE;
     case BENCH_ROLE_RESPONDER:
-      if (kind == AH_MESSAGE_REQUEST)
-        return bench_respond (ctx, self, message);
+      /* Requests were answered above. */
       return TRUE;
     case BENCH_ROLE_PEER:
       if (kind == AH_MESSAGE_REQUEST)
