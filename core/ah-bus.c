@@ -42,9 +42,9 @@
  * happens after the dead-letter callback and after a batch's outbox is
  * flushed, and a worker's settlements reach in_flight only once it has
  * nothing left to run, so in_flight == 0 really means nothing is left
- * to do. The
- * bus is idle when, besides, no request is pending and nobody holds it
- * (ah_bus_hold: work the bus cannot see, such as a running offload).
+ * to do. The bus is idle when, besides, no request is pending and nobody
+ * holds it (ah_bus_hold: work the bus cannot see, such as a running
+ * offload).
  *
  * The hot path, batch by batch. A handler's publishes wait in its
  * worker's outbox (an array of the bus's own, appended inline),
@@ -414,8 +414,9 @@ struct _AhWorker {
   atomic_int      cpu_now;
   gboolean        stopping;     /* under @lock */
   gboolean        pinned;       /* its thread runs on one CPU of its own */
-  gboolean        parked;       /* under @lock: asleep on work_cond */
-  atomic_bool     parked_hint;  /* @parked, for other workers to read without @lock */
+  /* Asleep on work_cond. Written under @lock; read under it, or without
+   * it as a hint (ah_bus_wake_thief). */
+  atomic_bool     parked;
   int             cpu;          /* which, when pinned */
   atomic_bool     pinned_now;   /* @pinned, once its thread knows: for readers */
   gboolean        drained;      /* under @lock: the bus stopped, nothing more is queued */
@@ -1421,7 +1422,7 @@ ah_worker_unlock_and_wake (AhWorker *worker,
                            gboolean  wake)
 {
   /* Not parked: it looks at its run queue before it parks. */
-  gboolean signal = wake && worker->parked;
+  gboolean signal = wake && atomic_load_explicit (&worker->parked, memory_order_relaxed);
 
   if (signal)
     ah_bus_woke_parked = TRUE;
@@ -4487,7 +4488,7 @@ ah_bus_wake_thief (AhBus    *self,
     {
       AhWorker *other = self->workers[(busy->index + k) % self->config.n_workers];
 
-      if (atomic_load_explicit (&other->parked_hint, memory_order_relaxed))
+      if (atomic_load_explicit (&other->parked, memory_order_relaxed))
         {
           pthread_cond_signal (&other->work_cond);
           return;
@@ -4677,14 +4678,12 @@ ah_worker_main (gpointer data)
         }
       if (worker->run_head == NULL && !worker->stopping)
         {
-          worker->parked = TRUE;
+          atomic_store_explicit (&worker->parked, TRUE, memory_order_relaxed);
           atomic_store_explicit (&worker->cpu_now, -1, memory_order_relaxed);
-          atomic_store_explicit (&worker->parked_hint, TRUE, memory_order_relaxed);
           atomic_fetch_add (&worker->bus->n_parked, 1);
           pthread_cond_wait (&worker->work_cond, &worker->lock);
           atomic_fetch_sub (&worker->bus->n_parked, 1);
-          atomic_store_explicit (&worker->parked_hint, FALSE, memory_order_relaxed);
-          worker->parked = FALSE;
+          atomic_store_explicit (&worker->parked, FALSE, memory_order_relaxed);
           /* Woken with nothing of its own to run: another worker has
            * more waiting than it can run (ah_worker_push_locked), or a
            * spurious wake-up. Either way it spins again, which is when
