@@ -323,8 +323,9 @@ struct _AhEndpoint {
   GArray         *deferred;         /* (element-type AhEnvelope) in send order */
   guint8          close_requested;  /* closed from its own handler */
 
-  /* Under bus->route_lock: */
-  guint8          registered;       /* in the id table */
+  /* Under bus->route_lock; also read without it, by a reply on its way
+   * to it (an endpoint closed meanwhile dead-letters the reply anyway). */
+  atomic_uchar    registered;       /* in the id table */
   guint           home_position;    /* in @home_group's members, plus one */
   AhBusGroup     *home_group;       /* its first group, which needs no table entry */
 };
@@ -381,7 +382,9 @@ G_STATIC_ASSERT (G_STRUCT_OFFSET (AhSubjectEntry, subject) == G_STRUCT_OFFSET (A
  * two agents of one worker.) */
 typedef struct {
   guint64     correlation;       /* 0: free */
-  AhAgentId   requester;
+  /* A reference while pending: the reply goes to it without a lookup of
+   * its id under route_lock (a fifth of a reply, callgrind). */
+  AhEndpoint *requester;
   const char *subject;           /* interned (the bus's), or @subject_copy */
   char       *subject_copy;
   guint32     next_free;         /* the next free slot, plus one; 0 ends the list */
@@ -392,6 +395,16 @@ typedef struct {
   guint64    correlation;
   guint32    slot;            /* in the request table, plus one */
 } AhDeadline;
+
+/* A min-heap of deadlines. Its own array rather than a GArray: a round
+ * trip pushes one deadline and, when it completes the last pending
+ * request, empties the heap, and the GArray calls were a twentieth of
+ * a round trip between two agents of one worker (callgrind). */
+typedef struct {
+  AhDeadline *items;
+  guint       len;
+  guint       allocated;
+} AhDeadlineHeap;
 
 struct _AhWorker {
   AhBus          *bus;
@@ -475,7 +488,7 @@ struct _AhBus {
   pthread_cond_t    requests_cond;   /* an earlier deadline, or stop */
   GArray           *requests;        /* (element-type AhPendingRequest) pending and free slots */
   guint32           free_request;    /* the first free slot, plus one; 0: none */
-  GArray           *deadlines;       /* (element-type AhDeadline) min-heap */
+  AhDeadlineHeap    deadlines;
   gboolean          timer_stopping;
   gint64            timer_armed_ns;  /* the timer sleeps until then; G_MAXINT64: no deadline */
   pthread_t         timer_thread;
@@ -1963,7 +1976,7 @@ ah_bus_endpoints_new (AhBus              *self,
   for (guint i = 0; i < n_endpoints; i++)
     {
       ah_id_table_insert (&self->endpoints, ret_endpoints[i]);
-      ret_endpoints[i]->registered = TRUE;
+      atomic_store_explicit (&ret_endpoints[i]->registered, TRUE, memory_order_relaxed);
       for (guint g = 0; g < n_groups; g++)
         ah_bus_group_add_unlocked (groups[g], ret_endpoints[i]);
     }
@@ -2025,7 +2038,7 @@ ah_bus_unregister_endpoint_unlocked (AhBus      *self,
     return FALSE;
 
   ah_id_table_remove (&self->endpoints, endpoint->id);
-  endpoint->registered = FALSE;
+  atomic_store_explicit (&endpoint->registered, FALSE, memory_order_relaxed);
   /* An endpoint does not list its groups (it would cost every agent a
    * list of its own): there are few groups, a couple per agent type,
    * and each finds its member in O(1). */
@@ -2931,15 +2944,17 @@ ah_bus_send_full (AhBus         *self,
 /* ---- Request bookkeeping ------------------------------------------------------------------ */
 
 /* Frees @slot (plus one) for the next request, and hands back its
- * subject copy for the caller to free once the lock is released.
- * requests_lock held. */
+ * subject copy and its requester reference for the caller to release
+ * once the lock is released. requests_lock held. */
 static char *
-ah_bus_request_free_slot_locked (AhBus   *self,
-                                 guint32  slot)
+ah_bus_request_free_slot_locked (AhBus       *self,
+                                 guint32      slot,
+                                 AhEndpoint **ret_requester)
 {
   AhPendingRequest *request = &g_array_index (self->requests, AhPendingRequest, slot - 1);
   char *subject_copy = g_steal_pointer (&request->subject_copy);
 
+  *ret_requester = g_steal_pointer (&request->requester);
   request->correlation = 0;
   request->subject = NULL;
   request->next_free = self->free_request;
@@ -2964,16 +2979,22 @@ ah_bus_request_find_locked (AhBus   *self,
 }
 
 static void
-ah_deadline_heap_push (GArray     *heap,
-                       AhDeadline  deadline)
+ah_deadline_heap_push (AhDeadlineHeap *heap,
+                       AhDeadline      deadline)
 {
+  AhDeadline *items;
   guint i;
 
-  g_array_append_val (heap, deadline);
+  if (heap->len == heap->allocated)
+    {
+      heap->allocated = MAX (16, 2 * heap->allocated);
+      heap->items = g_renew (AhDeadline, heap->items, heap->allocated);
+    }
+  items = heap->items;
+  items[heap->len++] = deadline;
   for (i = heap->len - 1; i > 0; )
     {
       guint parent = (i - 1) / 2;
-      AhDeadline *items = (AhDeadline *) (gpointer) heap->data;
 
       if (items[parent].deadline_ns <= items[i].deadline_ns)
         break;
@@ -2985,13 +3006,13 @@ ah_deadline_heap_push (GArray     *heap,
 }
 
 static void
-ah_deadline_heap_pop (GArray *heap)
+ah_deadline_heap_pop (AhDeadlineHeap *heap)
 {
-  AhDeadline *items = (AhDeadline *) (gpointer) heap->data;
+  AhDeadline *items = heap->items;
   guint i = 0;
 
   items[0] = items[heap->len - 1];
-  g_array_set_size (heap, heap->len - 1);
+  heap->len--;
   for (;;)
     {
       guint smallest = i, left = 2 * i + 1, right = 2 * i + 2;
@@ -3014,7 +3035,7 @@ ah_deadline_heap_pop (GArray *heap)
 static guint32
 ah_bus_request_register (AhBus      *self,
                          guint64     correlation,
-                         AhAgentId   requester,
+                         AhEndpoint *requester,
                          const char *subject,
                          gboolean    subject_is_interned,
                          guint       timeout_ms)
@@ -3046,13 +3067,13 @@ ah_bus_request_register (AhBus      *self,
     }
   request = &g_array_index (self->requests, AhPendingRequest, slot - 1);
   request->correlation = correlation;
-  request->requester = requester;
+  request->requester = ah_endpoint_ref (requester);
   request->subject_copy = subject_copy;
   request->subject = subject_is_interned ? subject : subject_copy;
   request->next_free = 0;
   deadline.slot = slot;
   atomic_fetch_add (&self->n_pending, 1);
-  ah_deadline_heap_push (self->deadlines, deadline);
+  ah_deadline_heap_push (&self->deadlines, deadline);
   /* The timer sleeps until the time it is armed for: wake it only if
    * this deadline comes first. Request after request with the same
    * timeout, that is once, not once per request. */
@@ -3062,51 +3083,73 @@ ah_bus_request_register (AhBus      *self,
   return slot;
 }
 
-static gboolean
-ah_bus_request_is_pending (AhBus   *self,
-                           guint64  correlation,
-                           guint32  slot)
-{
-  gboolean pending;
-
-  pthread_mutex_lock (&self->requests_lock);
-  pending = ah_bus_request_find_locked (self, correlation, slot) != NULL;
-  pthread_mutex_unlock (&self->requests_lock);
-  return pending;
-}
-
 /* Completes the request @correlation in @slot (plus one): TRUE if it was
- * still pending. */
+ * still pending, and then, if @ret_requester is not NULL, the requester's
+ * reference is handed over in it. */
 static gboolean
-ah_bus_request_complete (AhBus   *self,
-                         guint64  correlation,
-                         guint32  slot)
+ah_bus_request_take (AhBus       *self,
+                     guint64      correlation,
+                     guint32      slot,
+                     AhEndpoint **ret_requester)
 {
   char *subject_copy = NULL;
+  AhEndpoint *requester = NULL;
   gboolean found;
 
   pthread_mutex_lock (&self->requests_lock);
   found = ah_bus_request_find_locked (self, correlation, slot) != NULL;
   if (found)
     {
-      subject_copy = ah_bus_request_free_slot_locked (self, slot);
+      subject_copy = ah_bus_request_free_slot_locked (self, slot, &requester);
       /* Completed requests leave their deadlines in the heap, skipped when
        * they come up; with nothing pending they can all go at once. */
       if (atomic_fetch_sub (&self->n_pending, 1) == 1)
-        g_array_set_size (self->deadlines, 0);
+        self->deadlines.len = 0;
     }
   pthread_mutex_unlock (&self->requests_lock);
   g_free (subject_copy);
+  if (ret_requester != NULL)
+    *ret_requester = requester;
+  else if (requester != NULL)
+    ah_endpoint_unref (requester);
 
   if (found && ah_bus_is_idle_now (self))
     ah_bus_notify_idle (self);
   return found;
 }
 
+static gboolean
+ah_bus_request_complete (AhBus   *self,
+                         guint64  correlation,
+                         guint32  slot)
+{
+  return ah_bus_request_take (self, correlation, slot, NULL);
+}
+
+/* A reference to the requester of the pending request @correlation in
+ * @slot (plus one), or NULL if it is not pending. */
+static AhEndpoint *
+ah_bus_request_peek_requester (AhBus   *self,
+                               guint64  correlation,
+                               guint32  slot)
+{
+  AhPendingRequest *request;
+  AhEndpoint *requester = NULL;
+
+  pthread_mutex_lock (&self->requests_lock);
+  request = ah_bus_request_find_locked (self, correlation, slot);
+  if (request != NULL)
+    requester = ah_endpoint_ref (request->requester);
+  pthread_mutex_unlock (&self->requests_lock);
+  return requester;
+}
+
+/* Sends the TIMEOUT of request @correlation to @requester (its reference
+ * taken over). */
 static void
 ah_bus_send_timeout (AhBus      *self,
                      guint64     correlation,
-                     AhAgentId   requester,
+                     AhEndpoint *requester,
                      const char *subject)
 {
   AhMessage *message = ah__message_new (AH_MESSAGE_TIMEOUT, AH_PRIORITY_SYSTEM, subject,
@@ -3115,11 +3158,12 @@ ah_bus_send_timeout (AhBus      *self,
   AhEnvelope envelope;
 
   envelope.message = message;
-  envelope.to = ah_bus_lookup_endpoint (self, requester);
-  if (envelope.to == NULL)
+  envelope.to = requester;
+  if (!atomic_load_explicit (&requester->registered, memory_order_relaxed))
     {
-      ah_bus_dead_letter (self, message, requester, AH_DEAD_LETTER_NO_AGENT);
+      ah_bus_dead_letter (self, message, requester->id, AH_DEAD_LETTER_NO_AGENT);
       ah__message_unref (message);
+      ah_endpoint_unref (requester);
       return;
     }
   /* System lane: never refused, never waits. */
@@ -3139,11 +3183,11 @@ ah_bus_timer_main (gpointer data)
     {
       AhDeadline earliest;
       AhPendingRequest *request;
-      AhAgentId requester;
+      AhEndpoint *requester;
       const char *subject;
       char *subject_copy;
 
-      if (self->deadlines->len == 0)
+      if (self->deadlines.len == 0)
         {
           /* Armed for a deadline whose request has completed: it keeps
            * the time it was armed for (one wake-up for nothing, later),
@@ -3164,7 +3208,7 @@ ah_bus_timer_main (gpointer data)
             }
           continue;
         }
-      earliest = g_array_index (self->deadlines, AhDeadline, 0);
+      earliest = self->deadlines.items[0];
       if (earliest.deadline_ns > ah__monotonic_ns ())
         {
           struct timespec until = ah_timespec_from_ns (earliest.deadline_ns);
@@ -3174,7 +3218,7 @@ ah_bus_timer_main (gpointer data)
           continue;
         }
 
-      ah_deadline_heap_pop (self->deadlines);
+      ah_deadline_heap_pop (&self->deadlines);
       request = ah_bus_request_find_locked (self, earliest.correlation, earliest.slot);
       if (request == NULL)
         continue;   /* replied to in time */
@@ -3182,8 +3226,7 @@ ah_bus_timer_main (gpointer data)
        * subject copy is taken over, and an interned subject lives as
        * long as the bus. */
       subject = request->subject;
-      requester = request->requester;
-      subject_copy = ah_bus_request_free_slot_locked (self, earliest.slot);
+      subject_copy = ah_bus_request_free_slot_locked (self, earliest.slot, &requester);
       /* The TIMEOUT is accepted before the request stops pending, so the
        * bus never looks idle in between. */
       ah_bus_accept (self, 1);
@@ -3940,7 +3983,6 @@ ah_bus_call_reply (AhBusCall       *call,
   AhMessage *reply;
   AhEndpoint *requester;
   AhEnvelope envelope;
-  gboolean reserved = FALSE;
 
   g_return_val_if_fail (call != NULL, FALSE);
   g_return_val_if_fail (request != NULL, FALSE);
@@ -3962,34 +4004,47 @@ ah_bus_call_reply (AhBusCall       *call,
                                      call->endpoint->id, AH_AGENT_ID_NONE, request->correlation,
                                      data, size);
   ah_bus_tap (self, reply, request->reply_to);
-  /* Under AH_OVERFLOW_FAIL a late reply must not be refused as an
-   * overflow by the room check below; otherwise completing the request
-   * (further down) tells late replies apart, with one lookup fewer. */
-  if (self->config.overflow == AH_OVERFLOW_FAIL
-      && !ah_bus_request_is_pending (self, request->correlation, request->request_slot))
+
+  if (self->config.overflow != AH_OVERFLOW_FAIL)
     {
-      ah_bus_accept_dead (self, reply, request->reply_to, AH_DEAD_LETTER_LATE_REPLY);
-      return TRUE;
+      /* The request ends here; its table slot hands over the requester. */
+      if (!ah_bus_request_take (self, request->correlation, request->request_slot, &requester))
+        {
+          /* Late: the timeout came first. */
+          ah_bus_accept_dead (self, reply, request->reply_to, AH_DEAD_LETTER_LATE_REPLY);
+          return TRUE;
+        }
+      if (!atomic_load_explicit (&requester->registered, memory_order_relaxed))
+        {
+          /* Nobody is left to wait for it. */
+          ah_bus_accept_dead (self, reply, request->reply_to, AH_DEAD_LETTER_NO_AGENT);
+          ah_endpoint_unref (requester);
+          return TRUE;
+        }
+      ah_bus_accept (self, 1);
     }
-
-  requester = ah_bus_lookup_endpoint (self, request->reply_to);
-  if (requester == NULL)
+  else
     {
-      /* Nobody is left to wait for it: the request ends here, unless it
-       * had ended already. */
-      gboolean was_pending = ah_bus_request_complete (self, request->correlation,
-                                                      request->request_slot);
+      /* Room first, completion second: a refused reply leaves the request
+       * pending, so the requester still gets its TIMEOUT. */
+      requester = ah_bus_request_peek_requester (self, request->correlation,
+                                                 request->request_slot);
+      if (requester == NULL)
+        {
+          ah_bus_accept_dead (self, reply, request->reply_to, AH_DEAD_LETTER_LATE_REPLY);
+          return TRUE;
+        }
+      if (!atomic_load_explicit (&requester->registered, memory_order_relaxed))
+        {
+          gboolean was_pending = ah_bus_request_complete (self, request->correlation,
+                                                          request->request_slot);
 
-      ah_bus_accept_dead (self, reply, request->reply_to,
-                          was_pending ? AH_DEAD_LETTER_NO_AGENT : AH_DEAD_LETTER_LATE_REPLY);
-      return TRUE;
-    }
-
-  ah_bus_accept (self, 1);
-  if (self->config.overflow == AH_OVERFLOW_FAIL)
-    {
-      /* Room first, completion second: a refused reply leaves the
-       * request pending, so the requester still gets its TIMEOUT. */
+          ah_bus_accept_dead (self, reply, request->reply_to,
+                              was_pending ? AH_DEAD_LETTER_NO_AGENT : AH_DEAD_LETTER_LATE_REPLY);
+          ah_endpoint_unref (requester);
+          return TRUE;
+        }
+      ah_bus_accept (self, 1);
       if (!ah_endpoint_reserve (requester, self->config.mailbox_capacity))
         {
           ah_bus_dead_letter (self, reply, requester->id, AH_DEAD_LETTER_OVERFLOW);
@@ -3997,17 +4052,15 @@ ah_bus_call_reply (AhBusCall       *call,
           ah_endpoint_unref (requester);
           return FALSE;
         }
-      reserved = TRUE;
-    }
-  if (!ah_bus_request_complete (self, request->correlation, request->request_slot))
-    {
-      /* Late: the timeout came first. */
-      if (reserved)
-        atomic_fetch_sub (&requester->normal_used, 1);
-      ah_bus_dead_letter (self, reply, requester->id, AH_DEAD_LETTER_LATE_REPLY);
-      ah__message_unref (reply);
-      ah_endpoint_unref (requester);
-      return TRUE;
+      if (!ah_bus_request_complete (self, request->correlation, request->request_slot))
+        {
+          /* Late: the timeout came first. */
+          atomic_fetch_sub (&requester->normal_used, 1);
+          ah_bus_dead_letter (self, reply, requester->id, AH_DEAD_LETTER_LATE_REPLY);
+          ah__message_unref (reply);
+          ah_endpoint_unref (requester);
+          return TRUE;
+        }
     }
 
   envelope.message = reply;
@@ -4043,7 +4096,7 @@ ah_bus_call_request_routed (AhBusCall      *call,
    * from the start, and before the outbox can flush, so that no reply
    * can beat it. */
   if (recipients.len > 0)
-    slot = ah_bus_request_register (self, correlation, requester,
+    slot = ah_bus_request_register (self, correlation, call->endpoint,
                                     interned != NULL ? interned : subject, interned != NULL,
                                     timeout_ms);
   message = ah__message_new_unstamped (AH_MESSAGE_REQUEST, AH_PRIORITY_NORMAL,
@@ -4792,7 +4845,6 @@ ah_bus_new (const AhBusConfig *config)
   ah_cond_init_monotonic (&self->requests_cond);
   self->timer_armed_ns = G_MAXINT64;
   self->requests = g_array_new (FALSE, TRUE, sizeof (AhPendingRequest));
-  self->deadlines = g_array_new (FALSE, FALSE, sizeof (AhDeadline));
 
   pthread_mutex_init (&self->idle_lock, NULL);
   ah_cond_init_monotonic (&self->idle_cond);
@@ -4900,6 +4952,7 @@ ah_bus_stop (AhBus  *self,
              gint64  drain_timeout_us)
 {
   g_autoptr(GPtrArray) endpoints = g_ptr_array_new ();
+  g_autoptr(GPtrArray) cancelled = NULL;
   gboolean started;
 
   g_return_if_fail (self != NULL);
@@ -4940,13 +4993,20 @@ ah_bus_stop (AhBus  *self,
     pthread_join (self->timer_thread, NULL);
 
   /* Pending requests are cancelled: no outcome will come for them. */
+  cancelled = g_ptr_array_new ();
   pthread_mutex_lock (&self->requests_lock);
   for (guint i = 0; i < self->requests->len; i++)
     if (g_array_index (self->requests, AhPendingRequest, i).correlation != 0)
-      g_free (ah_bus_request_free_slot_locked (self, i + 1));
-  g_array_set_size (self->deadlines, 0);
+      {
+        AhEndpoint *requester;
+
+        g_free (ah_bus_request_free_slot_locked (self, i + 1, &requester));
+        g_ptr_array_add (cancelled, requester);
+      }
+  self->deadlines.len = 0;
   atomic_store (&self->n_pending, 0);
   pthread_mutex_unlock (&self->requests_lock);
+  g_ptr_array_foreach (cancelled, ah_endpoint_unref_func, NULL);
 
   /* No worker runs any more. From here on anything queued is dead on
    * arrival (drained), and what is queued now is dead-lettered. */
@@ -5016,7 +5076,7 @@ ah_bus_free (AhBus *self)
   for (guint i = 0; i < self->requests->len; i++)
     g_free (g_array_index (self->requests, AhPendingRequest, i).subject_copy);
   g_array_unref (self->requests);
-  g_array_unref (self->deadlines);
+  g_free (self->deadlines.items);
   pthread_mutex_destroy (&self->requests_lock);
   pthread_cond_destroy (&self->requests_cond);
   pthread_mutex_destroy (&self->idle_lock);
