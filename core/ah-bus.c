@@ -766,6 +766,21 @@ ah_bus_worker_for_thread (AhBus *self)
   return worker != NULL && worker->bus == self ? worker : NULL;
 }
 
+/* Counts on @worker, from its own thread: a handler call's bus calls
+ * know their worker, and skip the thread-local look-up. */
+static inline void
+ah_worker_tally_add (AhWorker     *worker,
+                     AhTallyField  field,
+                     guint64       n)
+{
+  /* Only this thread writes its worker's tally: no locked add needed,
+   * just atomic accesses so readers see whole values. */
+  _Atomic guint64 *value = &worker->tally.values[field];
+
+  atomic_store_explicit (value, atomic_load_explicit (value, memory_order_relaxed) + n,
+                         memory_order_relaxed);
+}
+
 static void
 ah_bus_tally_add (AhBus        *self,
                   AhTallyField  field,
@@ -774,18 +789,9 @@ ah_bus_tally_add (AhBus        *self,
   AhWorker *worker = ah_bus_worker_for_thread (self);
 
   if (worker != NULL)
-    {
-      /* Only this thread writes its worker's tally: no locked add needed,
-       * just atomic accesses so readers see whole values. */
-      _Atomic guint64 *value = &worker->tally.values[field];
-
-      atomic_store_explicit (value, atomic_load_explicit (value, memory_order_relaxed) + n,
-                             memory_order_relaxed);
-    }
+    ah_worker_tally_add (worker, field, n);
   else
-    {
-      atomic_fetch_add_explicit (&self->external.values[field], n, memory_order_relaxed);
-    }
+    atomic_fetch_add_explicit (&self->external.values[field], n, memory_order_relaxed);
 }
 
 static guint
@@ -874,6 +880,27 @@ ah_bus_accept (AhBus *self,
   atomic_fetch_add (&self->in_flight, (gint64) n);
 }
 
+/* ah_bus_accept() from a handler call, on its worker. */
+static inline void
+ah_bus_call_accept (AhBusCall *call,
+                    guint      n)
+{
+  ah_worker_tally_add (call->worker, AH_TALLY_ACCEPTED, n);
+  atomic_fetch_add (&call->bus->in_flight, (gint64) n);
+}
+
+/* ah_bus_settle() on @worker, from its own thread. */
+static inline void
+ah_worker_settle (AhWorker     *worker,
+                  AhTallyField  field,
+                  guint         n)
+{
+  ah_worker_tally_add (worker, field, n);
+  atomic_store_explicit (&worker->settled_unfolded,
+                         atomic_load_explicit (&worker->settled_unfolded, memory_order_relaxed) + n,
+                         memory_order_relaxed);
+}
+
 /* Settles @n accepted messages as @field (delivered, dead-lettered or
  * failed). The tally is written first, so whoever sees in_flight reach 0
  * also sees the counts that brought it there. */
@@ -884,7 +911,6 @@ ah_bus_settle (AhBus        *self,
 {
   AhWorker *worker = ah_bus_worker_for_thread (self);
 
-  ah_bus_tally_add (self, field, n);
   /* A worker keeps its settlements to itself until it runs out of work
    * (ah_worker_fold_settled): in_flight is one word all threads write,
    * and with two workers settling a batch each every few hundred
@@ -894,12 +920,10 @@ ah_bus_settle (AhBus        *self,
    * when none has anything left to run. */
   if (worker != NULL)
     {
-      atomic_store_explicit (&worker->settled_unfolded,
-                             atomic_load_explicit (&worker->settled_unfolded,
-                                                   memory_order_relaxed) + n,
-                             memory_order_relaxed);
+      ah_worker_settle (worker, field, n);
       return;
     }
+  ah_bus_tally_add (self, field, n);
   if (atomic_fetch_sub (&self->in_flight, (gint64) n) == (gint64) n
       && ah_bus_nothing_pending (self))
     ah_bus_notify_idle (self);
@@ -3730,7 +3754,7 @@ ah_bus_call_route (AhBusCall *call)
   call->n_unrouted = 0;
 
   if (n_accepted > 0)
-    ah_bus_accept (self, (guint) n_accepted);
+    ah_bus_call_accept (call, (guint) n_accepted);
   for (guint k = 0; no_route != NULL && k < no_route->len; k++)
     {
       AhMessage *message = g_ptr_array_index (no_route, k);
@@ -3746,8 +3770,8 @@ static void ah_worker_release_message (AhWorker *worker, AhMessage *message);
 static void
 ah_bus_call_settle_batch (AhBusCall *call)
 {
-  ah_bus_tally_add (call->bus, AH_TALLY_BATCHES, 1);
-  ah_bus_settle (call->bus, AH_TALLY_DELIVERED, call->n_batch);
+  ah_worker_tally_add (call->worker, AH_TALLY_BATCHES, 1);
+  ah_worker_settle (call->worker, AH_TALLY_DELIVERED, call->n_batch);
   for (guint i = 0; i < call->n_batch; i++)
     ah_worker_release_message (call->worker, call->batch[i]);
 }
@@ -3775,7 +3799,7 @@ ah_bus_call_flush_full (AhBusCall *call,
     }
   if (call->n_unaccepted > 0)
     {
-      ah_bus_accept (self, call->n_unaccepted);
+      ah_bus_call_accept (call, call->n_unaccepted);
       call->n_unaccepted = 0;
     }
 
@@ -3873,7 +3897,7 @@ ah_bus_call_queue (AhBusCall    *call,
       if (reserve && !ah_endpoint_reserve (to, self->config.mailbox_capacity))
         {
           /* Accepted now, so that its dead letter settles it. */
-          ah_bus_accept (self, 1);
+          ah_bus_call_accept (call, 1);
           ah_bus_dead_letter (self, message, to->id, AH_DEAD_LETTER_OVERFLOW);
           ah__message_unref (message);
           ah_endpoint_unref (to);
@@ -3930,7 +3954,7 @@ ah_bus_call_publish (AhBusCall    *call,
   g_return_val_if_fail (data != NULL || size == 0, FALSE);
 
   self = call->bus;
-  ah_bus_tally_add (self, AH_TALLY_PUBLISHED, 1);
+  ah_worker_tally_add (call->worker, AH_TALLY_PUBLISHED, 1);
   if (!ah_bus_check_message (subject, size, NULL))
     {
       ah_bus_count_refused (self);
@@ -3979,7 +4003,7 @@ ah_bus_call_publish_interned (AhBusCall       *call,
     return ah_bus_call_publish (call, subject->subject, data, size);
 
   /* Checked when interned: no validation, no copy of the subject. */
-  ah_bus_tally_add (self, AH_TALLY_PUBLISHED, 1);
+  ah_worker_tally_add (call->worker, AH_TALLY_PUBLISHED, 1);
   ah_bus_call_queue_unrouted (call, subject->subject, TRUE, data, size);
   return TRUE;
 }
@@ -4002,7 +4026,7 @@ ah_bus_call_send (AhBusCall    *call,
   g_return_val_if_fail (data != NULL || size == 0, FALSE);
 
   self = call->bus;
-  ah_bus_tally_add (self, AH_TALLY_PUBLISHED, 1);
+  ah_worker_tally_add (call->worker, AH_TALLY_PUBLISHED, 1);
   if (!ah_bus_check_message (subject, size, NULL))
     {
       ah_bus_count_refused (self);
@@ -4041,7 +4065,7 @@ ah_bus_call_reply (AhBusCall       *call,
   g_return_val_if_fail (data != NULL || size == 0, FALSE);
 
   self = call->bus;
-  ah_bus_tally_add (self, AH_TALLY_PUBLISHED, 1);
+  ah_worker_tally_add (call->worker, AH_TALLY_PUBLISHED, 1);
   /* The request's subject was checked when the request was made. */
   if (request->kind != AH_MESSAGE_REQUEST || request->reply_to == AH_AGENT_ID_NONE
       || size > AH_BUS_MESSAGE_MAX_SIZE)
@@ -4073,7 +4097,7 @@ ah_bus_call_reply (AhBusCall       *call,
           ah_endpoint_unref (requester);
           return TRUE;
         }
-      ah_bus_accept (self, 1);
+      ah_bus_call_accept (call, 1);
     }
   else
     {
@@ -4096,7 +4120,7 @@ ah_bus_call_reply (AhBusCall       *call,
           ah_endpoint_unref (requester);
           return TRUE;
         }
-      ah_bus_accept (self, 1);
+      ah_bus_call_accept (call, 1);
       if (!ah_endpoint_reserve (requester, self->config.mailbox_capacity))
         {
           ah_bus_dead_letter (self, reply, requester->id, AH_DEAD_LETTER_OVERFLOW);
@@ -4167,7 +4191,7 @@ ah_bus_call_request_routed (AhBusCall      *call,
                                        NULL, 0);
       ah_recipients_add (&recipients, ah_endpoint_ref (call->endpoint));
       ah_bus_call_queue (call, no_responders, &recipients);
-      ah_bus_tally_add (self, AH_TALLY_REQUESTS, 1);
+      ah_worker_tally_add (call->worker, AH_TALLY_REQUESTS, 1);
       ah_bus_call_count (call);
       return correlation;
     }
@@ -4180,7 +4204,7 @@ ah_bus_call_request_routed (AhBusCall      *call,
       return 0;
     }
 
-  ah_bus_tally_add (self, AH_TALLY_REQUESTS, 1);
+  ah_worker_tally_add (call->worker, AH_TALLY_REQUESTS, 1);
   ah_bus_call_count (call);
   return correlation;
 }
@@ -4196,7 +4220,7 @@ ah_bus_call_request (AhBusCall    *call,
   g_return_val_if_fail (subject != NULL, 0);
   g_return_val_if_fail (data != NULL || size == 0, 0);
 
-  ah_bus_tally_add (call->bus, AH_TALLY_PUBLISHED, 1);
+  ah_worker_tally_add (call->worker, AH_TALLY_PUBLISHED, 1);
   if (!ah_bus_check_message (subject, size, NULL))
     {
       ah_bus_count_refused (call->bus);
@@ -4219,7 +4243,7 @@ ah_bus_call_request_interned (AhBusCall       *call,
   if (size > AH_BUS_MESSAGE_MAX_SIZE)
     return ah_bus_call_request (call, subject->subject, data, size, timeout_ms);
   /* Checked when interned. */
-  ah_bus_tally_add (call->bus, AH_TALLY_PUBLISHED, 1);
+  ah_worker_tally_add (call->worker, AH_TALLY_PUBLISHED, 1);
   return ah_bus_call_request_routed (call, subject->subject, (AhSubjectEntry *) subject,
                                      data, size, timeout_ms);
 }
@@ -4310,7 +4334,7 @@ ah_bus_call_queue_retries (AhBusCall *call)
 
       if (to == NULL)
         continue;
-      ah_bus_tally_add (self, AH_TALLY_RETRIED, 1);
+      ah_worker_tally_add (call->worker, AH_TALLY_RETRIED, 1);
       if (reserve && call->batch[i]->priority != AH_PRIORITY_SYSTEM
           && !ah_endpoint_reserve (to, self->config.mailbox_capacity))
         {
@@ -4467,7 +4491,7 @@ ah_worker_call (AhWorker    *worker,
   if (!handled && call.n_retries > 0)
     ah_bus_call_queue_retries (&call);
   ah_bus_call_flush (&call);
-  ah_bus_tally_add (self, AH_TALLY_BATCHES, 1);
+  ah_worker_tally_add (worker, AH_TALLY_BATCHES, 1);
   if (handled)
     ah_bus_settle (self, AH_TALLY_DELIVERED, n);
   else
@@ -4662,7 +4686,7 @@ ah_worker_steal (AhWorker *thief)
       pthread_mutex_unlock (&first->lock);
       if (taken != NULL)
         {
-          ah_bus_tally_add (self, AH_TALLY_STEALS, 1);
+          ah_worker_tally_add (thief, AH_TALLY_STEALS, 1);
           return TRUE;
         }
     }
