@@ -138,6 +138,15 @@ ah_monotonic_ns (void)
   return ah__clock_ns ();
 }
 
+gint64
+ah_context_get_start_ns (AhContext *ctx)
+{
+  g_return_val_if_fail (ctx != NULL, 0);
+  g_return_val_if_fail (ctx->call != NULL, 0);
+
+  return ah_bus_call_get_start_ns (ctx->call);
+}
+
 AhAgentId
 ah_context_get_self (AhContext *ctx)
 {

@@ -210,7 +210,7 @@ test_cli_version (void)
   g_test_summary ("--version prints the release and the plugin ABI on stdout");
   cli_run (&result, "--version", NULL);
   g_assert_cmpint (result.status, ==, 0);
-  g_assert_cmpstr (result.out, ==, "agenthost " AH_VERSION_STRING " (plugin ABI 1.2)\n");
+  g_assert_cmpstr (result.out, ==, "agenthost " AH_VERSION_STRING " (plugin ABI 1.3)\n");
   g_assert_cmpstr (result.err, ==, "");
 }
 

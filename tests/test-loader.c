@@ -91,8 +91,8 @@ typedef struct {
 } BrokenPlugin;
 
 static const BrokenPlugin broken_plugins[] = {
-  { "abi-major", AH_PLUGIN_ERROR_ABI, "ABI 2.0, host supports 1.2" },
-  { "abi-minor-newer", AH_PLUGIN_ERROR_ABI, "ABI 1.99, host supports 1.2" },
+  { "abi-major", AH_PLUGIN_ERROR_ABI, "ABI 2.0, host supports 1.3" },
+  { "abi-minor-newer", AH_PLUGIN_ERROR_ABI, "ABI 1.99, host supports 1.3" },
   { "no-entry", AH_PLUGIN_ERROR_NO_ENTRY, "missing symbol ah_plugin_entry" },
   { "entry-in-dependency", AH_PLUGIN_ERROR_NO_ENTRY,
     "missing symbol ah_plugin_entry (the one found belongs to its dependency */entry-provider.so)" },
@@ -525,15 +525,15 @@ typedef struct {
 } InvalidDesc;
 
 static const InvalidDesc invalid_descs[] = {
-  { "abi-major-0", desc_abi_major_0, AH_PLUGIN_ERROR_ABI, "test.so: ABI 0.0, host supports 1.2" },
-  { "abi-major-2", desc_abi_major_2, AH_PLUGIN_ERROR_ABI, "test.so: ABI 2.1, host supports 1.2" },
-  { "abi-minor-newer", desc_abi_minor_1, AH_PLUGIN_ERROR_ABI, "test.so: ABI 1.3, host supports 1.2" },
+  { "abi-major-0", desc_abi_major_0, AH_PLUGIN_ERROR_ABI, "test.so: ABI 0.0, host supports 1.3" },
+  { "abi-major-2", desc_abi_major_2, AH_PLUGIN_ERROR_ABI, "test.so: ABI 2.1, host supports 1.3" },
+  { "abi-minor-newer", desc_abi_minor_1, AH_PLUGIN_ERROR_ABI, "test.so: ABI 1.4, host supports 1.3" },
   { "struct-size-zero", desc_size_zero, AH_PLUGIN_ERROR_INVALID_DESC,
     "test.so: invalid descriptor: struct_size 0 is smaller than the * bytes ABI 1.0 requires" },
   { "struct-size-before-handler", desc_size_before_handler, AH_PLUGIN_ERROR_INVALID_DESC,
     "test.so: invalid descriptor: struct_size * is smaller than the * bytes ABI 1.0 requires" },
   { "struct-size-larger", desc_size_larger, AH_PLUGIN_ERROR_INVALID_DESC,
-    "test.so: invalid descriptor: struct_size * is larger than the * bytes of ABI 1.2" },
+    "test.so: invalid descriptor: struct_size * is larger than the * bytes of ABI 1.3" },
   { "struct-size-mid-field", desc_size_mid_field, AH_PLUGIN_ERROR_INVALID_DESC,
     "test.so: invalid descriptor: struct_size * does not end on a field boundary" },
   { "name-null", desc_name_null, AH_PLUGIN_ERROR_INVALID_DESC,
@@ -601,13 +601,13 @@ test_loader_desc_abi_first (void)
   *tiny = 2u << 16;
   g_assert_false (ah__plugin_desc_check ((const AhPluginDesc *) tiny, "tiny.so", &copy, NULL, &error));
   g_assert_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_ABI);
-  g_assert_cmpstr (error->message, ==, "tiny.so: ABI 2.0, host supports 1.2");
+  g_assert_cmpstr (error->message, ==, "tiny.so: ABI 2.0, host supports 1.3");
   g_clear_error (&error);
 
   *tiny = 1u << 16 | 7u;
   g_assert_false (ah__plugin_desc_check ((const AhPluginDesc *) tiny, "tiny.so", &copy, NULL, &error));
   g_assert_error (error, AH_PLUGIN_ERROR, AH_PLUGIN_ERROR_ABI);
-  g_assert_cmpstr (error->message, ==, "tiny.so: ABI 1.7, host supports 1.2");
+  g_assert_cmpstr (error->message, ==, "tiny.so: ABI 1.7, host supports 1.3");
 }
 
 static void
@@ -886,7 +886,7 @@ test_loader_describe_good (void)
       "version:         1.2.3\n"
       "description:     Test plugin with every hook\n"
       "file:            %s\n"
-      "abi:             1.2 (host 1.2)\n"
+      "abi:             1.3 (host 1.3)\n"
       "descriptor size: %u bytes (host %u)\n"
       "state size:      %u bytes\n"
       "flags:           state-layout-stable\n"
@@ -920,7 +920,7 @@ test_loader_describe_old_struct (void)
       "version:         0.9.0\n"
       "description:     (none)\n"
       "file:            %s\n"
-      "abi:             1.2 (host 1.2)\n"
+      "abi:             1.3 (host 1.3)\n"
       "descriptor size: %u bytes (host %u)\n"
       "state size:      0 bytes\n"
       "flags:           none\n"
@@ -954,7 +954,7 @@ test_loader_describe_schema (void)
       "version:         1.0.0\n"
       "description:     Test plugin declaring a config schema of every type\n"
       "file:            %s\n"
-      "abi:             1.2 (host 1.2)\n"
+      "abi:             1.3 (host 1.3)\n"
       "descriptor size: %u bytes (host %u)\n"
       "state size:      0 bytes\n"
       "flags:           none\n"

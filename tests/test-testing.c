@@ -346,6 +346,33 @@ test_request_reply (void)
 }
 
 static void
+test_call_start (void)
+{
+  g_autofree char *counter = test_plugin_path ("counter");
+  g_autoptr(GError) error = NULL;
+  g_autoptr(AhTestHost) t = ah_test_host_new_for_plugin (counter, "started", NULL, &error);
+  g_autoptr(GBytes) answer = NULL;
+  g_autofree char *text = NULL;
+  gint64 before_ns, after_ns, start_ns = 0, handler_now_ns = 0;
+
+  g_test_summary ("ah_context_get_start_ns() is the host's start of the handler call: after "
+                  "the request was made, before the handler's own first clock read");
+  g_assert_no_error (error);
+
+  before_ns = ah_monotonic_ns ();
+  answer = ah_test_host_request (t, "started", "", 0, REQUEST_TIMEOUT_MS, &error);
+  after_ns = ah_monotonic_ns ();
+  g_assert_no_error (error);
+  text = g_strndup (g_bytes_get_data (answer, NULL), g_bytes_get_size (answer));
+  g_assert_cmpint (sscanf (text, "%" G_GINT64_FORMAT " %" G_GINT64_FORMAT,
+                           &start_ns, &handler_now_ns), ==, 2);
+  g_assert_cmpint (start_ns, >, 0);
+  g_assert_cmpint (before_ns, <=, start_ns);
+  g_assert_cmpint (start_ns, <=, handler_now_ns);
+  g_assert_cmpint (handler_now_ns, <=, after_ns);
+}
+
+static void
 test_request_failures (void)
 {
   g_autofree char *counter = test_plugin_path ("counter");
@@ -683,6 +710,7 @@ main (int    argc,
   g_test_add_func ("/testing/manifest/base-dir", test_manifest_base_dir);
   g_test_add_func ("/testing/manifest/invalid", test_manifest_invalid);
   g_test_add_func ("/testing/manifest/file", test_manifest_file);
+  g_test_add_func ("/testing/request/call-start", test_call_start);
   g_test_add_func ("/testing/request/reply", test_request_reply);
   g_test_add_func ("/testing/request/failures", test_request_failures);
   g_test_add_func ("/testing/dead-letters/reasons", test_dead_letters);

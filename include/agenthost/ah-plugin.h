@@ -21,7 +21,7 @@ G_BEGIN_DECLS
  * too (it may rely on fields this host does not know); one built against
  * an older minor is accepted and the fields it lacks read as unset. */
 #define AH_PLUGIN_ABI_MAJOR 1
-#define AH_PLUGIN_ABI_MINOR 2
+#define AH_PLUGIN_ABI_MINOR 3
 #define AH_PLUGIN_ABI_VERSION ((guint32) ((AH_PLUGIN_ABI_MAJOR << 16) | AH_PLUGIN_ABI_MINOR))
 #define AH_PLUGIN_ABI_VERSION_MAJOR(v) ((guint32) (v) >> 16)
 #define AH_PLUGIN_ABI_VERSION_MINOR(v) ((guint32) (v) & 0xffff)
@@ -302,6 +302,12 @@ AH_API void          ah_context_request_stop     (AhContext *ctx, int exit_code)
  * two reads on different threads can come out of order by that much:
  * clamp a difference at 0. Any thread, any hook. */
 AH_API gint64        ah_monotonic_ns             (void);
+/* (ABI 1.3) When the host started this handler call, on the
+ * ah_monotonic_ns() clock. The host reads it anyway (its latency
+ * histograms measure each message from its publish time to this), so a
+ * handler that measures how long its messages took to reach it can take
+ * it from here instead of reading the clock again. handle_batch only. */
+AH_API gint64        ah_context_get_start_ns     (AhContext *ctx);
 
 /* ---- Blocking work: offload to the host's I/O threads (ABI 1.1) ----- */
 

@@ -3,7 +3,10 @@
  * handles. A REQUEST on `count` (or on any subject ending in `.count`) is
  * a question, not counted: it is answered with the count so far as
  * decimal text. Each PUBLISH message's payload is published back on
- * `counted.<agent index>`, which shows which agent of the pool got it. */
+ * `counted.<agent index>`, which shows which agent of the pool got it.
+ * A REQUEST on `started` is answered with "START NOW": the host's start
+ * of the handler call (ah_context_get_start_ns) and the clock as the
+ * handler began, both in ns. */
 #include <agenthost/agenthost.h>
 
 #include <string.h>
@@ -24,6 +27,7 @@ counter_handle_batch (AhContext *ctx, gpointer state,
                       GError **error)
 {
   CounterState *self = state;
+  gint64 handler_now_ns = ah_monotonic_ns ();
   char subject[64];
 
   g_snprintf (subject, sizeof subject, "counted.%u", ah_context_get_index (ctx));
@@ -33,6 +37,15 @@ counter_handle_batch (AhContext *ctx, gpointer state,
       const AhMessage *message = messages[i];
       AhMessageKind kind = ah_message_get_kind (message);
 
+      if (kind == AH_MESSAGE_REQUEST && g_str_equal (ah_message_get_subject (message), "started"))
+        {
+          char answer[64];
+
+          g_snprintf (answer, sizeof answer, "%" G_GINT64_FORMAT " %" G_GINT64_FORMAT,
+                      ah_context_get_start_ns (ctx), handler_now_ns);
+          ah_reply (ctx, message, answer, strlen (answer));
+          continue;
+        }
       if (kind == AH_MESSAGE_REQUEST
           && counter_is_count_subject (ah_message_get_subject (message)))
         {
