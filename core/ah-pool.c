@@ -1854,7 +1854,10 @@ pool_agent_handle (AhBusCall               *call,
 {
   AhAgent *agent = user_data;
   AhPool *self = agent->pool;
-  PoolWorker *worker = &self->workers[ah_bus_call_get_worker (call) % self->n_workers];
+  guint worker_index = ah_bus_call_get_worker (call);
+  /* The pool has one PoolWorker per bus worker; a bounds check rather
+   * than a modulo, which cost a division per handler call. */
+  PoolWorker *worker = &self->workers[G_LIKELY (worker_index < self->n_workers) ? worker_index : 0];
   AhContext ctx = { .agent = agent, .call = call };
   GError *local_error = NULL;
   gboolean watched = self->type->handler_deadline_ms > 0 && self->supervisor != NULL;
