@@ -26,8 +26,9 @@
  * Endpoint life. An endpoint is refcounted: its creator holds one
  * reference (dropped by ah_bus_endpoint_close or ah_bus_free), a run
  * queue holds one while the endpoint is scheduled or running, a routed
- * but not yet queued message holds one for its recipient, and a full
- * mailbox holds one for each sender blocked on it.
+ * but not yet queued message holds one for its recipient, a full
+ * mailbox holds one for each sender blocked on it, and a pending request
+ * holds one for its requester (the reply goes there without a lookup).
  *
  * Pause (hot reload). A paused endpoint keeps its mailbox, its groups
  * and its id; it only stops being given turns. Nothing puts it on a run
@@ -60,7 +61,9 @@
  * endpoint each), sorts the runs by worker, takes each worker lock once
  * (spinning briefly for it before sleeping: see ah_worker_lock) and
  * signals each worker at most once, after unlocking, and queues a run to
- * one endpoint with one room check. Reference counts move n at a
+ * one endpoint with one room check; a handler's one message to an agent
+ * of its own worker (each hop of a round trip there) skips all that
+ * (ah_bus_deliver_local). Reference counts move n at a
  * time, and a worker sums its releases of a message before applying
  * them, so a broadcast message's count does not bounce between cores
  * per recipient. Messages of up to 256 bytes come from per-thread
