@@ -1095,6 +1095,59 @@ test_request_timeout (Fixture       *fixture,
   g_clear_pointer (&plan.kept, ah__message_unref);
 }
 
+static void wait_received (Fixture *fixture, Agent *agent, guint n);
+
+/* @late: the timeout comes first, no reply is ever made. */
+static void
+check_request_requester_closed (Fixture  *fixture,
+                                gboolean  late)
+{
+  RequestPlan plan = { .timeout_ms = late ? 30 : 60000, .n_replies = 0 };
+  Agent *requester = fixture_add_agent (fixture, step_requester, &plan);
+  Agent *responder = fixture_add_subscriber (fixture, "svc.*", step_responder, &plan);
+  AhAgentId requester_id = requester->id;
+  AhBusCounters counters;
+  DeadLetter *dead;
+
+  g_test_summary ("The reply, or the timeout, of a request whose requester closed meanwhile "
+                  "is dead-lettered as no-agent, and the request ends");
+
+  ah_bus_start (fixture->bus);
+  send_to (fixture, requester_id, "go", "");
+  wait_received (fixture, responder, 1);
+  ah_bus_endpoint_close (fixture->bus, requester->endpoint);
+  if (!late)
+    send_to (fixture, responder->id, "answer-now", "");   /* replies with the kept request */
+  fixture_wait_idle (fixture);
+
+  g_assert_cmpuint (count_dead (fixture, AH_DEAD_LETTER_NO_AGENT), ==, 1);
+  dead = g_ptr_array_index (fixture->dead, 0);
+  g_assert_cmpint (dead->kind, ==, late ? AH_MESSAGE_TIMEOUT : AH_MESSAGE_REPLY);
+  g_assert_cmpuint (dead->intended, ==, requester_id);
+  ah_bus_get_counters (fixture->bus, &counters);
+  g_assert_cmpuint (counters.request_timeouts, ==, late ? 1 : 0);
+  g_clear_pointer (&plan.kept, ah__message_unref);
+}
+
+static void
+test_request_requester_closed (Fixture       *fixture,
+                               gconstpointer  user_data)
+{
+  check_request_requester_closed (fixture, FALSE);
+}
+
+/* The reply's path differs: under AH_OVERFLOW_FAIL it reserves room at
+ * the requester before the request ends, under _BLOCK it does not. */
+static const AhBusConfig config_request_block = {
+  .n_workers = 2, .overflow = AH_OVERFLOW_BLOCK };
+
+static void
+test_request_requester_closed_timeout (Fixture       *fixture,
+                                       gconstpointer  user_data)
+{
+  check_request_requester_closed (fixture, TRUE);
+}
+
 static void
 test_request_pending_blocks_idle (Fixture       *fixture,
                                   gconstpointer  user_data)
@@ -2919,6 +2972,144 @@ send_sequenced (Fixture   *fixture,
   g_assert_no_error (error);
 }
 
+/* ---- One message to an agent of the same worker ------------------------------------------ */
+
+/* Two agents pass a sequence back and forth, one message per handler
+ * call: each call's outbox is that one message, to an agent of its own
+ * worker (ah_bus_deliver_local). */
+typedef struct {
+  Agent   *peer;
+  guint64  last;          /* the rally stops at this sequence */
+  guint64  last_in;       /* the last sequence received */
+  guint    depth_seen;    /* the peer's mailbox depth, read by a 'look' */
+  gboolean sent_one;
+} Rally;
+
+static gboolean
+step_rally (Agent           *agent,
+            AhBusCall       *call,
+            const AhMessage *message)
+{
+  Rally *rally = agent->data;
+  const char *subject = ah_message_get_subject (message);
+
+  if (strcmp (subject, "look") == 0)
+    {
+      rally->depth_seen = ah_bus_endpoint_get_depth (rally->peer->endpoint);
+      return TRUE;
+    }
+  if (strcmp (subject, "go") == 0)
+    {
+      Sequenced first = { 0, 1 };
+
+      rally->sent_one = TRUE;
+      return ah_bus_call_send (call, rally->peer->id, "seq", &first, sizeof first);
+    }
+  if (strcmp (subject, "seq") == 0)
+    {
+      gsize size;
+      const Sequenced *in = ah_message_get_data (message, &size);
+      Sequenced out = { 0, in->sequence + 1 };
+
+      /* The peer answers each hop with the next: this agent sees every
+       * other one. */
+      if (in->sequence != rally->last_in + 2 && !(rally->last_in == 0 && in->sequence <= 2))
+        agent->out_of_order = TRUE;
+      rally->last_in = in->sequence;
+      if (in->sequence < rally->last)
+        return ah_bus_call_send (call, rally->peer->id, "seq", &out, sizeof out);
+    }
+  return TRUE;
+}
+
+static void
+test_deliver_local_rally (Fixture       *fixture,
+                          gconstpointer  user_data)
+{
+  Rally rally_a = { 0 }, rally_b = { 0 };
+  Agent *a = fixture_add_agent (fixture, step_rally, &rally_a);
+  Agent *b = fixture_add_agent (fixture, step_rally, &rally_b);
+
+  g_test_summary ("One message per call between two agents of one worker: every hop "
+                  "arrives, in order, and the account balances");
+
+  rally_a = (Rally) { .peer = b, .last = 1000 };
+  rally_b = (Rally) { .peer = a, .last = 1000 };
+  ah_bus_start (fixture->bus);
+  send_to (fixture, a->id, "go", "");
+  fixture_wait_idle (fixture);
+
+  /* a sent the odd sequences, b the even ones, each its own slot 0. */
+  g_assert_cmpuint (b->n_received, ==, 500);
+  g_assert_cmpuint (a->n_received, ==, 501);   /* its "go" too */
+  g_assert_false (a->out_of_order);
+  g_assert_false (b->out_of_order);
+  g_assert_cmpuint (fixture->dead->len, ==, 0);
+}
+
+static const AhBusConfig config_local_block = {
+  .n_workers = 1, .mailbox_capacity = 4, .overflow = AH_OVERFLOW_BLOCK };
+
+static void
+test_deliver_local_full (Fixture       *fixture,
+                         gconstpointer  user_data)
+{
+  Rally rally_a = { 0 }, rally_c = { 0 };
+  Agent *a = fixture_add_agent (fixture, step_rally, &rally_a);
+  Agent *b = fixture_add_agent (fixture, step_check_sequence, NULL);
+  Agent *c = fixture_add_agent (fixture, step_rally, &rally_c);
+
+  g_test_summary ("One message to a full mailbox of the same worker waits for room (the "
+                  "mailbox never holds more than its capacity) and then arrives after "
+                  "what was there, nothing lost");
+
+  rally_a = (Rally) { .peer = b, .last = 1 };
+  rally_c = (Rally) { .peer = b };
+  /* Run queue order on the one worker: a (go), c (look), then b. */
+  send_to (fixture, a->id, "go", "");
+  send_to (fixture, c->id, "look", "");
+  for (guint i = 1; i <= 4; i++)
+    send_sequenced (fixture, b->id, 1, i);
+  ah_bus_start (fixture->bus);
+  fixture_wait_idle (fixture);
+
+  g_assert_true (rally_a.sent_one);
+  /* a's message met 4 of 4 and waited with a, not in b's mailbox. */
+  g_assert_cmpuint (rally_c.depth_seen, ==, 4);
+  g_assert_cmpuint (b->n_received, ==, 5);
+  g_assert_cmpuint (b->last_sequence[0], ==, 1);
+  g_assert_cmpuint (b->last_sequence[1], ==, 4);
+  g_assert_false (b->out_of_order);
+  g_assert_cmpuint (fixture->dead->len, ==, 0);
+}
+
+static void
+test_deliver_local_paused (Fixture       *fixture,
+                           gconstpointer  user_data)
+{
+  Rally rally_a = { 0 };
+  Agent *a = fixture_add_agent (fixture, step_rally, &rally_a);
+  Agent *b = fixture_add_agent (fixture, step_check_sequence, NULL);
+  Agent *marker = fixture_add_agent (fixture, NULL, NULL);
+
+  g_test_summary ("One message to a paused agent of the same worker waits in its mailbox "
+                  "and is handled once it is resumed");
+
+  rally_a = (Rally) { .peer = b, .last = 1 };
+  ah_bus_start (fixture->bus);
+  ah_bus_endpoint_pause (fixture->bus, b->endpoint);
+  send_to (fixture, a->id, "go", "");
+  pass_markers (fixture, marker, 2);
+  g_assert_true (rally_a.sent_one);
+  g_assert_cmpuint (agent_get_n_received (b), ==, 0);
+  g_assert_cmpuint (ah_bus_endpoint_get_depth (b->endpoint), ==, 1);
+
+  ah_bus_endpoint_resume (fixture->bus, b->endpoint);
+  fixture_wait_idle (fixture);
+  g_assert_cmpuint (b->n_received, ==, 1);
+  g_assert_cmpuint (fixture->dead->len, ==, 0);
+}
+
 /* ---- Batching inside the bus -------------------------------------------- */
 
 typedef struct {
@@ -4320,6 +4511,11 @@ main (int    argc,
   BUS_TEST ("/bus/send/direct", &config_two_workers, test_send_direct);
   BUS_TEST ("/bus/send/unknown", &config_one_worker, test_send_unknown);
   BUS_TEST ("/bus/request/reply", &config_two_workers, test_request_reply);
+  BUS_TEST ("/bus/request/requester-closed", &config_two_workers, test_request_requester_closed);
+  BUS_TEST ("/bus/request/requester-closed-block", &config_request_block,
+            test_request_requester_closed);
+  BUS_TEST ("/bus/request/requester-closed-timeout", &config_two_workers,
+            test_request_requester_closed_timeout);
   BUS_TEST ("/bus/request/timeout", &config_two_workers, test_request_timeout);
   BUS_TEST ("/bus/request/pending", &config_two_workers, test_request_pending_blocks_idle);
   BUS_TEST ("/bus/request/no-responders", &config_one_worker, test_request_no_responders);
@@ -4336,6 +4532,9 @@ main (int    argc,
   BUS_TEST ("/bus/overflow/fail", &config_fail_small, test_overflow_fail);
   BUS_TEST ("/bus/overflow/block-external", &config_block_small, test_overflow_block_external);
   BUS_TEST ("/bus/overflow/block-handler", &config_block_small, test_overflow_block_handler);
+  BUS_TEST ("/bus/deliver-local/rally", &config_one_worker, test_deliver_local_rally);
+  BUS_TEST ("/bus/deliver-local/full", &config_local_block, test_deliver_local_full);
+  BUS_TEST ("/bus/deliver-local/paused", &config_one_worker, test_deliver_local_paused);
   BUS_TEST ("/bus/overflow/block-on-worker", &config_block_one_worker,
             test_overflow_block_on_worker);
   BUS_TEST ("/bus/handler/failure", &config_one_worker, test_handler_failure);
