@@ -1596,12 +1596,31 @@ ah_bus_plan_runs (AhBus            *self,
   plan->runs = sorted;
 }
 
+/* How many of @n_run normal messages from @sender @endpoint takes now;
+ * 0 when it is closing or the bus drained. Only for AH_DELIVER_DEFER
+ * (room checked here; an endpoint's messages to itself always fit, see
+ * ah_endpoint_enqueue_locked) and AH_DELIVER_RESERVED (room reserved
+ * when routed). Worker lock held. */
+static inline guint
+ah_endpoint_room_locked (const AhEndpoint *endpoint,
+                         guint             n_run,
+                         AhDeliverMode     mode,
+                         const AhEndpoint *sender)
+{
+  guint capacity = endpoint->worker->bus->config.mailbox_capacity;
+  guint used;
+
+  if (endpoint->worker->drained || endpoint->closing)
+    return 0;
+  if (mode != AH_DELIVER_DEFER || endpoint == sender)
+    return n_run;
+  used = atomic_load_explicit (&endpoint->normal_used, memory_order_relaxed);
+  return used >= capacity ? 0 : MIN (n_run, capacity - used);
+}
+
 /* Queues as many of the @n_run normal messages of @envelopes for
- * @endpoint as it has room for, in order, and returns how
- * many; 0 when it is closing, the bus drained, or not even the first
- * fits. Only for AH_DELIVER_DEFER (room checked here; an endpoint's
- * messages to itself always fit, see ah_endpoint_enqueue_locked) and
- * AH_DELIVER_RESERVED (room reserved when routed). Worker lock held. */
+ * @endpoint as it has room for (ah_endpoint_room_locked), in order, and
+ * returns how many. Worker lock held. */
 static guint
 ah_endpoint_enqueue_run_locked (AhEndpoint       *endpoint,
                                 const AhEnvelope *envelopes,
@@ -1611,19 +1630,10 @@ ah_endpoint_enqueue_run_locked (AhEndpoint       *endpoint,
                                 gboolean         *ret_wake)
 {
   AhWorker *worker = endpoint->worker;
-  guint capacity = endpoint->worker->bus->config.mailbox_capacity;
-  guint n = n_run;
+  guint n = ah_endpoint_room_locked (endpoint, n_run, mode, sender);
 
-  if (worker->drained || endpoint->closing)
+  if (n == 0)
     return 0;
-  if (mode == AH_DELIVER_DEFER && endpoint != sender)
-    {
-      guint used = atomic_load (&endpoint->normal_used);
-
-      n = used >= capacity ? 0 : MIN (n_run, capacity - used);
-      if (n == 0)
-        return 0;
-    }
   if (mode == AH_DELIVER_DEFER)
     atomic_fetch_add (&endpoint->normal_used, n);
   ah_lane_append_run (&endpoint->normal_lane, envelopes, n);
@@ -1835,18 +1845,18 @@ ah_bus_deliver_local (AhWorker      *own,
       || !ah_envelope_is_normal (envelope))
     return FALSE;
   ah_worker_lock (own);
-  /* A steal needs this lock: with it held, the endpoint stays here. */
+  /* A steal needs this lock: with it held, the endpoint stays here.
+   * What follows is ah_endpoint_enqueue_run_locked() for one message,
+   * with the envelope's reference handed to the run queue rather than
+   * a new one taken and this one dropped. */
   if (atomic_load_explicit (&to->worker, memory_order_relaxed) != own
-      || own->drained || to->closing
-      || (mode == AH_DELIVER_DEFER && to != sender
-          && atomic_load_explicit (&to->normal_used, memory_order_relaxed)
-             >= own->bus->config.mailbox_capacity))
+      || ah_endpoint_room_locked (to, 1, mode, sender) == 0)
     {
       pthread_mutex_unlock (&own->lock);
       return FALSE;
     }
   if (mode == AH_DELIVER_DEFER)
-    atomic_fetch_add_explicit (&to->normal_used, 1, memory_order_relaxed);
+    atomic_fetch_add (&to->normal_used, 1);
   ah_lane_push (&to->normal_lane, envelope->message);
   if (to->state == AH_ENDPOINT_IDLE && !to->paused)
     {
