@@ -3742,6 +3742,27 @@ tick_handle (AhBusCall               *call,
   return TRUE;
 }
 
+/* Each of the @n_busy endpoints got @n_messages, in order, and never ran
+ * twice at once. Returns how many of them ran on worker 1 at some point:
+ * the steal tests start them all on worker 0. */
+static guint
+check_busy (Busy    *busy,
+            guint    n_busy,
+            guint64  n_messages)
+{
+  guint n_moved = 0;
+
+  for (guint i = 0; i < n_busy; i++)
+    {
+      g_assert_cmpuint (busy[i].n_received, ==, n_messages);
+      g_assert_false (busy[i].out_of_order);
+      g_assert_false (busy[i].overlapped);
+      if ((atomic_load (&busy[i].workers_seen) & 0x2) != 0)
+        n_moved++;
+    }
+  return n_moved;
+}
+
 /* publish_batch 1: a handler's tick goes out at once, not at the end
  * of its call. */
 static const AhBusConfig config_steal_roomy = {
@@ -3761,7 +3782,7 @@ test_steal_under_load (Fixture       *fixture,
   g_autoptr(GError) error = NULL;
   AhBusCounters counters;
   atomic_int held_once = 0;
-  guint n_moved = 0;
+  guint n_moved;
 
   g_test_summary ("A worker out of work takes endpoints waiting on the other's run queue: "
                   "each still runs on one worker at a time, gets every message, in order, "
@@ -3789,15 +3810,7 @@ test_steal_under_load (Fixture       *fixture,
     }
   fixture_wait_idle (fixture);
 
-  for (guint i = 0; i < STEAL_N_BUSY; i++)
-    {
-      g_assert_cmpuint (busy[i].n_received, ==, n_messages);
-      g_assert_false (busy[i].out_of_order);
-      g_assert_false (busy[i].overlapped);
-      /* All of them started on worker 0. */
-      if ((atomic_load (&busy[i].workers_seen) & 0x2) != 0)
-        n_moved++;
-    }
+  n_moved = check_busy (busy, STEAL_N_BUSY, n_messages);
   ah_bus_get_counters (fixture->bus, &counters);
   g_assert_cmpuint (counters.steals, >, 0);
   g_assert_cmpuint (n_moved, >, 0);
@@ -3822,7 +3835,7 @@ test_steal_wakes_parked (Fixture       *fixture,
   AhBusCounters counters = { 0 };
   atomic_int held_once = 1;   /* no call holds its worker here */
   guint64 sequence = 0;
-  guint n_moved = 0;
+  guint n_moved;
 
   g_test_summary ("A worker asleep with nothing to do is woken when another worker gets a "
                   "second endpoint waiting, and takes one over");
@@ -3860,14 +3873,7 @@ test_steal_wakes_parked (Fixture       *fixture,
     }
   fixture_wait_idle (fixture);
 
-  for (guint i = 0; i < 2; i++)
-    {
-      g_assert_cmpuint (busy[i].n_received, ==, sequence);
-      g_assert_false (busy[i].out_of_order);
-      g_assert_false (busy[i].overlapped);
-      if ((atomic_load (&busy[i].workers_seen) & 0x2) != 0)
-        n_moved++;
-    }
+  n_moved = check_busy (busy, 2, sequence);
   ah_bus_get_counters (fixture->bus, &counters);
   g_assert_cmpuint (counters.steals, >, 0);
   g_assert_cmpuint (n_moved, >, 0);
