@@ -3801,6 +3801,8 @@ ah_bus_call_flush_full (AhBusCall *call,
   AhEndpoint *endpoint = call->endpoint;
   AhEnvelopes *outbox = &call->worker->outbox;
   AhWorker *own = ending ? call->worker : NULL;
+  AhDeliverMode mode = AH_DELIVER_RESERVED;
+  GArray *deferred = NULL;
   gboolean locked = FALSE;
 
   call->n_outbox_calls = 0;
@@ -3838,29 +3840,24 @@ ah_bus_call_flush_full (AhBusCall *call,
   if (outbox->len == 0)
     return FALSE;
 
-  if (self->config.overflow == AH_OVERFLOW_FAIL)
+  /* Under AH_OVERFLOW_FAIL the room was reserved when routed; otherwise
+   * what meets a full mailbox waits in the sender's deferred queue. */
+  if (self->config.overflow != AH_OVERFLOW_FAIL)
     {
-      if (own != NULL && outbox->len == 1
-          && ah_bus_deliver_local (own, &outbox->items[0], AH_DELIVER_RESERVED, endpoint))
-        locked = TRUE;
-      else
-        locked = ah_bus_deliver_full (self, outbox->items, outbox->len,
-                                      AH_DELIVER_RESERVED, endpoint, NULL, NULL, own);
-    }
-  else
-    {
+      mode = AH_DELIVER_DEFER;
       if (endpoint->deferred == NULL)
         endpoint->deferred = g_array_new (FALSE, FALSE, sizeof (AhEnvelope));
-      /* Behind what already waits, or the order to some recipient breaks. */
-      if (endpoint->deferred->len > 0)
-        g_array_append_vals (endpoint->deferred, outbox->items, outbox->len);
-      else if (own != NULL && outbox->len == 1
-               && ah_bus_deliver_local (own, &outbox->items[0], AH_DELIVER_DEFER, endpoint))
-        locked = TRUE;
-      else
-        locked = ah_bus_deliver_full (self, outbox->items, outbox->len,
-                                      AH_DELIVER_DEFER, endpoint, endpoint->deferred, NULL, own);
+      deferred = endpoint->deferred;
     }
+  /* Behind what already waits, or the order to some recipient breaks. */
+  if (deferred != NULL && deferred->len > 0)
+    g_array_append_vals (deferred, outbox->items, outbox->len);
+  else if (own != NULL && outbox->len == 1
+           && ah_bus_deliver_local (own, &outbox->items[0], mode, endpoint))
+    locked = TRUE;
+  else
+    locked = ah_bus_deliver_full (self, outbox->items, outbox->len, mode, endpoint, deferred,
+                                  NULL, own);
   outbox->len = 0;
   return locked;
 }
